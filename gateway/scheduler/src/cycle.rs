@@ -1,0 +1,56 @@
+//! The per-request inputs every filter, scorer and picker reads: one scheduling cycle.
+
+use std::time::{Duration, Instant};
+
+use crate::{Endpoint, EndpointMetrics, LoraState, Request};
+
+/// What one scheduling cycle knows, computed once before the profile runs.
+///
+/// Candidates are passed around as indices into [`Cycle::endpoints`], so the per-endpoint slices here
+/// (`prefix_matches`, `lora`) are indexed the same way and no plugin allocates per endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Cycle<'a> {
+    pub request: &'a Request,
+    pub endpoints: &'a [Endpoint],
+    pub now: Instant,
+    /// Full blocks of the prompt that were hashed for prefix affinity.
+    pub prefix_blocks: u32,
+    /// Leading prompt blocks each endpoint is believed to hold, by endpoint index.
+    pub prefix_matches: &'a [u32],
+    /// State of the requested adapter on each endpoint, by endpoint index.
+    pub lora: &'a [LoraState],
+}
+
+impl Cycle<'_> {
+    pub fn metrics(&self, endpoint_idx: usize) -> &EndpointMetrics {
+        &self.endpoints[endpoint_idx].metrics
+    }
+}
+
+/// Age of a metrics snapshot at `now`; `None` when the pod was never scraped.
+pub fn metrics_age(metrics: &EndpointMetrics, now: Instant) -> Option<Duration> {
+    metrics.updated_at.map(|at| now.saturating_duration_since(at))
+}
+
+/// Whether a snapshot is recent enough to trust; a never-scraped pod is stale.
+pub fn is_fresh(metrics: &EndpointMetrics, now: Instant, staleness: Duration) -> bool {
+    metrics_age(metrics, now).is_some_and(|age| age <= staleness)
+}
+
+/// Where the requested adapter stands on a pod, in the precedence order of the upstream LoRA scorer
+/// (active, then a free slot, then waiting).
+pub fn lora_state(request: &Request, metrics: &EndpointMetrics) -> LoraState {
+    let (Some(adapter), Some(max_loras)) = (request.lora_adapter.as_deref(), metrics.max_loras) else {
+        return LoraState::NotApplicable;
+    };
+    let listed = |loras: &[String]| loras.iter().any(|name| name == adapter);
+    if listed(&metrics.active_loras) {
+        LoraState::Active
+    } else if metrics.active_loras.len() + metrics.waiting_loras.len() < max_loras as usize {
+        LoraState::FreeSlot
+    } else if listed(&metrics.waiting_loras) {
+        LoraState::Waiting
+    } else {
+        LoraState::NoSlot
+    }
+}

@@ -1,0 +1,116 @@
+//! Test builders for endpoints and requests (`Endpoint::test("a", now).queue(3)`).
+
+use std::time::Instant;
+
+use crate::{
+    Criticality, Endpoint, EndpointId, EndpointMetrics, LoraState, PodName, Request,
+    cycle::{Cycle, lora_state},
+};
+
+impl Endpoint {
+    /// A pod `ns/<name>` at `<name>:8000`, scraped at `now`, idle.
+    pub(crate) fn test(name: &str, now: Instant) -> Self {
+        Self {
+            id: EndpointId(format!("{name}:8000")),
+            pod: PodName(format!("ns/{name}")),
+            metrics: EndpointMetrics { updated_at: Some(now), ..Default::default() },
+        }
+    }
+
+    pub(crate) fn queue(mut self, waiting: u32) -> Self {
+        self.metrics.waiting_queue = waiting;
+        self
+    }
+
+    pub(crate) fn running(mut self, running: u32) -> Self {
+        self.metrics.running = running;
+        self
+    }
+
+    pub(crate) fn kv(mut self, usage: f64) -> Self {
+        self.metrics.kv_cache_usage = usage;
+        self
+    }
+
+    pub(crate) fn scraped(mut self, at: Option<Instant>) -> Self {
+        self.metrics.updated_at = at;
+        self
+    }
+
+    pub(crate) fn loras(mut self, active: &[&str], waiting: &[&str], max: u32) -> Self {
+        self.metrics.active_loras = active.iter().map(|s| s.to_string()).collect();
+        self.metrics.waiting_loras = waiting.iter().map(|s| s.to_string()).collect();
+        self.metrics.max_loras = Some(max);
+        self
+    }
+}
+
+impl Request {
+    /// A Standard request for model `m` with the given prompt.
+    pub(crate) fn test(prompt: &str) -> Self {
+        Self {
+            request_id: "req-1".into(),
+            received_at_ms: 0,
+            model: "m".into(),
+            target_model: "m".into(),
+            criticality: Criticality::Standard,
+            pool: "pool".into(),
+            prompt: prompt.into(),
+            lora_adapter: None,
+        }
+    }
+
+    pub(crate) fn criticality(mut self, criticality: Criticality) -> Self {
+        self.criticality = criticality;
+        self
+    }
+
+    pub(crate) fn lora(mut self, adapter: &str) -> Self {
+        self.target_model = adapter.into();
+        self.lora_adapter = Some(adapter.into());
+        self
+    }
+}
+
+pub(crate) fn ids(endpoints: &[Endpoint]) -> Vec<EndpointId> {
+    endpoints.iter().map(|e| e.id.clone()).collect()
+}
+
+/// Owns what a [`Cycle`] borrows, for plugin tests that run without the prefix index.
+pub(crate) struct CycleFixture {
+    pub(crate) request: Request,
+    pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) now: Instant,
+    pub(crate) prefix_blocks: u32,
+    pub(crate) prefix_matches: Vec<u32>,
+    pub(crate) lora: Vec<LoraState>,
+}
+
+impl CycleFixture {
+    pub(crate) fn new(request: Request, endpoints: Vec<Endpoint>, now: Instant) -> Self {
+        let lora = endpoints.iter().map(|e| lora_state(&request, &e.metrics)).collect();
+        let prefix_matches = vec![0; endpoints.len()];
+        Self { request, endpoints, now, prefix_blocks: 0, prefix_matches, lora }
+    }
+
+    pub(crate) fn prefix(mut self, blocks: u32, matches: &[u32]) -> Self {
+        self.prefix_blocks = blocks;
+        self.prefix_matches = matches.to_vec();
+        self
+    }
+
+    pub(crate) fn cycle(&self) -> Cycle<'_> {
+        Cycle {
+            request: &self.request,
+            endpoints: &self.endpoints,
+            now: self.now,
+            prefix_blocks: self.prefix_blocks,
+            prefix_matches: &self.prefix_matches,
+            lora: &self.lora,
+        }
+    }
+
+    pub(crate) fn all(&self) -> Vec<usize> {
+        (0..self.endpoints.len()).collect()
+    }
+}

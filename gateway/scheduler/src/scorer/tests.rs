@@ -1,0 +1,84 @@
+//! Behaviour of each scorer.
+
+use std::time::Instant;
+
+use super::*;
+use crate::{Endpoint, Request, fixtures::CycleFixture};
+
+fn run(scorer: &dyn Scorer, fixture: &CycleFixture) -> Vec<f64> {
+    let candidates = fixture.all();
+    let mut scores = vec![f64::NAN; candidates.len()];
+    scorer.score(&fixture.cycle(), &candidates, &mut scores);
+    scores
+}
+
+#[test]
+fn queue_is_min_max_normalised() {
+    let now = Instant::now();
+    let endpoints = [2, 4, 10].map(|q| Endpoint::test("p", now).queue(q)).to_vec();
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now);
+    assert_eq!(run(&QueueScorer, &fixture), vec![1.0, 0.75, 0.0]);
+}
+
+#[test]
+fn equal_queues_all_score_one() {
+    let now = Instant::now();
+    let endpoints = [3, 3].map(|q| Endpoint::test("p", now).queue(q)).to_vec();
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now);
+    assert_eq!(run(&QueueScorer, &fixture), vec![1.0, 1.0]);
+}
+
+#[test]
+fn running_requests_is_min_max_normalised() {
+    let now = Instant::now();
+    let endpoints = [0, 5, 10].map(|r| Endpoint::test("p", now).running(r)).to_vec();
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now);
+    assert_eq!(run(&RunningRequestsScorer, &fixture), vec![1.0, 0.5, 0.0]);
+}
+
+#[test]
+fn kv_cache_scores_free_cache() {
+    let now = Instant::now();
+    let endpoints = [0.0, 0.25, 1.0].map(|kv| Endpoint::test("p", now).kv(kv)).to_vec();
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now);
+    assert_eq!(run(&KvCacheScorer, &fixture), vec![1.0, 0.75, 0.0]);
+}
+
+#[test]
+fn prefix_cache_scores_the_matched_fraction() {
+    let now = Instant::now();
+    let endpoints = vec![Endpoint::test("a", now), Endpoint::test("b", now), Endpoint::test("c", now)];
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now).prefix(4, &[4, 1, 0]);
+    assert_eq!(run(&PrefixCacheScorer, &fixture), vec![1.0, 0.25, 0.0]);
+}
+
+#[test]
+fn prefix_cache_scores_zero_for_prompts_shorter_than_a_block() {
+    let now = Instant::now();
+    let fixture = CycleFixture::new(Request::test(""), vec![Endpoint::test("a", now)], now).prefix(0, &[0]);
+    assert_eq!(run(&PrefixCacheScorer, &fixture), vec![0.0]);
+}
+
+#[test]
+fn lora_affinity_follows_the_ladder() {
+    let now = Instant::now();
+    let endpoints = vec![
+        Endpoint::test("active", now).loras(&["x"], &[], 2),
+        Endpoint::test("free", now).loras(&["y"], &[], 2),
+        Endpoint::test("waiting", now).loras(&["y"], &["x"], 2),
+        Endpoint::test("full", now).loras(&["y", "z"], &[], 2),
+        Endpoint::test("silent", now),
+    ];
+    let fixture = CycleFixture::new(Request::test("").lora("x"), endpoints.clone(), now);
+    assert_eq!(run(&LoraAffinityScorer, &fixture), vec![1.0, 0.8, 0.6, 0.0, 1.0]);
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now);
+    assert_eq!(run(&LoraAffinityScorer, &fixture), vec![1.0; 5]);
+}
+
+#[test]
+fn negative_or_infinite_weights_are_rejected() {
+    assert!(Weight::new(-1.0).is_err());
+    assert!(Weight::new(f64::INFINITY).is_err());
+    assert_eq!(Weight::new(0.0).map(Weight::get), Ok(0.0));
+    assert_eq!(Weight::default().get(), 1.0);
+}

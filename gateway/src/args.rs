@@ -1,0 +1,108 @@
+//! Command-line flags of the `gateway` binary; every flag also reads a `SWITCHYARD_…` environment variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "gateway", version, about = "Switchyard inference gateway: endpoint picker and OpenAI-compatible proxy")]
+pub struct Args {
+    /// Directory of Kubernetes YAML (InferencePool, InferenceModel, Pods) to serve from; watched for changes.
+    #[arg(long, env = "SWITCHYARD_DIR")]
+    pub dir: PathBuf,
+
+    /// InferencePool to serve; may be omitted when the directory holds exactly one.
+    #[arg(long, env = "SWITCHYARD_POOL")]
+    pub pool: Option<String>,
+
+    /// Scheduler YAML (profile, weights, saturation thresholds); the built-in `default` profile when omitted.
+    #[arg(long, env = "SWITCHYARD_SCHEDULER_CONFIG")]
+    pub scheduler_config: Option<PathBuf>,
+
+    /// Prometheus /metrics, /healthz, /readyz and /debug/decisions.
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Serve the standalone OpenAI-compatible proxy on this address (off unless given).
+    #[arg(long, env = "SWITCHYARD_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// Largest request body the proxy accepts; larger ones get 413.
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+
+    /// How often each pod's /metrics is scraped (e.g. `50ms`, `1s`).
+    #[arg(long, env = "SWITCHYARD_SCRAPE_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub scrape_interval: Duration,
+
+    /// Bound on one scrape; a pod that does not answer in time keeps its old, ageing metrics.
+    #[arg(long, env = "SWITCHYARD_SCRAPE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// How often the `--dir` directory is checked for changes.
+    #[arg(long, env = "SWITCHYARD_DIR_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub dir_poll: Duration,
+
+    /// Bound on connecting to a model server before trying the next-best endpoint.
+    #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How many finished decisions /debug/decisions keeps.
+    #[arg(long, env = "SWITCHYARD_DECISIONS_KEPT", default_value_t = 1000)]
+    pub decisions_kept: usize,
+
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `250ms`, `2s`, `1m` or a bare number of milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 50ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "" | "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5h").unwrap_err().contains("unknown duration unit"));
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        for arg in Args::command().get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert!(
+                env.as_deref().is_some_and(|e| e.starts_with("SWITCHYARD_")),
+                "flag --{} has no SWITCHYARD_ env var",
+                arg.get_id()
+            );
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! The datastore: an in-memory index of pools, models and pods fed by provider events, published to readers as
+//! immutable snapshots of the one pool this gateway serves.
+//!
+//! Providers (the `dir` provider here, a kube provider later) turn their source into [`Event`]s and hand them to
+//! [`Datastore::apply`] in batches. Each batch rebuilds the [`Snapshot`] and publishes it through a
+//! `tokio::sync::watch` channel, so the request path reads an `Arc<Snapshot>` and never waits on a writer.
+
+pub mod dir;
+
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    fmt,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use api::{
+    Pod,
+    v1alpha1::{self, FailureMode, InferenceModel, InferencePool},
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use scheduler::{Criticality, EndpointId, PodName, TargetWeight};
+use tokio::sync::watch;
+
+pub use self::dir::{DirError, DirProvider, run_dir_provider};
+
+/// Namespace of an object whose metadata names none, as `kubectl apply` would place it.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// An object a provider reports as present (created or changed).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Pool(InferencePool),
+    Model(InferenceModel),
+    Pod(Pod),
+}
+
+/// The kinds of object the datastore indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    Pool,
+    Model,
+    Pod,
+}
+
+/// Identity of an indexed object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub kind: ResourceKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One change reported by a provider.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Apply(Resource),
+    Delete(ResourceKey),
+}
+
+/// Which pool this gateway serves (`--pool`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolName {
+    /// `None` matches the pool of that name in any namespace.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Why the snapshot has no pool to serve.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("no InferencePool found")]
+    NoPool,
+    #[error("InferencePool {pool} not found")]
+    NotFound { pool: PoolName },
+    #[error("several InferencePools found ({}); pick one with --pool", .candidates.join(", "))]
+    Ambiguous { candidates: Vec<String> },
+}
+
+/// The served pool as the proxy needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolView {
+    pub name: String,
+    pub namespace: String,
+    /// The port every model server of the pool listens on.
+    pub target_port: u16,
+    /// Unset `extensionRef.failureMode` means FailClose.
+    pub failure_mode: FailureMode,
+    pub selector: BTreeMap<String, String>,
+    /// The raw `inference.networking.x-k8s.io/attach-to` annotation (`name:` and `port:` YAML lines).
+    pub attach_to: Option<String>,
+}
+
+/// A routable pod of the served pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointView {
+    /// `podIP:targetPort`.
+    pub id: EndpointId,
+    /// `namespace/name`.
+    pub pod: PodName,
+}
+
+/// A model name clients may request from the served pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelView {
+    /// `spec.modelName`.
+    pub name: String,
+    pub namespace: String,
+    /// `metadata.name` of the InferenceModel that owns the model name.
+    pub object_name: String,
+    pub criticality: Criticality,
+    /// Never empty: a model without targetModels serves itself.
+    pub targets: Vec<TargetWeight>,
+}
+
+/// An immutable view of the served pool at one point in time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pool: Option<PoolView>,
+    pool_error: Option<String>,
+    endpoints: Vec<EndpointView>,
+    models: BTreeMap<String, ModelView>,
+}
+
+impl Snapshot {
+    pub fn pool(&self) -> Option<&PoolView> {
+        self.pool.as_ref()
+    }
+
+    /// Set when there is no pool to serve (none, the named one missing, or several without `--pool`).
+    pub fn pool_error(&self) -> Option<&str> {
+        self.pool_error.as_deref()
+    }
+
+    /// Ready pods of the pool, sorted by pod name.
+    pub fn endpoints(&self) -> &[EndpointView] {
+        &self.endpoints
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelView> {
+        self.models.get(name)
+    }
+
+    /// Models of the pool, sorted by model name.
+    pub fn models(&self) -> impl Iterator<Item = &ModelView> {
+        self.models.values()
+    }
+}
+
+/// The shared datastore handle; clones share one index.
+#[derive(Clone)]
+pub struct Datastore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    served: Option<PoolName>,
+    /// Only writers take this lock; readers go through `snapshots`.
+    index: Mutex<Index>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    synced: AtomicBool,
+}
+
+#[derive(Default)]
+struct Index {
+    pools: BTreeMap<(String, String), InferencePool>,
+    models: BTreeMap<(String, String), InferenceModel>,
+    pods: BTreeMap<(String, String), Pod>,
+}
+
+// === impl Resource ===
+
+impl Resource {
+    pub fn key(&self) -> ResourceKey {
+        let (kind, meta) = match self {
+            Resource::Pool(pool) => (ResourceKind::Pool, &pool.metadata),
+            Resource::Model(model) => (ResourceKind::Model, &model.metadata),
+            Resource::Pod(pod) => (ResourceKind::Pod, &pod.metadata),
+        };
+        ResourceKey {
+            kind,
+            namespace: namespace_of(meta).to_owned(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResourceKind::Pool => "InferencePool",
+            ResourceKind::Model => "InferenceModel",
+            ResourceKind::Pod => "Pod",
+        })
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+// === impl PoolName ===
+
+impl PoolName {
+    /// Parses `--pool`: `name` or `namespace/name`.
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('/') {
+            Some((namespace, name)) => PoolName { namespace: Some(namespace.to_owned()), name: name.to_owned() },
+            None => PoolName { namespace: None, name: s.to_owned() },
+        }
+    }
+
+    fn matches(&self, namespace: &str, name: &str) -> bool {
+        self.name == name && self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{namespace}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+// === impl Datastore ===
+
+impl Datastore {
+    /// `served` is `--pool` (`name` or `namespace/name`); `None` serves the only pool present.
+    pub fn new(served: Option<String>) -> Self {
+        let served = served.as_deref().map(PoolName::parse);
+        let snapshot = Index::default().snapshot(served.as_ref());
+        let (snapshots, _) = watch::channel(Arc::new(snapshot));
+        Datastore {
+            inner: Arc::new(Inner {
+                served,
+                index: Mutex::new(Index::default()),
+                snapshots,
+                synced: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Applies a batch of events and publishes one snapshot for the whole batch, so readers never see a
+    /// half-applied change (a pool without its pods during the first sync, say).
+    pub fn apply(&self, events: impl IntoIterator<Item = Event>) {
+        let mut index = self.inner.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut changed = false;
+        for event in events {
+            changed |= index.apply(event);
+        }
+        if !changed {
+            return;
+        }
+        let next = index.snapshot(self.inner.served.as_ref());
+        drop(index);
+        self.inner.snapshots.send_if_modified(|current| {
+            if **current == next {
+                return false;
+            }
+            if current.pool_error != next.pool_error {
+                match &next.pool_error {
+                    Some(error) => tracing::error!(%error, "no pool to serve"),
+                    None => {
+                        if let Some(pool) = &next.pool {
+                            tracing::info!(pool = %pool.name, namespace = %pool.namespace, "serving pool");
+                        }
+                    }
+                }
+            }
+            *current = Arc::new(next);
+            true
+        });
+    }
+
+    /// The current snapshot; cheap (one `Arc` clone) and never blocked by writers for long.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshots.borrow().clone()
+    }
+
+    /// A receiver that is notified whenever the snapshot changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.inner.snapshots.subscribe()
+    }
+
+    /// Called by the provider once its first full listing has been applied; readiness waits for it.
+    pub fn mark_synced(&self) {
+        if !self.inner.synced.swap(true, Ordering::AcqRel) {
+            tracing::info!("datastore synced");
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.inner.synced.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Datastore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Datastore")
+            .field("served", &self.inner.served)
+            .field("synced", &self.is_synced())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Index ===
+
+impl Index {
+    /// Returns whether the index changed.
+    fn apply(&mut self, event: Event) -> bool {
+        fn upsert<T: PartialEq>(map: &mut BTreeMap<(String, String), T>, key: (String, String), value: T) -> bool {
+            match map.entry(key) {
+                Entry::Occupied(mut entry) if *entry.get() != value => {
+                    entry.insert(value);
+                    true
+                }
+                Entry::Occupied(_) => false,
+                Entry::Vacant(entry) => {
+                    entry.insert(value);
+                    true
+                }
+            }
+        }
+
+        match event {
+            Event::Apply(resource) => {
+                let key = resource.key();
+                let key = (key.namespace, key.name);
+                match resource {
+                    Resource::Pool(pool) => upsert(&mut self.pools, key, pool),
+                    Resource::Model(model) => upsert(&mut self.models, key, model),
+                    Resource::Pod(pod) => upsert(&mut self.pods, key, pod),
+                }
+            }
+            Event::Delete(ResourceKey { kind, namespace, name }) => {
+                let key = (namespace, name);
+                match kind {
+                    ResourceKind::Pool => self.pools.remove(&key).is_some(),
+                    ResourceKind::Model => self.models.remove(&key).is_some(),
+                    ResourceKind::Pod => self.pods.remove(&key).is_some(),
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self, served: Option<&PoolName>) -> Snapshot {
+        let pool = match self.served_pool(served) {
+            Ok(pool) => pool,
+            Err(error) => return Snapshot { pool_error: Some(error.to_string()), ..Snapshot::default() },
+        };
+        let view = pool_view(pool);
+        let endpoints = self.endpoints(&view);
+        let models = self.models(&view);
+        Snapshot { pool: Some(view), pool_error: None, endpoints, models }
+    }
+
+    fn served_pool(&self, served: Option<&PoolName>) -> Result<&InferencePool, PoolError> {
+        let mut candidates = self
+            .pools
+            .iter()
+            .filter(|((namespace, name), _)| served.is_none_or(|s| s.matches(namespace, name)));
+        match (candidates.next(), candidates.next(), served) {
+            (Some((_, pool)), None, _) => Ok(pool),
+            (None, _, None) => Err(PoolError::NoPool),
+            (None, _, Some(served)) => Err(PoolError::NotFound { pool: served.clone() }),
+            (Some(first), Some(second), _) => Err(PoolError::Ambiguous {
+                candidates: [first, second]
+                    .into_iter()
+                    .chain(candidates)
+                    .map(|((namespace, name), _)| format!("{namespace}/{name}"))
+                    .collect(),
+            }),
+        }
+    }
+
+    fn endpoints(&self, pool: &PoolView) -> Vec<EndpointView> {
+        // BTreeMap order is (namespace, name), which within one namespace is pod-name order.
+        self.pods
+            .range((pool.namespace.clone(), String::new())..)
+            .take_while(|((namespace, _), _)| *namespace == pool.namespace)
+            .filter(|(_, pod)| selects(&pool.selector, pod) && is_ready(pod))
+            .filter_map(|((namespace, name), pod)| {
+                let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
+                Some(EndpointView {
+                    id: endpoint_id(ip, pool.target_port),
+                    pod: PodName(format!("{namespace}/{name}")),
+                })
+            })
+            .collect()
+    }
+
+    fn models(&self, pool: &PoolView) -> BTreeMap<String, ModelView> {
+        // The oldest InferenceModel keeps a contested model name, so creating a newer duplicate cannot hijack
+        // live traffic; objects without a timestamp (dir mode) rank after timestamped ones, then by name.
+        let mut claims: Vec<_> = self
+            .models
+            .iter()
+            .filter(|((namespace, _), model)| *namespace == pool.namespace && model.spec.pool_ref.name == pool.name)
+            .collect();
+        claims.sort_by(|((ns_a, name_a), a), ((ns_b, name_b), b)| {
+            let age = |m: &InferenceModel| (m.metadata.creation_timestamp.is_none(), m.metadata.creation_timestamp.clone());
+            age(a).cmp(&age(b)).then_with(|| (ns_a, name_a).cmp(&(ns_b, name_b)))
+        });
+
+        let mut models: BTreeMap<String, ModelView> = BTreeMap::new();
+        for ((namespace, object_name), model) in claims {
+            let spec = &model.spec;
+            if let Some(owner) = models.get(&spec.model_name) {
+                tracing::debug!(
+                    model = %spec.model_name,
+                    object = %format!("{namespace}/{object_name}"),
+                    owner = %format!("{}/{}", owner.namespace, owner.object_name),
+                    "model name already claimed by an older InferenceModel",
+                );
+                continue;
+            }
+            models.insert(
+                spec.model_name.clone(),
+                ModelView {
+                    name: spec.model_name.clone(),
+                    namespace: namespace.clone(),
+                    object_name: object_name.clone(),
+                    criticality: criticality(spec.criticality),
+                    targets: targets(&spec.model_name, &spec.target_models),
+                },
+            );
+        }
+        models
+    }
+}
+
+fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+}
+
+fn pool_view(pool: &InferencePool) -> PoolView {
+    PoolView {
+        name: pool.metadata.name.clone().unwrap_or_default(),
+        namespace: namespace_of(&pool.metadata).to_owned(),
+        // Validation keeps the port in 1..=65535 before a pool reaches the index.
+        target_port: u16::try_from(pool.spec.target_port_number).unwrap_or_default(),
+        failure_mode: pool.spec.extension_ref.as_ref().and_then(|e| e.failure_mode).unwrap_or_default(),
+        selector: pool.spec.selector.clone(),
+        attach_to: pool.metadata.annotations.as_ref().and_then(|a| a.get(api::ATTACH_TO_ANNOTATION)).cloned(),
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    selector.iter().all(|(key, value)| labels.and_then(|l| l.get(key)) == Some(value))
+}
+
+/// Ready condition True and not terminating: the same membership rule as the upstream EPP.
+fn is_ready(pod: &Pod) -> bool {
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    ready && !terminating
+}
+
+fn endpoint_id(ip: &str, port: u16) -> EndpointId {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => EndpointId(format!("[{ip}]:{port}")),
+        _ => EndpointId(format!("{ip}:{port}")),
+    }
+}
+
+fn criticality(c: Option<v1alpha1::Criticality>) -> Criticality {
+    match c {
+        Some(v1alpha1::Criticality::Critical) => Criticality::Critical,
+        Some(v1alpha1::Criticality::Standard) | None => Criticality::Standard,
+        Some(v1alpha1::Criticality::Sheddable) => Criticality::Sheddable,
+    }
+}
+
+fn targets(model_name: &str, targets: &[v1alpha1::TargetModel]) -> Vec<TargetWeight> {
+    if targets.is_empty() {
+        return vec![TargetWeight { name: model_name.to_owned(), weight: None }];
+    }
+    targets
+        .iter()
+        .map(|t| TargetWeight {
+            name: t.name.clone(),
+            // Validation bounds weights to 0..=1_000_000, so the conversion only drops nonsense.
+            weight: t.weight.and_then(|w| u32::try_from(w).ok()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

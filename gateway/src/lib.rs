@@ -1,0 +1,146 @@
+//! Switchyard gateway: the data plane. A datastore fed by a provider, a metrics scraper, one scheduler, and thin
+//! adapters (the standalone proxy now, Envoy ext_proc next) that share them through the [`routing::Director`].
+
+pub mod admin;
+pub mod args;
+pub mod datastore;
+pub mod decisions;
+pub mod error;
+pub mod openai;
+pub mod proxy;
+pub mod routing;
+pub mod scrape;
+pub mod telemetry;
+pub mod usage;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{args::Args, decisions::DecisionLog, routing::Director};
+
+/// A started gateway: its bound addresses and the handle to stop it.
+pub struct Gateway {
+    pub admin_addr: SocketAddr,
+    pub proxy_addr: Option<SocketAddr>,
+    pub director: Arc<Director>,
+    cancel: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+/// Binds every listener and starts the provider, scraper and servers; returns once they are listening.
+pub async fn start(args: Args) -> anyhow::Result<Gateway> {
+    let scheduler_config = match &args.scheduler_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading scheduler config {}", path.display()))?;
+            scheduler::SchedulerConfig::from_yaml(&text)
+                .with_context(|| format!("invalid scheduler config {}", path.display()))?
+        }
+        None => scheduler::SchedulerConfig::default(),
+    };
+    let scheduler = scheduler::Scheduler::new(&scheduler_config).context("building the scheduler")?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let datastore = datastore::Datastore::new(args.pool.clone());
+    let provider = datastore::dir::DirProvider::open(&args.dir, args.dir_poll)
+        .with_context(|| format!("opening --dir {}", args.dir.display()))?;
+    tasks.spawn(provider.run(datastore.clone(), cancel.clone()));
+
+    let metrics_store = Arc::new(scrape::MetricsStore::default());
+    tasks.spawn({
+        let (snapshots, store, cancel) = (datastore.subscribe(), metrics_store.clone(), cancel.clone());
+        let (interval, timeout) = (args.scrape_interval, args.scrape_timeout);
+        async move {
+            scrape::run_scraper(snapshots, store, interval, timeout, cancel).await;
+            Ok(())
+        }
+    });
+
+    let director = Arc::new(Director::new(datastore, metrics_store, scheduler, DecisionLog::new(args.decisions_kept)));
+
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    tasks.spawn(serve(admin, admin::router(director.clone()), cancel.clone()));
+    tracing::info!(addr = %admin_addr, "admin listening");
+
+    let proxy_addr = match args.proxy_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding --proxy-listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            let config = proxy::ProxyConfig { max_body_bytes: args.max_body_bytes, connect_timeout: args.connect_timeout };
+            tasks.spawn(serve(listener, proxy::router(director.clone(), config), cancel.clone()));
+            tracing::info!(addr = %bound, "proxy listening");
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok(Gateway { admin_addr, proxy_addr, director, cancel, tasks })
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await?;
+    Ok(())
+}
+
+impl Gateway {
+    /// Runs until `shutdown` resolves or a task fails, then stops everything.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            Some(joined) = self.tasks.join_next() => match joined {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a gateway task stopped unexpectedly")),
+                Ok(Err(err)) => Err(err),
+                Err(err) => Err(anyhow::anyhow!("a gateway task panicked: {err}")),
+            },
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Cancels every task and waits for them to end.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Entry point of the binary: start, then serve until a signal.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    start(args).await?.run_until(shutdown_signal()).await
+}

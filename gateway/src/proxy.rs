@@ -1,0 +1,315 @@
+//! The standalone OpenAI-compatible proxy: a thin adapter that asks the [`Director`] where to go and streams the
+//! model server's answer back chunk by chunk.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use scheduler::EndpointId;
+use serde_json::json;
+
+use crate::{
+    error::RouteError,
+    openai::ApiKind,
+    routing::{Director, ResponseStats, RoutePlan},
+    usage::UsageObserver,
+};
+
+/// Header naming the endpoint that served the request, as upstream's `x-gateway-destination-endpoint-served`.
+pub const SERVED_HEADER: &str = "x-gateway-destination-endpoint-served";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Proxy settings.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub max_body_bytes: usize,
+    /// Bound on connecting to a model server; a refused or timed-out connect moves to the next-best endpoint.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    director: Arc<Director>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: ProxyConfig,
+}
+
+/// The proxy's routes: `/v1/completions`, `/v1/chat/completions` and `/v1/models`.
+pub fn router(director: Arc<Director>, config: ProxyConfig) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+    let state = ProxyState { director, client, config };
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn completions(State(state): State<ProxyState>, request: Request) -> Response {
+    proxy(state, ApiKind::Completions, request).await
+}
+
+async fn chat_completions(State(state): State<ProxyState>, request: Request) -> Response {
+    proxy(state, ApiKind::ChatCompletions, request).await
+}
+
+async fn models(State(state): State<ProxyState>) -> Json<serde_json::Value> {
+    let snapshot = state.director.datastore.snapshot();
+    let data: Vec<_> = snapshot
+        .models()
+        .map(|m| json!({ "id": m.name, "object": "model", "owned_by": "switchyard" }))
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+async fn not_found(request: Request) -> Response {
+    let err = format!("inference error: NotFound - no route for {} {}", request.method(), request.uri().path());
+    (StatusCode::NOT_FOUND, err).into_response()
+}
+
+fn error_response(err: &RouteError) -> Response {
+    let mut response = (err.http_status(), err.body()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| state.director.new_request_id());
+
+    let limit = state.config.max_body_bytes;
+    let raw = match read_body(body, limit).await {
+        Ok(raw) => raw,
+        Err(err) => {
+            // The body never reached the director, so record the rejection here.
+            tracing::debug!(request_id = %request_id, error = %err, "rejected request body");
+            return error_response(&err);
+        }
+    };
+    let plan = match state.director.route(kind, raw, request_id.clone()) {
+        Ok(plan) => plan,
+        Err(err) => return error_response(&err),
+    };
+
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(parts.uri.path()).to_owned();
+    let mut targets = std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
+    let mut served_by_fallback = false;
+    let mut last_error = None;
+    while let Some(endpoint) = targets.next() {
+        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &plan, &request_id) {
+            Ok(req) => req,
+            Err(err) => {
+                last_error = Some(err);
+                break;
+            }
+        };
+        match state.client.request(upstream).await {
+            Ok(response) => return stream_back(state.director.clone(), plan, endpoint, served_by_fallback, response),
+            Err(err) if err.is_connect() => {
+                // Nothing was sent to the client yet, so the next-best endpoint can still take the request.
+                tracing::warn!(request_id = %request_id, endpoint = %endpoint, error = %err, "model server refused the connection");
+                served_by_fallback = true;
+                last_error = Some(format!("connecting to {endpoint}: {err}"));
+            }
+            Err(err) => {
+                last_error = Some(format!("model server {endpoint} failed: {err}"));
+                break;
+            }
+        }
+    }
+    let message = last_error.unwrap_or_else(|| "no endpoint left to try".into());
+    let endpoint = plan.endpoint.clone();
+    state.director.finish(plan, endpoint, ResponseStats { status: Some(502), ..ResponseStats::default() });
+    (StatusCode::BAD_GATEWAY, format!("inference error: BadGateway - {message}")).into_response()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouteError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(RouteError::PayloadTooLarge { limit })
+        }
+        Err(err) => Err(RouteError::BadRequest(format!("error reading request body: {err}"))),
+    }
+}
+
+/// Hop-by-hop headers and those we recompute are not forwarded.
+fn forwardable(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+fn upstream_request(
+    endpoint: &EndpointId,
+    path: &str,
+    headers: &HeaderMap,
+    plan: &RoutePlan,
+    request_id: &str,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let uri = format!("http://{endpoint}{path}");
+    let mut builder = http::Request::post(&uri);
+    for (name, value) in headers.iter().filter(|(name, _)| forwardable(name)) {
+        builder = builder.header(name, value);
+    }
+    builder
+        .header(header::CONTENT_LENGTH, plan.body.len())
+        .header(REQUEST_ID_HEADER, request_id)
+        .body(Full::new(plan.body.clone()))
+        .map_err(|e| format!("building the upstream request to {uri}: {e}"))
+}
+
+fn stream_back(
+    director: Arc<Director>,
+    plan: RoutePlan,
+    endpoint: EndpointId,
+    served_by_fallback: bool,
+    response: http::Response<hyper::body::Incoming>,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let usage = UsageObserver::new(content_type);
+    parts.headers.retain_forwardable();
+    if let Ok(value) = HeaderValue::from_str(&endpoint.0) {
+        parts.headers.insert(SERVED_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&plan.decision.request_id) {
+        parts.headers.insert(REQUEST_ID_HEADER, value);
+    }
+    let stats = ResponseStats { status: Some(parts.status.as_u16()), served_by_fallback, ..ResponseStats::default() };
+    let observed = ObservedBody {
+        inner: body,
+        usage,
+        first_byte: None,
+        sent_at: Instant::now(),
+        finish: Some(Finish { director, plan, endpoint, stats }),
+    };
+    Response::from_parts(parts, Body::new(observed))
+}
+
+trait RetainForwardable {
+    fn retain_forwardable(&mut self);
+}
+
+impl RetainForwardable for HeaderMap {
+    fn retain_forwardable(&mut self) {
+        let drop: Vec<HeaderName> = self.keys().filter(|name| !forwardable(name)).cloned().collect();
+        for name in drop {
+            self.remove(&name);
+        }
+    }
+}
+
+struct Finish {
+    director: Arc<Director>,
+    plan: RoutePlan,
+    endpoint: EndpointId,
+    stats: ResponseStats,
+}
+
+/// Passes the model server's body through untouched while timing the first byte and reading usage; the decision
+/// is finished when the body ends or, if the client goes away first, when it is dropped.
+struct ObservedBody {
+    inner: hyper::body::Incoming,
+    usage: UsageObserver,
+    first_byte: Option<Instant>,
+    sent_at: Instant,
+    finish: Option<Finish>,
+}
+
+impl ObservedBody {
+    fn complete(&mut self) {
+        if let Some(mut finish) = self.finish.take() {
+            finish.stats.ttft_ms = self.first_byte.map(|t| (t - self.sent_at).as_secs_f64() * 1e3);
+            finish.stats.usage = self.usage.finish();
+            finish.director.finish(finish.plan, finish.endpoint, finish.stats);
+        }
+    }
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                    this.first_byte.get_or_insert_with(Instant::now);
+                    this.usage.observe(data);
+                }
+            }
+            Poll::Ready(Some(Err(err))) => {
+                tracing::warn!(error = %err, "model server response body failed");
+                if let Some(finish) = this.finish.as_mut() {
+                    finish.stats.status = Some(502);
+                }
+                this.complete();
+            }
+            Poll::Ready(None) => this.complete(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if self.finish.is_some() && !self.inner.is_end_stream() {
+            // The client went away mid-response: record that, the model server connection is dropped with us.
+            if let Some(finish) = self.finish.as_mut() {
+                finish.plan.decision.reason.push_str("; client disconnected before the response ended");
+                // 499 as nginx logs it: not a server error, so the outcome stays Routed.
+                finish.stats.status = Some(499);
+            }
+        }
+        self.complete();
+    }
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask`: project automation (ci, demo, bench) so CI and people run the same commands.
+
+mod bench;
+mod ci;
+mod demo;
+mod load;
+mod procs;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Switchyard project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tidy checks, rustfmt, clippy -D warnings and all tests.
+    Ci,
+    /// Five simulated vLLM pods behind the gateway, a short mixed load and a per-pod table.
+    Demo(demo::DemoArgs),
+    /// Benchmarks; each prints a table and writes target/bench/<name>/summary.json.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ci => ci::run_ci(),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! vllm-sim binary shim.
+fn main() {}

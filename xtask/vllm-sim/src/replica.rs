@@ -1,0 +1,325 @@
+//! One simulated replica: the engine behind a mutex, the async loop that paces its steps in (scaled)
+//! real time, request submission with abort-on-drop, and the handle used to observe and stop it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, ReplicaConfig};
+use crate::engine::{Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId};
+
+/// Why a replica could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read the listener's address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a request was not queued.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error("the engine is shutting down")]
+    Closed,
+}
+
+/// Request counters of one replica, for assertions in tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Requests accepted into the engine.
+    pub requests_received: u64,
+    /// Requests that ran to completion and were delivered.
+    pub requests_completed: u64,
+    /// Requests whose client went away before completion.
+    pub requests_aborted: u64,
+    /// Requests refused with a 4xx.
+    pub requests_rejected: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    received: AtomicU64,
+    completed: AtomicU64,
+    aborted: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    /// Where each live request's tokens go.
+    senders: HashMap<RequestId, mpsc::UnboundedSender<Emission>>,
+    closed: bool,
+}
+
+/// State shared by the HTTP handlers and the engine loop.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cfg: ReplicaConfig,
+    state: Mutex<State>,
+    work: Notify,
+    pub(crate) counters: Counters,
+    origin: Instant,
+    id_prefix: String,
+    next_response_id: AtomicU64,
+    loras: HashMap<String, LoraId>,
+}
+
+impl Shared {
+    fn new(cfg: ReplicaConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let engine = Engine::new(cfg.engine.clone())?;
+        let mut rng = match cfg.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
+        let id_prefix = format!("{:08x}", rng.random::<u32>());
+        let loras = cfg.lora_adapters.iter().enumerate().map(|(i, n)| (n.clone(), i as LoraId)).collect();
+        Ok(Self {
+            cfg,
+            state: Mutex::new(State { engine, senders: HashMap::new(), closed: false }),
+            work: Notify::new(),
+            counters: Counters::default(),
+            origin: Instant::now(),
+            id_prefix,
+            next_response_id: AtomicU64::new(0),
+            loras,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a consistent-enough engine for a simulator.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Simulated seconds since the replica started.
+    fn sim_now(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64() * self.cfg.time_scale
+    }
+
+    /// `None` for the base model, the adapter for a LoRA name, `Err` for an unknown model.
+    pub(crate) fn resolve_model(&self, name: &str) -> Result<Option<LoraId>, ()> {
+        if name == self.cfg.served_model_name {
+            Ok(None)
+        } else {
+            self.loras.get(name).copied().map(Some).ok_or(())
+        }
+    }
+
+    /// A fresh response id such as `cmpl-1a2b3c4d-17`.
+    pub(crate) fn response_id(&self, kind: &str) -> String {
+        let n = self.next_response_id.fetch_add(1, Ordering::Relaxed);
+        format!("{kind}-{}-{n}", self.id_prefix)
+    }
+
+    /// Queues a request; its tokens arrive on the returned receiver as engine steps complete.
+    pub(crate) fn submit(self: &Arc<Self>, req: NewRequest) -> Result<Submission, SubmitError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(SubmitError::Closed);
+            }
+            let arrival = self.sim_now();
+            let id = st.engine.add_request(req, arrival)?;
+            st.senders.insert(id, tx);
+            id
+        };
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.work.notify_one();
+        Ok(Submission { rx, guard: AbortGuard { shared: Arc::clone(self), id, armed: true } })
+    }
+
+    pub(crate) fn snapshot(&self) -> EngineSnapshot {
+        self.lock().engine.snapshot()
+    }
+
+    pub(crate) fn stats(&self) -> ReplicaStats {
+        ReplicaStats {
+            requests_received: self.counters.received.load(Ordering::Relaxed),
+            requests_completed: self.counters.completed.load(Ordering::Relaxed),
+            requests_aborted: self.counters.aborted.load(Ordering::Relaxed),
+            requests_rejected: self.counters.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    fn abort(&self, id: RequestId) {
+        let aborted = {
+            let mut st = self.lock();
+            st.senders.remove(&id);
+            st.engine.abort(id)
+        };
+        if aborted {
+            self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(request = id.0, "client went away, request aborted");
+            // Freed blocks may unblock waiting requests.
+            self.work.notify_one();
+        }
+    }
+
+    /// The engine loop: step, wait out the step's (scaled) duration, deliver its tokens.
+    async fn drive(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let scale = self.cfg.time_scale;
+        loop {
+            let started = Instant::now();
+            let outcome = {
+                let mut st = self.lock();
+                let now = self.sim_now();
+                st.engine.advance_clock_to(now);
+                st.engine.step()
+            };
+            if outcome.is_idle() {
+                tokio::select! {
+                    () = self.work.notified() => continue,
+                    _ = shutdown.wait_for(|&stop| stop) => break,
+                }
+            }
+            if outcome.duration_ms > 0.0 {
+                let deadline = started + Duration::from_secs_f64(outcome.duration_ms / 1000.0 / scale);
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    _ = shutdown.wait_for(|&stop| stop) => break,
+                }
+            } else {
+                // Zero-time steps must still let the HTTP side run.
+                tokio::task::yield_now().await;
+            }
+            let mut completed = 0;
+            {
+                let mut st = self.lock();
+                for em in outcome.emitted {
+                    let id = em.id;
+                    let finished = em.finish.is_some();
+                    if let Some(tx) = st.senders.get(&id) {
+                        let _ = tx.send(em);
+                        if finished {
+                            st.senders.remove(&id);
+                            completed += 1;
+                        }
+                    }
+                }
+            }
+            self.counters.completed.fetch_add(completed, Ordering::Relaxed);
+        }
+        let mut st = self.lock();
+        st.closed = true;
+        // Dropping the senders ends every pending response.
+        st.senders.clear();
+    }
+}
+
+/// A queued request: its token stream plus the guard that aborts it if dropped early.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub(crate) rx: mpsc::UnboundedReceiver<Emission>,
+    pub(crate) guard: AbortGuard,
+}
+
+/// Aborts the request in the engine (freeing its KV blocks) when dropped before completion, which is
+/// what happens when a client disconnects: axum drops the handler future or the response stream.
+#[derive(Debug)]
+pub(crate) struct AbortGuard {
+    shared: Arc<Shared>,
+    id: RequestId,
+    armed: bool,
+}
+
+impl AbortGuard {
+    /// The request completed; nothing to abort.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.abort(self.id);
+        }
+    }
+}
+
+/// A running replica. Dropping it (or calling [`ReplicaHandle::shutdown`]) stops the engine and the
+/// HTTP server; in-flight responses end early.
+#[derive(Debug)]
+pub struct ReplicaHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ReplicaHandle {
+    /// Address the replica listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ip:port`, for building request URLs.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Request counters so far.
+    pub fn stats(&self) -> ReplicaStats {
+        self.shared.stats()
+    }
+
+    /// Current engine state (queue lengths, KV usage, cumulative metrics).
+    pub fn engine_snapshot(&self) -> EngineSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Stops the replica and waits for its engine loop and server to finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ReplicaHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts a replica serving on `listener` (bind it to `127.0.0.1:0` in tests) and returns once it accepts
+/// connections. Must be called inside a tokio runtime.
+pub async fn spawn_replica(cfg: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<ReplicaHandle, SpawnError> {
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::new(cfg)?);
+    let (stop, stop_rx) = watch::channel(false);
+
+    let driver = tokio::spawn(Arc::clone(&shared).drive(stop_rx.clone()));
+    let app = crate::server::router(Arc::clone(&shared));
+    let mut server_stop = stop_rx;
+    let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            // Token-sized SSE writes must not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|&stop| stop).await;
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::error!(%addr, error = %err, "replica server failed");
+        }
+    });
+    Ok(ReplicaHandle { addr, shared, stop, tasks: vec![driver, server] })
+}
