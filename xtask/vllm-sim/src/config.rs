@@ -80,16 +80,24 @@ impl EngineConfig {
     /// Checks the combination makes sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.num_gpu_blocks == 0 {
-            return Err(ConfigError::Invalid("num_gpu_blocks must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "num_gpu_blocks must be at least 1".into(),
+            ));
         }
         if self.max_num_seqs == 0 {
-            return Err(ConfigError::Invalid("max_num_seqs must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_num_seqs must be at least 1".into(),
+            ));
         }
         if self.max_model_len < 2 {
-            return Err(ConfigError::Invalid("max_model_len must be at least 2".into()));
+            return Err(ConfigError::Invalid(
+                "max_model_len must be at least 2".into(),
+            ));
         }
         if self.max_num_batched_tokens == 0 {
-            return Err(ConfigError::Invalid("max_num_batched_tokens must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_num_batched_tokens must be at least 1".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.watermark) {
             return Err(ConfigError::Invalid("watermark must be in [0, 1)".into()));
@@ -150,7 +158,9 @@ impl ReplicaConfig {
             )));
         }
         if self.served_model_name.is_empty() {
-            return Err(ConfigError::Invalid("served_model_name must not be empty".into()));
+            return Err(ConfigError::Invalid(
+                "served_model_name must not be empty".into(),
+            ));
         }
         if !self.lora_adapters.is_empty() && self.engine.max_loras == 0 {
             return Err(ConfigError::Invalid(
@@ -159,10 +169,14 @@ impl ReplicaConfig {
         }
         for (i, name) in self.lora_adapters.iter().enumerate() {
             if name.is_empty() || name.contains(',') {
-                return Err(ConfigError::Invalid(format!("invalid lora adapter name {name:?}")));
+                return Err(ConfigError::Invalid(format!(
+                    "invalid lora adapter name {name:?}"
+                )));
             }
             if *name == self.served_model_name || self.lora_adapters[..i].contains(name) {
-                return Err(ConfigError::Invalid(format!("duplicate model name {name:?}")));
+                return Err(ConfigError::Invalid(format!(
+                    "duplicate model name {name:?}"
+                )));
             }
         }
         Ok(())
@@ -185,22 +199,29 @@ mod tests {
         let v0 = EngineConfig::for_scheduler(SchedulerKind::V0);
         assert_eq!(v0.max_num_batched_tokens, 8192);
         assert_eq!(v0.watermark_blocks(), 50);
-        assert_eq!(EngineConfig::for_scheduler(SchedulerKind::V1).max_num_batched_tokens, 2048);
+        assert_eq!(
+            EngineConfig::for_scheduler(SchedulerKind::V1).max_num_batched_tokens,
+            2048
+        );
         ReplicaConfig::default().validate().unwrap();
     }
 
     #[test]
     fn rejects_nonsense() {
-        let mut cfg = ReplicaConfig::default();
-        cfg.time_scale = 0.0;
+        let cfg = ReplicaConfig {
+            time_scale: 0.0,
+            ..ReplicaConfig::default()
+        };
         assert!(cfg.validate().is_err());
 
         let mut cfg = ReplicaConfig::default();
         cfg.engine.max_num_batched_tokens = 2048;
         assert!(cfg.validate().is_err(), "v0 cannot chunk a prompt");
 
-        let mut cfg = ReplicaConfig::default();
-        cfg.lora_adapters = vec!["a".into()];
+        let mut cfg = ReplicaConfig {
+            lora_adapters: vec!["a".into()],
+            ..ReplicaConfig::default()
+        };
         assert!(cfg.validate().is_err(), "adapters need max_loras");
         cfg.engine.max_loras = 1;
         cfg.validate().unwrap();

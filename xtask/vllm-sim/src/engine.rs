@@ -36,7 +36,11 @@ pub enum RequestError {
          messages or completion.",
         u64::from(*prompt) + u64::from(*max_tokens)
     )]
-    TooLong { prompt: u32, max_tokens: u32, max_model_len: u32 },
+    TooLong {
+        prompt: u32,
+        max_tokens: u32,
+        max_model_len: u32,
+    },
     #[error("LoRA is not enabled on this engine")]
     LoraDisabled,
 }
@@ -137,7 +141,10 @@ impl Seq {
         let extra = self.lora.map_or(0, |l| u64::from(l) + 1);
         while self.block_hashes.len() < n {
             let k = self.block_hashes.len();
-            let tokens: Vec<u32> = (k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE).map(|i| self.token(i)).collect();
+            let mut tokens = [0u32; BLOCK_SIZE];
+            for (j, t) in tokens.iter_mut().enumerate() {
+                *t = self.token(k * BLOCK_SIZE + j);
+            }
             let parent = self.block_hashes.last().copied();
             self.block_hashes.push(block_hash(parent, &tokens, extra));
         }
@@ -225,7 +232,11 @@ impl Engine {
     }
 
     /// Queues a request that arrived at simulated time `arrival`.
-    pub fn add_request(&mut self, req: NewRequest, arrival: f64) -> Result<RequestId, RequestError> {
+    pub fn add_request(
+        &mut self,
+        req: NewRequest,
+        arrival: f64,
+    ) -> Result<RequestId, RequestError> {
         if req.prompt.is_empty() {
             return Err(RequestError::EmptyPrompt);
         }
@@ -349,7 +360,11 @@ impl Engine {
                 any_finished = true;
                 seq.finish(FinishReason::Length)
             });
-            emitted.push(Emission { id: seq.id, token: Some(index), finish });
+            emitted.push(Emission {
+                id: seq.id,
+                token: Some(index),
+                finish,
+            });
         }
         if any_finished {
             let mut i = 0;
@@ -364,12 +379,23 @@ impl Engine {
                 }
             }
         }
-        StepOutcome { kind, duration_ms, shape, emitted, preempted }
+        StepOutcome {
+            kind,
+            duration_ms,
+            shape,
+            emitted,
+            preempted,
+        }
     }
 
     /// V0 `_schedule_default`: admit prefills FCFS; if any were admitted the step is prefill-only,
     /// otherwise decode every running request, preempting the newest when a block is missing.
-    fn schedule_v0(&mut self, shape: &mut StepShape, scheduled: &mut Vec<(usize, usize)>, emitted: &mut Vec<Emission>) {
+    fn schedule_v0(
+        &mut self,
+        shape: &mut StepShape,
+        scheduled: &mut Vec<(usize, usize)>,
+        emitted: &mut Vec<Emission>,
+    ) {
         let mut budget = self.cfg.max_num_batched_tokens as usize;
         let mut skipped = Vec::new();
         while let Some(seq) = self.waiting.front() {
@@ -411,7 +437,12 @@ impl Engine {
 
     /// V1: one token budget; running requests first (decodes and prefill chunks), then new requests
     /// (chunked) unless something was preempted this step.
-    fn schedule_v1(&mut self, shape: &mut StepShape, scheduled: &mut Vec<(usize, usize)>, emitted: &mut Vec<Emission>) {
+    fn schedule_v1(
+        &mut self,
+        shape: &mut StepShape,
+        scheduled: &mut Vec<(usize, usize)>,
+        emitted: &mut Vec<Emission>,
+    ) {
         let mut budget = self.cfg.max_num_batched_tokens as usize;
         let preemptions_before = self.metrics.num_preemptions;
         let mut i = 0;
@@ -438,7 +469,9 @@ impl Engine {
 
         let mut skipped = Vec::new();
         while budget > 0 && self.running.len() < self.cfg.max_num_seqs as usize {
-            let Some(seq) = self.waiting.front() else { break };
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
             if self.lora_blocked(seq) {
                 if let Some(seq) = self.waiting.pop_front() {
                     skipped.push(seq);
@@ -462,7 +495,8 @@ impl Engine {
     fn lora_blocked(&self, seq: &Seq) -> bool {
         match seq.lora {
             Some(l) => {
-                !self.active_loras.contains_key(&l) && self.active_loras.len() >= self.cfg.max_loras as usize
+                !self.active_loras.contains_key(&l)
+                    && self.active_loras.len() >= self.cfg.max_loras as usize
             }
             None => false,
         }
@@ -478,10 +512,16 @@ impl Engine {
     /// Tries to move the head of `waiting` into `running` with its KV allocated. `whole` = V0 semantics
     /// (the whole remaining sequence in one step, admission watermark); otherwise a V1 chunk.
     fn try_admit(&mut self, budget: usize, whole: bool) -> Admission {
-        let Some(seq) = self.waiting.front_mut() else { return Admission::Later };
+        let Some(seq) = self.waiting.front_mut() else {
+            return Admission::Later;
+        };
         let len = seq.len();
         let total_blocks = self.kv.num_blocks();
-        let watermark = if whole { self.cfg.watermark_blocks() } else { 0 };
+        let watermark = if whole {
+            self.cfg.watermark_blocks()
+        } else {
+            0
+        };
         if blocks_for(len) + watermark > total_blocks {
             return Admission::Never;
         }
@@ -498,7 +538,11 @@ impl Engine {
         };
         let cached = hit.blocks.len() * BLOCK_SIZE;
         let remaining = len - cached;
-        let new = if whole { remaining } else { remaining.min(budget) };
+        let new = if whole {
+            remaining
+        } else {
+            remaining.min(budget)
+        };
         if new > budget {
             return Admission::Later;
         }
@@ -508,7 +552,9 @@ impl Engine {
             return Admission::Later;
         }
 
-        let Some(mut seq) = self.waiting.pop_front() else { return Admission::Later };
+        let Some(mut seq) = self.waiting.pop_front() else {
+            return Admission::Later;
+        };
         for &b in &hit.blocks {
             self.kv.touch(b);
         }
@@ -528,9 +574,7 @@ impl Engine {
             self.metrics.prefix_cache_queries += len as u64;
             self.metrics.prefix_cache_hits += cached as u64;
         }
-        if whole {
-            self.metrics.prompt_tokens += new as u64;
-        }
+        self.metrics.prompt_tokens += new as u64;
         if let Some(l) = seq.lora {
             *self.active_loras.entry(l).or_insert(0) += 1;
         }
@@ -541,9 +585,17 @@ impl Engine {
     /// Finishes the head of `waiting`, which can never fit (vLLM's "ignored" sequence groups).
     fn drop_unschedulable(&mut self, emitted: &mut Vec<Emission>) {
         if let Some(seq) = self.waiting.pop_front() {
-            tracing::warn!(request = seq.id.0, tokens = seq.len(), "request can never fit in the kv cache, ignored");
+            tracing::warn!(
+                request = seq.id.0,
+                tokens = seq.len(),
+                "request can never fit in the kv cache, ignored"
+            );
             self.metrics.record_finish(FinishReason::Length);
-            emitted.push(Emission { id: seq.id, token: None, finish: Some(seq.finish(FinishReason::Length)) });
+            emitted.push(Emission {
+                id: seq.id,
+                token: None,
+                finish: Some(seq.finish(FinishReason::Length)),
+            });
         }
     }
 
@@ -576,7 +628,11 @@ impl Engine {
         seq.num_computed = 0;
         seq.registered = 0;
         self.metrics.num_preemptions += 1;
-        tracing::debug!(request = seq.id.0, generated = seq.generated, "preempted by recompute");
+        tracing::debug!(
+            request = seq.id.0,
+            generated = seq.generated,
+            "preempted by recompute"
+        );
         self.waiting.push_front(seq);
     }
 
@@ -604,11 +660,17 @@ mod tests {
     }
 
     fn prompt(n: usize, seed: u32) -> Vec<u32> {
-        (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761) ^ seed).collect()
+        (0..n as u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) ^ seed)
+            .collect()
     }
 
     fn req(n: usize, max_tokens: u32) -> NewRequest {
-        NewRequest { prompt: prompt(n, 0), max_tokens, lora: None }
+        NewRequest {
+            prompt: prompt(n, 0),
+            max_tokens,
+            lora: None,
+        }
     }
 
     /// Runs steps until idle; returns completion tokens per request and the steps taken.
@@ -637,13 +699,28 @@ mod tests {
         let id = e.add_request(req(1000, 5), 0.0).unwrap();
         let first = e.step();
         assert_eq!(first.kind, StepKind::Prefill);
-        assert!((first.duration_ms - 440.0).abs() < 10.0, "{}", first.duration_ms);
-        assert_eq!(first.emitted, vec![Emission { id, token: Some(0), finish: None }]);
+        assert!(
+            (first.duration_ms - 440.0).abs() < 10.0,
+            "{}",
+            first.duration_ms
+        );
+        assert_eq!(
+            first.emitted,
+            vec![Emission {
+                id,
+                token: Some(0),
+                finish: None
+            }]
+        );
         assert_eq!(e.snapshot().running, 1);
         let (done, steps) = run(&mut e);
         assert_eq!(done[&id], 5);
         assert_eq!(steps.len(), 4);
-        assert!(steps.iter().all(|s| s.kind == StepKind::Decode && s.duration_ms > 40.0));
+        assert!(
+            steps
+                .iter()
+                .all(|s| s.kind == StepKind::Decode && s.duration_ms > 40.0)
+        );
         let snap = e.snapshot();
         assert_eq!((snap.running, snap.waiting, snap.free_blocks), (0, 0, 5000));
         assert_eq!(snap.metrics.generation_tokens, 5);
@@ -663,16 +740,26 @@ mod tests {
         e.add_request(req(200, 10), e.clock()).unwrap();
         let s = e.step();
         assert_eq!(s.kind, StepKind::Prefill);
-        assert_eq!(s.emitted.len(), 1, "running decode frozen during the prefill step");
+        assert_eq!(
+            s.emitted.len(),
+            1,
+            "running decode frozen during the prefill step"
+        );
         assert_eq!(e.step().emitted.len(), 2);
     }
 
     #[test]
     fn rejects_requests_beyond_max_model_len() {
         let mut e = Engine::new(cfg(SchedulerKind::V0)).unwrap();
-        assert!(matches!(e.add_request(req(8000, 193), 0.0), Err(RequestError::TooLong { .. })));
+        assert!(matches!(
+            e.add_request(req(8000, 193), 0.0),
+            Err(RequestError::TooLong { .. })
+        ));
         e.add_request(req(8000, 192), 0.0).unwrap();
-        assert_eq!(e.add_request(req(10, 0), 0.0), Err(RequestError::ZeroMaxTokens));
+        assert_eq!(
+            e.add_request(req(10, 0), 0.0),
+            Err(RequestError::ZeroMaxTokens)
+        );
     }
 
     fn preemption_case(scheduler: SchedulerKind) {
@@ -680,15 +767,28 @@ mod tests {
         c.num_gpu_blocks = 200; // 3200 tokens
         c.profile = Profile::ZeroDelay;
         let mut e = Engine::new(c).unwrap();
-        let ids: Vec<_> = (0..6).map(|i| {
-            let r = NewRequest { prompt: prompt(400, i), max_tokens: 600, lora: None };
-            e.add_request(r, 0.0).unwrap()
-        }).collect();
+        let ids: Vec<_> = (0..6)
+            .map(|i| {
+                let r = NewRequest {
+                    prompt: prompt(400, i),
+                    max_tokens: 600,
+                    lora: None,
+                };
+                e.add_request(r, 0.0).unwrap()
+            })
+            .collect();
         let (done, _) = run(&mut e);
         let snap = e.snapshot();
-        assert!(snap.metrics.num_preemptions > 0, "{scheduler}: expected preemptions");
+        assert!(
+            snap.metrics.num_preemptions > 0,
+            "{scheduler}: expected preemptions"
+        );
         for id in ids {
-            assert_eq!(done.get(&id), Some(&600), "{scheduler}: request {id:?} incomplete");
+            assert_eq!(
+                done.get(&id),
+                Some(&600),
+                "{scheduler}: request {id:?} incomplete"
+            );
         }
         assert_eq!(snap.free_blocks, 200);
         assert_eq!(snap.metrics.generation_tokens, 6 * 600);
@@ -711,8 +811,26 @@ mod tests {
         c.watermark = 0.0;
         let mut e = Engine::new(c).unwrap();
         // Two requests of exactly 48 blocks each (768 tokens) fill 96 blocks.
-        let a = e.add_request(NewRequest { prompt: prompt(768, 1), max_tokens: 200, lora: None }, 0.0).unwrap();
-        let b = e.add_request(NewRequest { prompt: prompt(768, 2), max_tokens: 200, lora: None }, 0.0).unwrap();
+        let a = e
+            .add_request(
+                NewRequest {
+                    prompt: prompt(768, 1),
+                    max_tokens: 200,
+                    lora: None,
+                },
+                0.0,
+            )
+            .unwrap();
+        let b = e
+            .add_request(
+                NewRequest {
+                    prompt: prompt(768, 2),
+                    max_tokens: 200,
+                    lora: None,
+                },
+                0.0,
+            )
+            .unwrap();
         let s = e.step();
         assert_eq!(s.emitted.len(), 2);
         // Next decodes need a 49th block each; 4 free blocks let both grow until the pool is dry.
@@ -728,7 +846,10 @@ mod tests {
         assert_eq!(e.running[0].id, a, "oldest keeps running");
         assert_eq!(e.waiting.front().map(|s| s.id), Some(b));
         assert_eq!(e.waiting[0].num_computed, 0);
-        assert!(e.waiting[0].generated > 0, "generated tokens kept for recompute");
+        assert!(
+            e.waiting[0].generated > 0,
+            "generated tokens kept for recompute"
+        );
     }
 
     /// An engine of 400 blocks (watermark 4) with one long-running request holding 380 of them.
@@ -748,9 +869,17 @@ mod tests {
         let mut e = engine_with_20_free_blocks();
         e.add_request(req(17 * BLOCK_SIZE, 4), e.clock()).unwrap();
         e.add_request(req(16, 4), e.clock()).unwrap();
-        assert_eq!(e.step().kind, StepKind::Decode, "admission blocked by the watermark");
+        assert_eq!(
+            e.step().kind,
+            StepKind::Decode,
+            "admission blocked by the watermark"
+        );
         let snap = e.snapshot();
-        assert_eq!((snap.running, snap.waiting), (1, 2), "FCFS head-of-line blocking");
+        assert_eq!(
+            (snap.running, snap.waiting),
+            (1, 2),
+            "FCFS head-of-line blocking"
+        );
 
         // 16 blocks leave exactly the watermark free: admitted.
         let mut e = engine_with_20_free_blocks();
@@ -764,7 +893,7 @@ mod tests {
         let mut c = cfg(SchedulerKind::V0);
         c.num_gpu_blocks = 50;
         let mut e = Engine::new(c).unwrap();
-        let id = e.add_request(req(50 * BLOCK_SIZE, 1), 0.0).unwrap();
+        let id = e.add_request(req(50 * BLOCK_SIZE + 1, 1), 0.0).unwrap();
         let s = e.step();
         assert_eq!(s.emitted.len(), 1);
         assert_eq!(s.emitted[0].id, id);
@@ -783,15 +912,40 @@ mod tests {
         let mut p2 = shared;
         p2.extend(prompt(100, 2));
 
-        let a = e.add_request(NewRequest { prompt: p1, max_tokens: 2, lora: None }, 0.0).unwrap();
+        let a = e
+            .add_request(
+                NewRequest {
+                    prompt: p1,
+                    max_tokens: 2,
+                    lora: None,
+                },
+                0.0,
+            )
+            .unwrap();
         let cold = e.step().duration_ms;
         let (done, _) = run(&mut e);
         assert!(done.contains_key(&a));
 
-        let b = e.add_request(NewRequest { prompt: p2, max_tokens: 2, lora: None }, e.clock()).unwrap();
+        let b = e
+            .add_request(
+                NewRequest {
+                    prompt: p2,
+                    max_tokens: 2,
+                    lora: None,
+                },
+                e.clock(),
+            )
+            .unwrap();
         let warm = e.step();
-        assert!(warm.duration_ms < cold / 2.0, "warm {} cold {cold}", warm.duration_ms);
-        assert_eq!(warm.shape.tokens, 100, "the 125 shared full blocks are not recomputed");
+        assert!(
+            warm.duration_ms < cold / 2.0,
+            "warm {} cold {cold}",
+            warm.duration_ms
+        );
+        assert_eq!(
+            warm.shape.tokens, 100,
+            "the 125 shared full blocks are not recomputed"
+        );
         let mut finish = None;
         for _ in 0..3 {
             for em in e.step().emitted {
@@ -812,11 +966,30 @@ mod tests {
         c.prefix_caching = true;
         let mut e = Engine::new(c).unwrap();
         let p = prompt(64, 3);
-        e.add_request(NewRequest { prompt: p.clone(), max_tokens: 1, lora: None }, 0.0).unwrap();
+        e.add_request(
+            NewRequest {
+                prompt: p.clone(),
+                max_tokens: 1,
+                lora: None,
+            },
+            0.0,
+        )
+        .unwrap();
         run(&mut e);
-        e.add_request(NewRequest { prompt: p, max_tokens: 1, lora: None }, e.clock()).unwrap();
+        e.add_request(
+            NewRequest {
+                prompt: p,
+                max_tokens: 1,
+                lora: None,
+            },
+            e.clock(),
+        )
+        .unwrap();
         let s = e.step();
-        assert_eq!(s.shape.tokens, 16, "48 cached tokens, last block recomputed");
+        assert_eq!(
+            s.shape.tokens, 16,
+            "48 cached tokens, last block recomputed"
+        );
         assert_eq!(s.emitted.len(), 1);
     }
 
@@ -827,21 +1000,39 @@ mod tests {
             c.max_loras = 2;
             let mut e = Engine::new(c).unwrap();
             for lora in [0, 1, 2, 0] {
-                e.add_request(NewRequest { prompt: prompt(50, lora), max_tokens: 20, lora: Some(lora) }, 0.0).unwrap();
+                e.add_request(
+                    NewRequest {
+                        prompt: prompt(50, lora),
+                        max_tokens: 20,
+                        lora: Some(lora),
+                    },
+                    0.0,
+                )
+                .unwrap();
             }
             e.add_request(req(50, 20), 0.0).unwrap();
             e.step();
             let snap = e.snapshot();
             assert_eq!(snap.running_loras, BTreeSet::from([0, 1]), "{scheduler}");
             assert_eq!(snap.waiting_loras, BTreeSet::from([2]), "{scheduler}");
-            assert_eq!(snap.running, 4, "{scheduler}: adapter 0 again and the base request pass the blocked one");
+            assert_eq!(
+                snap.running, 4,
+                "{scheduler}: adapter 0 again and the base request pass the blocked one"
+            );
             let (done, _) = run(&mut e);
             assert_eq!(done.len(), 5);
             assert!(done.values().all(|&n| n == 20));
         }
         let mut e = Engine::new(cfg(SchedulerKind::V0)).unwrap();
         assert_eq!(
-            e.add_request(NewRequest { prompt: prompt(5, 0), max_tokens: 1, lora: Some(0) }, 0.0),
+            e.add_request(
+                NewRequest {
+                    prompt: prompt(5, 0),
+                    max_tokens: 1,
+                    lora: Some(0)
+                },
+                0.0
+            ),
             Err(RequestError::LoraDisabled)
         );
     }
@@ -860,7 +1051,16 @@ mod tests {
         assert_eq!(s.shape.tokens, 2048);
         let s = e.step();
         assert_eq!(s.shape.tokens, 1 + (5000 - 2047 - 2047));
-        assert!(s.emitted.iter().any(|em| em.id == long && em.token == Some(0)));
+        assert!(
+            s.emitted
+                .iter()
+                .any(|em| em.id == long && em.token == Some(0))
+        );
+        assert_eq!(
+            e.snapshot().metrics.prompt_tokens,
+            5100,
+            "every chunk counted once"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 pub const BLOCK_SIZE: usize = 16;
 
 /// Index of a physical block.
-pub type BlockId = u32;
+pub(crate) type BlockId = u32;
 
 const NIL: u32 = u32::MAX;
 

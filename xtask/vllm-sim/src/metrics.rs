@@ -27,7 +27,12 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     pub fn observe(&mut self, v: f64) {
@@ -130,12 +135,48 @@ impl MetricsPage<'_> {
         let base = format!("model_name=\"{model}\"");
         let m = &self.metrics;
 
-        gauge(&mut out, "vllm:num_requests_running", "Number of requests currently running on GPU.", &base, self.running as f64);
-        gauge(&mut out, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", &base, self.waiting as f64);
-        gauge(&mut out, "vllm:num_requests_swapped", "Number of requests swapped to CPU.", &base, 0.0);
-        gauge(&mut out, "vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", &base, self.kv_usage);
-        gauge(&mut out, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", &base, self.kv_usage);
-        gauge(&mut out, "vllm:cpu_cache_usage_perc", "CPU KV-cache usage. 1 means 100 percent usage.", &base, 0.0);
+        gauge(
+            &mut out,
+            "vllm:num_requests_running",
+            "Number of requests currently running on GPU.",
+            &base,
+            self.running as f64,
+        );
+        gauge(
+            &mut out,
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            &base,
+            self.waiting as f64,
+        );
+        gauge(
+            &mut out,
+            "vllm:num_requests_swapped",
+            "Number of requests swapped to CPU.",
+            &base,
+            0.0,
+        );
+        gauge(
+            &mut out,
+            "vllm:gpu_cache_usage_perc",
+            "GPU KV-cache usage. 1 means 100 percent usage.",
+            &base,
+            self.kv_usage,
+        );
+        gauge(
+            &mut out,
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            &base,
+            self.kv_usage,
+        );
+        gauge(
+            &mut out,
+            "vllm:cpu_cache_usage_perc",
+            "CPU KV-cache usage. 1 means 100 percent usage.",
+            &base,
+            0.0,
+        );
         let hit_rate = if !self.prefix_caching {
             -1.0
         } else if m.prefix_cache_queries == 0 {
@@ -143,21 +184,70 @@ impl MetricsPage<'_> {
         } else {
             m.prefix_cache_hits as f64 / m.prefix_cache_queries as f64
         };
-        gauge(&mut out, "vllm:gpu_prefix_cache_hit_rate", "GPU prefix cache block hit rate.", &base, hit_rate);
+        gauge(
+            &mut out,
+            "vllm:gpu_prefix_cache_hit_rate",
+            "GPU prefix cache block hit rate.",
+            &base,
+            hit_rate,
+        );
 
-        counter(&mut out, "vllm:num_preemptions_total", "Cumulative number of preemption from the engine.", &base, m.num_preemptions);
-        counter(&mut out, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", &base, m.prompt_tokens);
-        counter(&mut out, "vllm:generation_tokens_total", "Number of generation tokens processed.", &base, m.generation_tokens);
-        counter(&mut out, "vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.", &base, m.prefix_cache_queries);
-        counter(&mut out, "vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.", &base, m.prefix_cache_hits);
+        counter(
+            &mut out,
+            "vllm:num_preemptions_total",
+            "Cumulative number of preemption from the engine.",
+            &base,
+            m.num_preemptions,
+        );
+        counter(
+            &mut out,
+            "vllm:prompt_tokens_total",
+            "Number of prefill tokens processed.",
+            &base,
+            m.prompt_tokens,
+        );
+        counter(
+            &mut out,
+            "vllm:generation_tokens_total",
+            "Number of generation tokens processed.",
+            &base,
+            m.generation_tokens,
+        );
+        counter(
+            &mut out,
+            "vllm:prefix_cache_queries_total",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            &base,
+            m.prefix_cache_queries,
+        );
+        counter(
+            &mut out,
+            "vllm:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            &base,
+            m.prefix_cache_hits,
+        );
 
-        header(&mut out, "vllm:request_success_total", "Count of successfully processed requests.", "counter");
+        header(
+            &mut out,
+            "vllm:request_success_total",
+            "Count of successfully processed requests.",
+            "counter",
+        );
         for (reason, n) in [("length", m.finished_length), ("abort", m.finished_abort)] {
-            let _ = writeln!(out, "vllm:request_success_total{{finished_reason=\"{reason}\",{base}}} {n}");
+            let _ = writeln!(
+                out,
+                "vllm:request_success_total{{finished_reason=\"{reason}\",{base}}} {n}"
+            );
         }
 
         if let Some((running, waiting, max_lora)) = &self.lora {
-            header(&mut out, "vllm:lora_requests_info", "Running stats on lora requests.", "gauge");
+            header(
+                &mut out,
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                "gauge",
+            );
             let _ = writeln!(
                 out,
                 "vllm:lora_requests_info{{max_lora=\"{max_lora}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\",{base}}} {}",
@@ -167,7 +257,12 @@ impl MetricsPage<'_> {
             );
         }
 
-        header(&mut out, "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", "gauge");
+        header(
+            &mut out,
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            "gauge",
+        );
         let _ = writeln!(
             out,
             "vllm:cache_config_info{{block_size=\"{}\",cache_dtype=\"auto\",enable_prefix_caching=\"{}\",gpu_memory_utilization=\"0.95\",num_cpu_blocks=\"0\",num_gpu_blocks=\"{}\",{base}}} 1.0",
@@ -176,9 +271,27 @@ impl MetricsPage<'_> {
             self.num_gpu_blocks
         );
 
-        histogram(&mut out, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &base, &m.ttft);
-        histogram(&mut out, "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", &base, &m.tpot);
-        histogram(&mut out, "vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", &base, &m.e2e);
+        histogram(
+            &mut out,
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            &base,
+            &m.ttft,
+        );
+        histogram(
+            &mut out,
+            "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            &base,
+            &m.tpot,
+        );
+        histogram(
+            &mut out,
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of end to end request latency in seconds.",
+            &base,
+            &m.e2e,
+        );
         out
     }
 }
@@ -203,7 +316,11 @@ fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: &Histogr
     let mut cumulative = 0;
     for (i, bound) in h.bounds.iter().enumerate() {
         cumulative += h.counts[i];
-        let _ = writeln!(out, "{name}_bucket{{le=\"{}\",{labels}}} {cumulative}.0", fmt_f64(*bound));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\",{labels}}} {cumulative}.0",
+            fmt_f64(*bound)
+        );
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\",{labels}}} {}.0", h.count);
     let _ = writeln!(out, "{name}_count{{{labels}}} {}.0", h.count);
@@ -217,7 +334,9 @@ fn fmt_f64(v: f64) -> String {
 
 /// Label-value escaping of the text format.
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -233,9 +352,18 @@ mod tests {
         h.observe(20.0);
         let mut out = String::new();
         histogram(&mut out, "x", "help", "model_name=\"m\"", &h);
-        assert!(out.contains("x_bucket{le=\"0.1\",model_name=\"m\"} 2.0\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"1.0\",model_name=\"m\"} 3.0\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\",model_name=\"m\"} 4.0\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{le=\"0.1\",model_name=\"m\"} 2.0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{le=\"1.0\",model_name=\"m\"} 3.0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{le=\"+Inf\",model_name=\"m\"} 4.0\n"),
+            "{out}"
+        );
         assert!(out.contains("x_count{model_name=\"m\"} 4.0\n"), "{out}");
         assert!(out.contains("# TYPE x histogram\n"));
     }
@@ -265,7 +393,10 @@ mod tests {
             "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\",model_name=\"qwq-32b\"} 1700000000.0",
             "# TYPE vllm:num_preemptions_total counter",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(text.contains("vllm:cache_config_info{block_size=\"16\""));
         assert!(text.contains("num_gpu_blocks=\"5000\""));

@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, ReplicaConfig};
-use crate::engine::{Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId};
+use crate::engine::{
+    Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId,
+};
 
 /// Why a replica could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +87,19 @@ impl Shared {
             None => SmallRng::from_os_rng(),
         };
         let id_prefix = format!("{:08x}", rng.random::<u32>());
-        let loras = cfg.lora_adapters.iter().enumerate().map(|(i, n)| (n.clone(), i as LoraId)).collect();
+        let loras = cfg
+            .lora_adapters
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as LoraId))
+            .collect();
         Ok(Self {
             cfg,
-            state: Mutex::new(State { engine, senders: HashMap::new(), closed: false }),
+            state: Mutex::new(State {
+                engine,
+                senders: HashMap::new(),
+                closed: false,
+            }),
             work: Notify::new(),
             counters: Counters::default(),
             origin: Instant::now(),
@@ -100,7 +111,9 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves a consistent-enough engine for a simulator.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Simulated seconds since the replica started.
@@ -138,7 +151,14 @@ impl Shared {
         };
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         self.work.notify_one();
-        Ok(Submission { rx, guard: AbortGuard { shared: Arc::clone(self), id, armed: true } })
+        Ok(Submission {
+            rx,
+            guard: AbortGuard {
+                shared: Arc::clone(self),
+                id,
+                armed: true,
+            },
+        })
     }
 
     pub(crate) fn snapshot(&self) -> EngineSnapshot {
@@ -186,7 +206,8 @@ impl Shared {
                 }
             }
             if outcome.duration_ms > 0.0 {
-                let deadline = started + Duration::from_secs_f64(outcome.duration_ms / 1000.0 / scale);
+                let deadline =
+                    started + Duration::from_secs_f64(outcome.duration_ms / 1000.0 / scale);
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {}
                     _ = shutdown.wait_for(|&stop| stop) => break,
@@ -210,7 +231,9 @@ impl Shared {
                     }
                 }
             }
-            self.counters.completed.fetch_add(completed, Ordering::Relaxed);
+            self.counters
+                .completed
+                .fetch_add(completed, Ordering::Relaxed);
         }
         let mut st = self.lock();
         st.closed = true;
@@ -298,7 +321,10 @@ impl Drop for ReplicaHandle {
 
 /// Starts a replica serving on `listener` (bind it to `127.0.0.1:0` in tests) and returns once it accepts
 /// connections. Must be called inside a tokio runtime.
-pub async fn spawn_replica(cfg: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<ReplicaHandle, SpawnError> {
+pub async fn spawn_replica(
+    cfg: ReplicaConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<ReplicaHandle, SpawnError> {
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(cfg)?);
     let (stop, stop_rx) = watch::channel(false);
@@ -321,5 +347,110 @@ pub async fn spawn_replica(cfg: ReplicaConfig, listener: tokio::net::TcpListener
             tracing::error!(%addr, error = %err, "replica server failed");
         }
     });
-    Ok(ReplicaHandle { addr, shared, stop, tasks: vec![driver, server] })
+    Ok(ReplicaHandle {
+        addr,
+        shared,
+        stop,
+        tasks: vec![driver, server],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Profile;
+
+    fn shared(time_scale: f64) -> (Arc<Shared>, watch::Sender<bool>, JoinHandle<()>) {
+        let mut cfg = ReplicaConfig {
+            time_scale,
+            ..ReplicaConfig::default()
+        };
+        cfg.engine.profile = Profile::Qwq32b4xA10;
+        let shared = Arc::new(Shared::new(cfg).unwrap());
+        let (stop, rx) = watch::channel(false);
+        let driver = tokio::spawn(Arc::clone(&shared).drive(rx));
+        (shared, stop, driver)
+    }
+
+    /// Arrival time (ms since `t0`) of each token of a request.
+    async fn token_times(sub: &mut Submission, t0: Instant) -> Vec<u128> {
+        let mut times = Vec::new();
+        while let Some(em) = sub.rx.recv().await {
+            if em.token.is_some() {
+                times.push(t0.elapsed().as_millis());
+            }
+            if em.finish.is_some() {
+                sub.guard.disarm();
+                break;
+            }
+        }
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steps_are_paced_by_the_profile() {
+        let (shared, stop, driver) = shared(1.0);
+        let t0 = Instant::now();
+        let mut sub = shared
+            .submit(NewRequest {
+                prompt: vec![1; 1000],
+                max_tokens: 3,
+                lora: None,
+            })
+            .unwrap();
+        let times = token_times(&mut sub, t0).await;
+        // Prefill of 1000 tokens ≈ 440 ms, then decode steps ≈ 43 ms each.
+        assert_eq!(times.len(), 3);
+        assert!((435..=445).contains(&times[0]), "{times:?}");
+        assert!((40..=46).contains(&(times[1] - times[0])), "{times:?}");
+        assert!((40..=46).contains(&(times[2] - times[1])), "{times:?}");
+        let m = shared.snapshot().metrics;
+        assert!((m.ttft.sum() - 0.44).abs() < 0.01, "ttft {}", m.ttft.sum());
+        assert_eq!(shared.stats().requests_completed, 1);
+        let _ = stop.send(true);
+        driver.await.unwrap();
+        assert!(matches!(
+            shared.submit(NewRequest {
+                prompt: vec![1],
+                max_tokens: 1,
+                lora: None
+            }),
+            Err(SubmitError::Closed)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_scale_compresses_wall_time_not_simulated_time() {
+        let (shared, _stop, _driver) = shared(10.0);
+        let t0 = Instant::now();
+        let mut sub = shared
+            .submit(NewRequest {
+                prompt: vec![1; 1000],
+                max_tokens: 1,
+                lora: None,
+            })
+            .unwrap();
+        let times = token_times(&mut sub, t0).await;
+        assert!((43..=45).contains(&times[0]), "{times:?}");
+        // Metrics stay in simulated seconds.
+        assert!((shared.snapshot().metrics.ttft.sum() - 0.44).abs() < 0.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_submission_aborts_and_frees_blocks() {
+        let (shared, _stop, _driver) = shared(1.0);
+        let mut sub = shared
+            .submit(NewRequest {
+                prompt: vec![1; 3000],
+                max_tokens: 500,
+                lora: None,
+            })
+            .unwrap();
+        assert!(sub.rx.recv().await.is_some_and(|em| em.token == Some(0)));
+        assert_eq!(shared.snapshot().running, 1);
+        drop(sub);
+        let snap = shared.snapshot();
+        assert_eq!((snap.running, snap.waiting, snap.kv_usage), (0, 0, 0.0));
+        assert_eq!(shared.stats().requests_aborted, 1);
+    }
 }

@@ -21,10 +21,10 @@ use crate::kv::BLOCK_SIZE;
 use crate::metrics::MetricsPage;
 use crate::openai::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatMessage, ChatRequest, Completion,
-    CompletionChoice, CompletionRequest, Content, Delta, ErrorBody, ErrorDetail, ModelCard, ModelList,
-    Prompt, Usage,
+    CompletionChoice, CompletionRequest, Content, Delta, ErrorBody, ErrorDetail, ModelCard,
+    ModelList, Prompt, Usage,
 };
-use crate::replica::{Shared, SubmitError, Submission};
+use crate::replica::{Shared, Submission, SubmitError};
 use crate::tokenize::{FILLER_TEXT, tokenize, tokenize_chat};
 
 /// vLLM's default `max_tokens` for `/v1/completions`.
@@ -73,7 +73,9 @@ async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             return bad_request(&shared, "exactly one prompt per request is supported");
         }
     };
-    let model = req.model.unwrap_or_else(|| shared.cfg.served_model_name.clone());
+    let model = req
+        .model
+        .unwrap_or_else(|| shared.cfg.served_model_name.clone());
     let Ok(lora) = shared.resolve_model(&model) else {
         return model_not_found(&shared, &model);
     };
@@ -104,19 +106,26 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
             let text = match &m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
+                Some(Content::Parts(parts)) => {
+                    parts.iter().filter_map(|p| p.text.as_deref()).collect()
+                }
             };
             (m.role.as_str(), text)
         })
         .collect();
     let prompt = tokenize_chat(contents.iter().map(|(role, text)| (*role, text.as_str())));
-    let model = req.model.unwrap_or_else(|| shared.cfg.served_model_name.clone());
+    let model = req
+        .model
+        .unwrap_or_else(|| shared.cfg.served_model_name.clone());
     let Ok(lora) = shared.resolve_model(&model) else {
         return model_not_found(&shared, &model);
     };
     // Like vLLM: without a limit, generate up to the end of the context window.
     let room = (shared.cfg.engine.max_model_len as usize).saturating_sub(prompt.len());
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(room.max(1) as u32);
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(room.max(1) as u32);
     let generation = Generation {
         endpoint: Endpoint::Chat,
         model,
@@ -131,11 +140,19 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
 
 async fn generate(shared: Arc<Shared>, g: Generation) -> Response {
     let prompt_tokens = g.prompt.len() as u32;
-    let submission = match shared.submit(NewRequest { prompt: g.prompt, max_tokens: g.max_tokens, lora: g.lora }) {
+    let submission = match shared.submit(NewRequest {
+        prompt: g.prompt,
+        max_tokens: g.max_tokens,
+        lora: g.lora,
+    }) {
         Ok(s) => s,
         Err(SubmitError::Invalid(err)) => return bad_request(&shared, &err.to_string()),
         Err(SubmitError::Closed) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", "the engine is shutting down");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableError",
+                "the engine is shutting down",
+            );
         }
     };
     let ctx = ResponseCtx {
@@ -167,7 +184,11 @@ struct ResponseCtx {
 
 impl ResponseCtx {
     fn usage(&self, finish: &Finish) -> Usage {
-        Usage::new(self.prompt_tokens, finish.completion_tokens, finish.cached_tokens)
+        Usage::new(
+            self.prompt_tokens,
+            finish.completion_tokens,
+            finish.cached_tokens,
+        )
     }
 
     /// One stream chunk carrying `text` (and the finish reason on the last one).
@@ -178,7 +199,13 @@ impl ResponseCtx {
                 object: "text_completion",
                 created: self.created,
                 model: &self.model,
-                choices: vec![CompletionChoice { index: 0, text, logprobs: None, finish_reason, stop_reason: None }],
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason,
+                    stop_reason: None,
+                }],
                 usage: None,
             }),
             Endpoint::Chat => serde_json::to_string(&ChatChunk {
@@ -188,7 +215,10 @@ impl ResponseCtx {
                 model: &self.model,
                 choices: vec![ChatChunkChoice {
                     index: 0,
-                    delta: Delta { role: None, content: Some(text) },
+                    delta: Delta {
+                        role: None,
+                        content: Some(text),
+                    },
                     logprobs: None,
                     finish_reason,
                 }],
@@ -207,7 +237,10 @@ impl ResponseCtx {
             model: &self.model,
             choices: vec![ChatChunkChoice {
                 index: 0,
-                delta: Delta { role: Some("assistant"), content: Some("") },
+                delta: Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                },
                 logprobs: None,
                 finish_reason: None,
             }],
@@ -251,7 +284,11 @@ async fn complete(Submission { mut rx, mut guard }: Submission, ctx: ResponseCtx
         }
     }
     let Some(finish) = finish else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", "the engine is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableError",
+            "the engine is shutting down",
+        );
     };
     guard.disarm();
     let text = FILLER_TEXT.repeat(finish.completion_tokens as usize);
@@ -262,7 +299,13 @@ async fn complete(Submission { mut rx, mut guard }: Submission, ctx: ResponseCtx
             object: "text_completion",
             created: ctx.created,
             model: &ctx.model,
-            choices: vec![CompletionChoice { index: 0, text: &text, logprobs: None, finish_reason: reason, stop_reason: None }],
+            choices: vec![CompletionChoice {
+                index: 0,
+                text: &text,
+                logprobs: None,
+                finish_reason: reason,
+                stop_reason: None,
+            }],
             usage: Some(ctx.usage(&finish)),
         }),
         Endpoint::Chat => serde_json::to_vec(&ChatCompletion {
@@ -272,7 +315,10 @@ async fn complete(Submission { mut rx, mut guard }: Submission, ctx: ResponseCtx
             model: &ctx.model,
             choices: vec![ChatChoice {
                 index: 0,
-                message: ChatMessage { role: "assistant", content: &text },
+                message: ChatMessage {
+                    role: "assistant",
+                    content: &text,
+                },
                 logprobs: None,
                 finish_reason: reason,
                 stop_reason: None,
@@ -282,7 +328,11 @@ async fn complete(Submission { mut rx, mut guard }: Submission, ctx: ResponseCtx
     };
     match body {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &err.to_string()),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            &err.to_string(),
+        ),
     }
 }
 
@@ -315,12 +365,22 @@ impl SseState {
 }
 
 /// One SSE event per generated token, produced as engine steps complete, then usage and `[DONE]`.
-fn sse_stream(sub: Submission, ctx: ResponseCtx, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
+fn sse_stream(
+    sub: Submission,
+    ctx: ResponseCtx,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut pending = VecDeque::new();
     if ctx.endpoint == Endpoint::Chat {
         pending.push_back(ctx.role_chunk());
     }
-    let state = SseState { sub, ctx, include_usage, pending, done: false };
+    let state = SseState {
+        sub,
+        ctx,
+        include_usage,
+        pending,
+        done: false,
+    };
     futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(data) = st.pending.pop_front() {
@@ -360,7 +420,11 @@ async fn models(State(shared): State<Arc<Shared>>) -> Response {
         parent: Some(base),
         max_model_len: cfg.engine.max_model_len,
     }));
-    axum::Json(ModelList { object: "list", data }).into_response()
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
 }
 
 async fn health() -> StatusCode {
@@ -376,8 +440,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let lora = (cfg.engine.max_loras > 0)
-        .then(|| (names(&snap.running_loras), names(&snap.waiting_loras), cfg.engine.max_loras));
+    let lora = (cfg.engine.max_loras > 0).then(|| {
+        (
+            names(&snap.running_loras),
+            names(&snap.waiting_loras),
+            cfg.engine.max_loras,
+        )
+    });
     let page = MetricsPage {
         model_name: &cfg.served_model_name,
         running: snap.running,
@@ -390,11 +459,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         unix_time: unix_now(),
         metrics: snap.metrics,
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], page.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        page.render(),
+    )
+        .into_response()
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 fn bad_request(shared: &Shared, message: &str) -> Response {
@@ -404,10 +483,21 @@ fn bad_request(shared: &Shared, message: &str) -> Response {
 
 fn model_not_found(shared: &Shared, model: &str) -> Response {
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-    error(StatusCode::NOT_FOUND, "NotFoundError", &format!("The model `{model}` does not exist."))
+    error(
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+        &format!("The model `{model}` does not exist."),
+    )
 }
 
 fn error(status: StatusCode, kind: &'static str, message: &str) -> Response {
-    let body = ErrorBody { error: ErrorDetail { message, kind, param: None, code: status.as_u16() } };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind,
+            param: None,
+            code: status.as_u16(),
+        },
+    };
     (status, axum::Json(body)).into_response()
 }
