@@ -103,7 +103,9 @@ pub async fn run_dir_provider(
     cancel: CancellationToken,
     poll: Duration,
 ) -> Result<(), DirError> {
-    DirProvider::open(&dir, poll)?.serve(datastore, cancel).await;
+    DirProvider::open(&dir, poll)?
+        .serve(datastore, cancel)
+        .await;
     Ok(())
 }
 
@@ -112,9 +114,14 @@ pub async fn run_dir_provider(
 impl DirProvider {
     /// Checks that `dir` is a readable directory, so a bad `--dir` fails before anything starts.
     pub fn open(dir: &Path, poll: Duration) -> Result<Self, DirError> {
-        let unreadable = |source| DirError::Unreadable { path: dir.to_owned(), source };
+        let unreadable = |source| DirError::Unreadable {
+            path: dir.to_owned(),
+            source,
+        };
         if !std::fs::metadata(dir).map_err(unreadable)?.is_dir() {
-            return Err(DirError::NotADirectory { path: dir.to_owned() });
+            return Err(DirError::NotADirectory {
+                path: dir.to_owned(),
+            });
         }
         std::fs::read_dir(dir).map_err(unreadable)?;
         Ok(DirProvider {
@@ -203,7 +210,9 @@ impl DirProvider {
                     paths.insert(path);
                 }
                 Ok(_) => {}
-                Err(error) => tracing::debug!(file = %path.display(), %error, "skipping unreadable entry"),
+                Err(error) => {
+                    tracing::debug!(file = %path.display(), %error, "skipping unreadable entry")
+                }
             }
         }
         Ok(paths)
@@ -248,7 +257,13 @@ impl DirProvider {
                 state.hash = hash;
                 state
             }
-            Entry::Vacant(entry) => entry.insert(FileState { len, mtime, read_at, hash, objects: Vec::new() }),
+            Entry::Vacant(entry) => entry.insert(FileState {
+                len,
+                mtime,
+                read_at,
+                hash,
+                objects: Vec::new(),
+            }),
         };
 
         match parse_documents(&text) {
@@ -301,14 +316,18 @@ impl DirProvider {
                 events.push(Event::Apply((*object).clone()));
             }
         }
-        self.emitted = desired.into_iter().map(|(key, (_, object))| (key, object.clone())).collect();
+        self.emitted = desired
+            .into_iter()
+            .map(|(key, (_, object))| (key, object.clone()))
+            .collect();
         events
     }
 }
 
 impl FileState {
     fn recently_modified(&self) -> bool {
-        self.mtime.is_none_or(|mtime| self.read_at < mtime + MTIME_GRANULARITY)
+        self.mtime
+            .is_none_or(|mtime| self.read_at < mtime + MTIME_GRANULARITY)
     }
 }
 
@@ -327,7 +346,9 @@ struct TypeMeta {
 pub fn parse_documents(text: &str) -> Result<Vec<Resource>, DocumentError> {
     let mut resources: Vec<Resource> = Vec::new();
     for doc in split_documents(text) {
-        let Some(resource) = parse_document(&doc)? else { continue };
+        let Some(resource) = parse_document(&doc)? else {
+            continue;
+        };
         let key = resource.key();
         if resources.iter().any(|r| r.key() == key) {
             return Err(DocumentError {
@@ -343,8 +364,13 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, DocumentError> {
 
 fn parse_document(doc: &Document) -> Result<Option<Resource>, DocumentError> {
     let meta: TypeMeta = decode(doc)?;
-    let (Some(api_version), Some(kind)) = (meta.api_version.as_deref(), meta.kind.as_deref()) else {
-        let field = if meta.api_version.is_none() { "apiVersion" } else { "kind" };
+    let (Some(api_version), Some(kind)) = (meta.api_version.as_deref(), meta.kind.as_deref())
+    else {
+        let field = if meta.api_version.is_none() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
         return Err(DocumentError {
             line: Some(doc.first_line()),
             field: Some(field.into()),
@@ -355,23 +381,36 @@ fn parse_document(doc: &Document) -> Result<Option<Resource>, DocumentError> {
         (API_VERSION_V1ALPHA1, "InferencePool") => {
             let pool: InferencePool = decode(doc)?;
             validate::validate_pool(&pool).map_err(|errors| invalid(doc, errors))?;
-            Resource::Pool(pool)
+            Resource::Pool(Box::new(pool))
         }
         (API_VERSION_V1ALPHA1, "InferenceModel") => {
             let model: InferenceModel = decode(doc)?;
             validate::validate_model(&model).map_err(|errors| invalid(doc, errors))?;
-            Resource::Model(model)
+            Resource::Model(Box::new(model))
         }
         ("v1", "Pod") => {
             let pod: Pod = decode(doc)?;
             if pod.metadata.name.as_deref().is_none_or(str::is_empty) {
-                return Err(invalid(doc, vec![FieldError { field: "metadata.name".into(), message: "must be set".into() }]));
+                return Err(invalid(
+                    doc,
+                    vec![FieldError {
+                        field: "metadata.name".into(),
+                        message: "must be set".into(),
+                    }],
+                ));
             }
-            Resource::Pod(pod)
+            Resource::Pod(Box::new(pod))
         }
         (api_version, kind) => {
-            if api_version.starts_with(GROUP_X_K8S) && matches!(kind, "InferencePool" | "InferenceModel") {
-                tracing::warn!(api_version, kind, line = doc.first_line() as u64, "unsupported version; skipping document");
+            if api_version.starts_with(GROUP_X_K8S)
+                && matches!(kind, "InferencePool" | "InferenceModel")
+            {
+                tracing::warn!(
+                    api_version,
+                    kind,
+                    line = doc.first_line() as u64,
+                    "unsupported version; skipping document"
+                );
             } else {
                 tracing::debug!(api_version, kind, "skipping document of another kind");
             }
@@ -385,20 +424,39 @@ fn invalid(doc: &Document, errors: Vec<FieldError>) -> DocumentError {
     let mut errors = errors.into_iter();
     let first = errors.next();
     let rest: Vec<String> = errors.map(|e| e.to_string()).collect();
-    let mut message = first.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "invalid".into());
+    let mut message = first
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_else(|| "invalid".into());
     if !rest.is_empty() {
         message = format!("{message} (also {})", rest.join("; "));
     }
-    DocumentError { line: Some(doc.first_line()), field: first.map(|e| e.field), message }
+    DocumentError {
+        line: Some(doc.first_line()),
+        field: first.map(|e| e.field),
+        message,
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, DocumentError> {
     serde_saphyr::from_str(&doc.text).map_err(|error| {
-        let message = DefaultMessageFormatter.format_message(error.without_snippet()).escape_debug().to_string();
+        // The formatter leaves control characters to its caller; keep them out of single-line logs.
+        let message: String = DefaultMessageFormatter
+            .format_message(error.without_snippet())
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         let location = error.location().filter(|l| l.line() > 0);
-        let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'));
         let field = location.map(|l| {
-            let parent = yaml_path_at(&doc.text, l.line() as usize, l.column() as usize, missing.is_some());
+            let parent = yaml_path_at(
+                &doc.text,
+                l.line() as usize,
+                l.column() as usize,
+                missing.is_some(),
+            );
             match (parent.is_empty(), missing) {
                 (true, Some(missing)) => missing.to_owned(),
                 (false, Some(missing)) => format!("{parent}.{missing}"),
@@ -407,7 +465,9 @@ fn decode<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, DocumentE
         });
         DocumentError {
             line: location.map(|l| doc.line_offset + l.line() as usize),
-            field: field.filter(|f| !f.is_empty()).or_else(|| missing.map(str::to_owned)),
+            field: field
+                .filter(|f| !f.is_empty())
+                .or_else(|| missing.map(str::to_owned)),
             message,
         }
     })
@@ -437,15 +497,25 @@ fn is_blank(line: &str) -> bool {
 /// after `--- ` on the marker line stays in the document, with the marker blanked to keep its columns.
 fn split_documents(text: &str) -> Vec<Document> {
     fn is_marker(line: &str, marker: &str) -> bool {
-        line.strip_prefix(marker).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        line.strip_prefix(marker)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
     }
 
     let mut docs = Vec::new();
-    let mut current = Document { line_offset: 0, text: String::new() };
+    let mut current = Document {
+        line_offset: 0,
+        text: String::new(),
+    };
     let mut after_end = false;
     for (idx, line) in text.lines().enumerate() {
         if is_marker(line, "---") {
-            docs.push(std::mem::replace(&mut current, Document { line_offset: idx, text: String::new() }));
+            docs.push(std::mem::replace(
+                &mut current,
+                Document {
+                    line_offset: idx,
+                    text: String::new(),
+                },
+            ));
             after_end = false;
             current.text.push_str("   ");
             current.text.push_str(&line[3..]);
@@ -492,7 +562,9 @@ fn line_shape(line: &str) -> Option<LineShape<'_>> {
     let key = match rest.as_bytes().first() {
         Some(q @ (b'"' | b'\'')) => rest[1..].find(*q as char).and_then(|end| {
             let after = &rest[end + 2..];
-            after.starts_with(':').then(|| (pos, &rest[1..=end], pos + end + 3))
+            after
+                .starts_with(':')
+                .then(|| (pos, &rest[1..=end], pos + end + 3))
         }),
         Some(b'{' | b'[') | None => None,
         Some(_) => rest
@@ -522,7 +594,9 @@ fn yaml_path_at(doc: &str, line: usize, column: usize, containing_map: bool) -> 
     let (mut key_limit, mut dash_limit) = (col, col);
 
     for idx in (0..=target).rev() {
-        let Some(shape) = line_shape(lines[idx]) else { continue };
+        let Some(shape) = line_shape(lines[idx]) else {
+            continue;
+        };
         if let Some((key_col, key, value_col)) = shape.key {
             let is_ancestor = if idx == target {
                 col >= value_col || (col == key_col && !containing_map)

@@ -30,12 +30,12 @@ pub use self::dir::{DirError, DirProvider, run_dir_provider};
 /// Namespace of an object whose metadata names none, as `kubectl apply` would place it.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// An object a provider reports as present (created or changed).
-#[derive(Clone, Debug, PartialEq)]
+/// An object a provider reports as present (created or changed); boxed because a Pod is kilobytes.
+#[derive(Clone, Debug)]
 pub enum Resource {
-    Pool(InferencePool),
-    Model(InferenceModel),
-    Pod(Pod),
+    Pool(Box<InferencePool>),
+    Model(Box<InferenceModel>),
+    Pod(Box<Pod>),
 }
 
 /// The kinds of object the datastore indexes.
@@ -52,6 +52,20 @@ pub struct ResourceKey {
     pub kind: ResourceKind,
     pub namespace: String,
     pub name: String,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        // The CRD structs do not derive PartialEq; their parts do.
+        match (self, other) {
+            (Resource::Pool(a), Resource::Pool(b)) => a.metadata == b.metadata && a.spec == b.spec,
+            (Resource::Model(a), Resource::Model(b)) => {
+                a.metadata == b.metadata && a.spec == b.spec
+            }
+            (Resource::Pod(a), Resource::Pod(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// One change reported by a provider.
@@ -210,8 +224,14 @@ impl PoolName {
     /// Parses `--pool`: `name` or `namespace/name`.
     pub fn parse(s: &str) -> Self {
         match s.split_once('/') {
-            Some((namespace, name)) => PoolName { namespace: Some(namespace.to_owned()), name: name.to_owned() },
-            None => PoolName { namespace: None, name: s.to_owned() },
+            Some((namespace, name)) => PoolName {
+                namespace: Some(namespace.to_owned()),
+                name: name.to_owned(),
+            },
+            None => PoolName {
+                namespace: None,
+                name: s.to_owned(),
+            },
         }
     }
 
@@ -250,7 +270,11 @@ impl Datastore {
     /// Applies a batch of events and publishes one snapshot for the whole batch, so readers never see a
     /// half-applied change (a pool without its pods during the first sync, say).
     pub fn apply(&self, events: impl IntoIterator<Item = Event>) {
-        let mut index = self.inner.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut index = self
+            .inner
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut changed = false;
         for event in events {
             changed |= index.apply(event);
@@ -259,24 +283,22 @@ impl Datastore {
             return;
         }
         let next = index.snapshot(self.inner.served.as_ref());
-        drop(index);
-        self.inner.snapshots.send_if_modified(|current| {
-            if **current == next {
-                return false;
-            }
-            if current.pool_error != next.pool_error {
-                match &next.pool_error {
-                    Some(error) => tracing::error!(%error, "no pool to serve"),
-                    None => {
-                        if let Some(pool) = &next.pool {
-                            tracing::info!(pool = %pool.name, namespace = %pool.namespace, "serving pool");
-                        }
-                    }
+        let current = self.snapshot();
+        if *current == next {
+            return;
+        }
+        if current.pool_error != next.pool_error {
+            match (&next.pool_error, &next.pool) {
+                (Some(error), _) => tracing::error!(%error, "no pool to serve"),
+                (None, Some(pool)) => {
+                    tracing::info!(pool = %pool.name, namespace = %pool.namespace, "serving pool")
                 }
+                (None, None) => {}
             }
-            *current = Arc::new(next);
-            true
-        });
+        }
+        // Published while the index lock is held, so concurrent writers cannot publish out of order.
+        self.inner.snapshots.send_replace(Arc::new(next));
+        drop(index);
     }
 
     /// The current snapshot; cheap (one `Arc` clone) and never blocked by writers for long.
@@ -315,13 +337,18 @@ impl fmt::Debug for Datastore {
 impl Index {
     /// Returns whether the index changed.
     fn apply(&mut self, event: Event) -> bool {
-        fn upsert<T: PartialEq>(map: &mut BTreeMap<(String, String), T>, key: (String, String), value: T) -> bool {
+        fn upsert<T>(
+            map: &mut BTreeMap<(String, String), T>,
+            key: (String, String),
+            value: T,
+            same: impl Fn(&T, &T) -> bool,
+        ) -> bool {
             match map.entry(key) {
-                Entry::Occupied(mut entry) if *entry.get() != value => {
+                Entry::Occupied(entry) if same(entry.get(), &value) => false,
+                Entry::Occupied(mut entry) => {
                     entry.insert(value);
                     true
                 }
-                Entry::Occupied(_) => false,
                 Entry::Vacant(entry) => {
                     entry.insert(value);
                     true
@@ -334,12 +361,20 @@ impl Index {
                 let key = resource.key();
                 let key = (key.namespace, key.name);
                 match resource {
-                    Resource::Pool(pool) => upsert(&mut self.pools, key, pool),
-                    Resource::Model(model) => upsert(&mut self.models, key, model),
-                    Resource::Pod(pod) => upsert(&mut self.pods, key, pod),
+                    Resource::Pool(pool) => upsert(&mut self.pools, key, *pool, |a, b| {
+                        a.metadata == b.metadata && a.spec == b.spec
+                    }),
+                    Resource::Model(model) => upsert(&mut self.models, key, *model, |a, b| {
+                        a.metadata == b.metadata && a.spec == b.spec
+                    }),
+                    Resource::Pod(pod) => upsert(&mut self.pods, key, *pod, |a, b| a == b),
                 }
             }
-            Event::Delete(ResourceKey { kind, namespace, name }) => {
+            Event::Delete(ResourceKey {
+                kind,
+                namespace,
+                name,
+            }) => {
                 let key = (namespace, name);
                 match kind {
                     ResourceKind::Pool => self.pools.remove(&key).is_some(),
@@ -353,12 +388,22 @@ impl Index {
     fn snapshot(&self, served: Option<&PoolName>) -> Snapshot {
         let pool = match self.served_pool(served) {
             Ok(pool) => pool,
-            Err(error) => return Snapshot { pool_error: Some(error.to_string()), ..Snapshot::default() },
+            Err(error) => {
+                return Snapshot {
+                    pool_error: Some(error.to_string()),
+                    ..Snapshot::default()
+                };
+            }
         };
         let view = pool_view(pool);
         let endpoints = self.endpoints(&view);
         let models = self.models(&view);
-        Snapshot { pool: Some(view), pool_error: None, endpoints, models }
+        Snapshot {
+            pool: Some(view),
+            pool_error: None,
+            endpoints,
+            models,
+        }
     }
 
     fn served_pool(&self, served: Option<&PoolName>) -> Result<&InferencePool, PoolError> {
@@ -369,7 +414,9 @@ impl Index {
         match (candidates.next(), candidates.next(), served) {
             (Some((_, pool)), None, _) => Ok(pool),
             (None, _, None) => Err(PoolError::NoPool),
-            (None, _, Some(served)) => Err(PoolError::NotFound { pool: served.clone() }),
+            (None, _, Some(served)) => Err(PoolError::NotFound {
+                pool: served.clone(),
+            }),
             (Some(first), Some(second), _) => Err(PoolError::Ambiguous {
                 candidates: [first, second]
                     .into_iter()
@@ -387,7 +434,12 @@ impl Index {
             .take_while(|((namespace, _), _)| *namespace == pool.namespace)
             .filter(|(_, pod)| selects(&pool.selector, pod) && is_ready(pod))
             .filter_map(|((namespace, name), pod)| {
-                let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
+                let ip = pod
+                    .status
+                    .as_ref()?
+                    .pod_ip
+                    .as_deref()
+                    .filter(|ip| !ip.is_empty())?;
                 Some(EndpointView {
                     id: endpoint_id(ip, pool.target_port),
                     pod: PodName(format!("{namespace}/{name}")),
@@ -402,11 +454,20 @@ impl Index {
         let mut claims: Vec<_> = self
             .models
             .iter()
-            .filter(|((namespace, _), model)| *namespace == pool.namespace && model.spec.pool_ref.name == pool.name)
+            .filter(|((namespace, _), model)| {
+                *namespace == pool.namespace && model.spec.pool_ref.name == pool.name
+            })
             .collect();
         claims.sort_by(|((ns_a, name_a), a), ((ns_b, name_b), b)| {
-            let age = |m: &InferenceModel| (m.metadata.creation_timestamp.is_none(), m.metadata.creation_timestamp.clone());
-            age(a).cmp(&age(b)).then_with(|| (ns_a, name_a).cmp(&(ns_b, name_b)))
+            let age = |m: &InferenceModel| {
+                (
+                    m.metadata.creation_timestamp.is_none(),
+                    m.metadata.creation_timestamp.clone(),
+                )
+            };
+            age(a)
+                .cmp(&age(b))
+                .then_with(|| (ns_a, name_a).cmp(&(ns_b, name_b)))
         });
 
         let mut models: BTreeMap<String, ModelView> = BTreeMap::new();
@@ -437,7 +498,10 @@ impl Index {
 }
 
 fn namespace_of(meta: &ObjectMeta) -> &str {
-    meta.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+    meta.namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE)
 }
 
 fn pool_view(pool: &InferencePool) -> PoolView {
@@ -446,15 +510,27 @@ fn pool_view(pool: &InferencePool) -> PoolView {
         namespace: namespace_of(&pool.metadata).to_owned(),
         // Validation keeps the port in 1..=65535 before a pool reaches the index.
         target_port: u16::try_from(pool.spec.target_port_number).unwrap_or_default(),
-        failure_mode: pool.spec.extension_ref.as_ref().and_then(|e| e.failure_mode).unwrap_or_default(),
+        failure_mode: pool
+            .spec
+            .extension_ref
+            .as_ref()
+            .and_then(|e| e.failure_mode)
+            .unwrap_or_default(),
         selector: pool.spec.selector.clone(),
-        attach_to: pool.metadata.annotations.as_ref().and_then(|a| a.get(api::ATTACH_TO_ANNOTATION)).cloned(),
+        attach_to: pool
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(api::ATTACH_TO_ANNOTATION))
+            .cloned(),
     }
 }
 
 fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
-    selector.iter().all(|(key, value)| labels.and_then(|l| l.get(key)) == Some(value))
+    selector
+        .iter()
+        .all(|(key, value)| labels.and_then(|l| l.get(key)) == Some(value))
 }
 
 /// Ready condition True and not terminating: the same membership rule as the upstream EPP.
@@ -485,7 +561,10 @@ fn criticality(c: Option<v1alpha1::Criticality>) -> Criticality {
 
 fn targets(model_name: &str, targets: &[v1alpha1::TargetModel]) -> Vec<TargetWeight> {
     if targets.is_empty() {
-        return vec![TargetWeight { name: model_name.to_owned(), weight: None }];
+        return vec![TargetWeight {
+            name: model_name.to_owned(),
+            weight: None,
+        }];
     }
     targets
         .iter()
@@ -498,4 +577,4 @@ fn targets(model_name: &str, targets: &[v1alpha1::TargetModel]) -> Vec<TargetWei
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

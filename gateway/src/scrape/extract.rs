@@ -9,7 +9,11 @@ use super::parse::Sample;
 const WAITING: &[&str] = &["vllm:num_requests_waiting", "sglang:num_queue_reqs"];
 const RUNNING: &[&str] = &["vllm:num_requests_running", "sglang:num_running_reqs"];
 /// vLLM renamed `gpu_cache_usage_perc` to `kv_cache_usage_perc`; servers in between export both.
-const KV_USAGE: &[&str] = &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"];
+const KV_USAGE: &[&str] = &[
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "sglang:token_usage",
+];
 const LORA_INFO: &str = "vllm:lora_requests_info";
 
 /// The exposition lacks a metric the scheduler cannot route without.
@@ -24,7 +28,8 @@ pub struct MissingMetric {
 pub fn extract(samples: &[Sample<'_>]) -> Result<EndpointMetrics, MissingMetric> {
     let waiting = gauge(samples, WAITING, "waiting queue", Aggregate::Sum)?;
     let running = gauge(samples, RUNNING, "running requests", Aggregate::Sum)?;
-    let kv_cache_usage = gauge(samples, KV_USAGE, "kv-cache usage", Aggregate::Max)?.clamp(0.0, 1.0);
+    let kv_cache_usage =
+        gauge(samples, KV_USAGE, "kv-cache usage", Aggregate::Max)?.clamp(0.0, 1.0);
     let lora = lora_state(samples);
     Ok(EndpointMetrics {
         waiting_queue: count(waiting),
@@ -56,7 +61,10 @@ fn gauge(
     names
         .iter()
         .find_map(|name| {
-            let mut values = samples.iter().filter(|s| s.name == *name && !s.value.is_nan()).map(|s| s.value);
+            let mut values = samples
+                .iter()
+                .filter(|s| s.name == *name && !s.value.is_nan())
+                .map(|s| s.value);
             let first = values.next()?;
             Some(values.fold(first, |acc, v| match aggregate {
                 Aggregate::Sum => acc + v,
@@ -80,14 +88,20 @@ struct LoraState {
 /// The series with the largest value (a timestamp: the newest) among those naming any adapter, as the upstream EPP
 /// does; when every series is idle, the newest one still tells the adapter capacity.
 fn lora_state(samples: &[Sample<'_>]) -> Option<LoraState> {
-    let series: Vec<_> = samples.iter().filter(|s| s.name == LORA_INFO && !s.value.is_nan()).collect();
-    let newest = |candidates: &mut dyn Iterator<Item = &&Sample<'_>>| {
-        candidates.copied().max_by(|a, b| a.value.total_cmp(&b.value))
+    let series = || {
+        samples
+            .iter()
+            .filter(|s| s.name == LORA_INFO && !s.value.is_nan())
     };
-    let busy = |s: &&&Sample<'_>| {
-        !adapters(s.label("running_lora_adapters")).is_empty() || !adapters(s.label("waiting_lora_adapters")).is_empty()
+    let busy = |s: &&Sample<'_>| {
+        !adapters(s.label("running_lora_adapters")).is_empty()
+            || !adapters(s.label("waiting_lora_adapters")).is_empty()
     };
-    let chosen = newest(&mut series.iter().filter(busy)).or_else(|| newest(&mut series.iter()))?;
+    let newest = |a: &&Sample<'_>, b: &&Sample<'_>| a.value.total_cmp(&b.value);
+    let chosen = series()
+        .filter(busy)
+        .max_by(newest)
+        .or_else(|| series().max_by(newest))?;
     Some(LoraState {
         active: adapters(chosen.label("running_lora_adapters")),
         waiting: adapters(chosen.label("waiting_lora_adapters")),
@@ -106,4 +120,129 @@ fn adapters(label: Option<&str>) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::scrape::parse::parse;
+
+    fn metrics(text: &str) -> Result<EndpointMetrics, MissingMetric> {
+        extract(&parse(text).samples)
+    }
+
+    #[test]
+    fn vllm_0_7_exposition_maps_to_routing_metrics() {
+        let m = metrics(include_str!("fixtures/vllm-0.7.txt")).unwrap();
+        assert_eq!(
+            m,
+            EndpointMetrics {
+                waiting_queue: 3,
+                running: 7,
+                kv_cache_usage: 0.4212,
+                // The newest series naming adapters, not the idle one nor an older busy one.
+                active_loras: vec!["sql-lora".into()],
+                waiting_loras: vec!["chat-lora".into(), "tweet-lora".into()],
+                max_loras: Some(4),
+                updated_at: None,
+            }
+        );
+    }
+
+    #[test]
+    fn kv_cache_usage_prefers_the_new_name() {
+        let text = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n\
+                    vllm:gpu_cache_usage_perc 0.9\nvllm:kv_cache_usage_perc 0.25\n";
+        assert_eq!(metrics(text).unwrap().kv_cache_usage, 0.25);
+    }
+
+    #[test]
+    fn kv_cache_usage_is_clamped_and_nan_counts_as_missing() {
+        let base = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n";
+        assert_eq!(
+            metrics(&format!("{base}vllm:kv_cache_usage_perc 1.7\n"))
+                .unwrap()
+                .kv_cache_usage,
+            1.0
+        );
+        assert_eq!(
+            metrics(&format!("{base}vllm:kv_cache_usage_perc -0.1\n"))
+                .unwrap()
+                .kv_cache_usage,
+            0.0
+        );
+        let nan_then_old =
+            format!("{base}vllm:kv_cache_usage_perc NaN\nvllm:gpu_cache_usage_perc 0.5\n");
+        assert_eq!(metrics(&nan_then_old).unwrap().kv_cache_usage, 0.5);
+        let err = metrics(&format!("{base}vllm:kv_cache_usage_perc NaN\n")).unwrap_err();
+        assert_eq!(err.semantic, "kv-cache usage");
+    }
+
+    #[test]
+    fn missing_core_metrics_are_an_error() {
+        let err =
+            metrics("vllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.1\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no waiting queue metric (looked for vllm:num_requests_waiting, sglang:num_queue_reqs)"
+        );
+        assert_eq!(
+            metrics("vllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.1\n")
+                .unwrap_err()
+                .semantic,
+            "running requests"
+        );
+        assert_eq!(metrics("").unwrap_err().semantic, "waiting queue");
+    }
+
+    #[test]
+    fn sglang_names_are_a_fallback() {
+        let m = metrics("sglang:num_queue_reqs{tp_rank=\"0\"} 5\nsglang:num_running_reqs 2\nsglang:token_usage 0.3\n")
+            .unwrap();
+        assert_eq!(
+            (m.waiting_queue, m.running, m.kv_cache_usage, m.max_loras),
+            (5, 2, 0.3, None)
+        );
+    }
+
+    #[test]
+    fn per_engine_series_sum_queues_and_take_the_fullest_cache() {
+        let text = "vllm:num_requests_waiting{engine=\"0\"} 2\nvllm:num_requests_waiting{engine=\"1\"} 3\n\
+                    vllm:num_requests_running{engine=\"0\"} 4\nvllm:num_requests_running{engine=\"1\"} 1\n\
+                    vllm:kv_cache_usage_perc{engine=\"0\"} 0.2\nvllm:kv_cache_usage_perc{engine=\"1\"} 0.7\n";
+        let m = metrics(text).unwrap();
+        assert_eq!((m.waiting_queue, m.running, m.kv_cache_usage), (5, 5, 0.7));
+    }
+
+    #[test]
+    fn no_lora_series_means_lora_state_unknown() {
+        let m = metrics("vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n").unwrap();
+        assert_eq!(
+            (m.active_loras.len(), m.waiting_loras.len(), m.max_loras),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn idle_lora_series_still_reports_capacity() {
+        let text = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n\
+                    vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"} 10\n\
+                    vllm:lora_requests_info{max_lora=\"8\",running_lora_adapters=\" , \",waiting_lora_adapters=\"\"} 20\n";
+        let m = metrics(text).unwrap();
+        assert!(m.active_loras.is_empty());
+        assert!(m.waiting_loras.is_empty());
+        assert_eq!(m.max_loras, Some(8));
+    }
+
+    #[test]
+    fn busy_lora_series_beats_a_newer_idle_one() {
+        let text = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n\
+                    vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"a\",waiting_lora_adapters=\"\"} 10\n\
+                    vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"} 20\n";
+        assert_eq!(metrics(text).unwrap().active_loras, ["a"]);
+    }
+
+    #[test]
+    fn counts_round_and_saturate() {
+        let m = metrics("vllm:num_requests_waiting -3\nvllm:num_requests_running 2.6\nvllm:kv_cache_usage_perc 0\n")
+            .unwrap();
+        assert_eq!((m.waiting_queue, m.running), (0, 3));
+    }
+}
