@@ -13,7 +13,10 @@ impl Endpoint {
         Self {
             id: EndpointId(format!("{name}:8000")),
             pod: PodName(format!("ns/{name}")),
-            metrics: EndpointMetrics { updated_at: Some(now), ..Default::default() },
+            metrics: EndpointMetrics {
+                updated_at: Some(now),
+                ..Default::default()
+            },
         }
     }
 
@@ -88,9 +91,19 @@ pub(crate) struct CycleFixture {
 
 impl CycleFixture {
     pub(crate) fn new(request: Request, endpoints: Vec<Endpoint>, now: Instant) -> Self {
-        let lora = endpoints.iter().map(|e| lora_state(&request, &e.metrics)).collect();
+        let lora = endpoints
+            .iter()
+            .map(|e| lora_state(&request, &e.metrics))
+            .collect();
         let prefix_matches = vec![0; endpoints.len()];
-        Self { request, endpoints, now, prefix_blocks: 0, prefix_matches, lora }
+        Self {
+            request,
+            endpoints,
+            now,
+            prefix_blocks: 0,
+            prefix_matches,
+            lora,
+        }
     }
 
     pub(crate) fn prefix(mut self, blocks: u32, matches: &[u32]) -> Self {

@@ -4,6 +4,7 @@
 //! snapshot of the endpoints, which keeps every decision reproducible in tests and benchmarks.
 
 pub mod config;
+pub mod cycle;
 pub mod decision;
 pub mod endpoint;
 pub mod filter;
@@ -16,6 +17,9 @@ pub mod scorer;
 pub mod split;
 
 mod scheduler;
+
+#[cfg(test)]
+mod fixtures;
 
 pub use config::{ConfigError, SchedulerConfig};
 pub use decision::{Candidate, Decision, LoraState, Outcome};

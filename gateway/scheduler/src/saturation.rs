@@ -23,7 +23,11 @@ pub struct SaturationDetector {
 
 impl Default for SaturationDetector {
     fn default() -> Self {
-        Self { queue_depth_threshold: 5, kv_cache_threshold: 0.8, metrics_staleness_ms: 200 }
+        Self {
+            queue_depth_threshold: 5,
+            kv_cache_threshold: 0.8,
+            metrics_staleness_ms: 200,
+        }
     }
 }
 
@@ -42,7 +46,9 @@ impl SaturationDetector {
 
     /// Saturated when no endpoint has headroom, which includes an empty pool.
     pub fn is_saturated(&self, endpoints: &[Endpoint], now: Instant) -> bool {
-        !endpoints.iter().any(|endpoint| self.has_headroom(endpoint, now))
+        !endpoints
+            .iter()
+            .any(|endpoint| self.has_headroom(endpoint, now))
     }
 
     /// The rule in words, for the reason of a shed decision.
@@ -66,7 +72,10 @@ mod tests {
     #[test]
     fn one_fresh_endpoint_with_headroom_is_enough() {
         let now = Instant::now();
-        let pool = [Endpoint::test("a", now).queue(9).kv(0.9), Endpoint::test("b", now).queue(5).kv(0.8)];
+        let pool = [
+            Endpoint::test("a", now).queue(9).kv(0.9),
+            Endpoint::test("b", now).queue(5).kv(0.8),
+        ];
         assert!(!SaturationDetector::default().is_saturated(&pool, now));
     }
 
@@ -82,7 +91,10 @@ mod tests {
     fn stale_or_never_scraped_metrics_count_as_saturated() {
         let scraped = Instant::now();
         let detector = SaturationDetector::default();
-        let pool = [Endpoint::test("a", scraped), Endpoint::test("b", scraped).scraped(None)];
+        let pool = [
+            Endpoint::test("a", scraped),
+            Endpoint::test("b", scraped).scraped(None),
+        ];
         assert!(!detector.is_saturated(&pool, scraped + Duration::from_millis(200)));
         assert!(detector.is_saturated(&pool, scraped + Duration::from_millis(201)));
         assert!(detector.is_saturated(&pool[1..], scraped));
@@ -92,7 +104,11 @@ mod tests {
     fn thresholds_come_from_the_detector() {
         let now = Instant::now();
         let pool = [Endpoint::test("a", now).queue(7).kv(0.9)];
-        let loose = SaturationDetector { queue_depth_threshold: 10, kv_cache_threshold: 0.95, metrics_staleness_ms: 200 };
+        let loose = SaturationDetector {
+            queue_depth_threshold: 10,
+            kv_cache_threshold: 0.95,
+            metrics_staleness_ms: 200,
+        };
         assert!(SaturationDetector::default().is_saturated(&pool, now));
         assert!(!loose.is_saturated(&pool, now));
     }

@@ -19,7 +19,10 @@ pub struct HasCapacityFilter {
 /// saturation detector uses, so "has capacity" and "not saturated" agree by default.
 impl Default for HasCapacityFilter {
     fn default() -> Self {
-        Self { queue_threshold: 5, kv_cache_threshold: 0.8 }
+        Self {
+            queue_threshold: 5,
+            kv_cache_threshold: 0.8,
+        }
     }
 }
 
@@ -28,7 +31,12 @@ impl Filter for HasCapacityFilter {
         "has-capacity"
     }
 
-    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
+    fn filter(
+        &self,
+        cycle: &Cycle<'_>,
+        candidates: &[usize],
+        _rng: &mut dyn RngCore,
+    ) -> Vec<usize> {
         retain(candidates, |idx| {
             let m = cycle.metrics(idx);
             m.waiting_queue <= self.queue_threshold && m.kv_cache_usage <= self.kv_cache_threshold

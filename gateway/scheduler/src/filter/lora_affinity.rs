@@ -37,7 +37,9 @@ impl Filter for LoraAffinityFilter {
         let (mut affinity, mut available) = (Vec::new(), Vec::new());
         for &idx in candidates {
             let m = cycle.metrics(idx);
-            let Some(max_loras) = m.max_loras else { continue };
+            let Some(max_loras) = m.max_loras else {
+                continue;
+            };
             if m.active_loras.iter().any(|name| name == adapter) {
                 affinity.push(idx);
             } else if m.active_loras.len() < max_loras as usize {

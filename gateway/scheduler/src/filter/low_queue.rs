@@ -26,7 +26,14 @@ impl Filter for LowQueueFilter {
         "low-queue"
     }
 
-    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
-        retain(candidates, |idx| cycle.metrics(idx).waiting_queue < self.threshold)
+    fn filter(
+        &self,
+        cycle: &Cycle<'_>,
+        candidates: &[usize],
+        _rng: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        retain(candidates, |idx| {
+            cycle.metrics(idx).waiting_queue < self.threshold
+        })
     }
 }

@@ -1,8 +1,8 @@
 //! `max-score`: the highest total wins; ties are broken at random.
 
-use rand::{RngCore, seq::SliceRandom};
+use rand::RngCore;
 
-use super::Picker;
+use super::{Picker, top_by_key};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MaxScorePicker;
@@ -12,12 +12,19 @@ impl Picker for MaxScorePicker {
         "max-score"
     }
 
-    /// Shuffles, then sorts stably by total, so equal totals come out in random order: without it the
+    /// Orders by total, then by a random draw, so equal totals come out in random order: without it the
     /// first endpoint of a tie would take every request between two scrapes.
-    fn rank(&self, candidates: &[usize], totals: &[f64], rng: &mut dyn RngCore) -> Vec<usize> {
-        let mut ranked = candidates.to_vec();
-        ranked.shuffle(rng);
-        ranked.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]));
-        ranked
+    fn rank(
+        &self,
+        candidates: &[usize],
+        totals: &[f64],
+        limit: usize,
+        rng: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        let keyed = candidates
+            .iter()
+            .map(|&idx| (totals[idx], rng.next_u64(), idx))
+            .collect();
+        top_by_key(keyed, limit)
     }
 }

@@ -12,9 +12,15 @@ impl Picker for RandomPicker {
         "random"
     }
 
-    fn rank(&self, candidates: &[usize], _totals: &[f64], rng: &mut dyn RngCore) -> Vec<usize> {
+    fn rank(
+        &self,
+        candidates: &[usize],
+        _totals: &[f64],
+        limit: usize,
+        rng: &mut dyn RngCore,
+    ) -> Vec<usize> {
         let mut ranked = candidates.to_vec();
-        ranked.shuffle(rng);
-        ranked
+        let (sample, _) = ranked.partial_shuffle(rng, limit);
+        sample.to_vec()
     }
 }

@@ -1,8 +1,8 @@
 //! `weighted-random`: picks in proportion to the total score (A-Res weighted sampling).
 
-use rand::{Rng, RngCore, seq::SliceRandom};
+use rand::{Rng, RngCore};
 
-use super::Picker;
+use super::{Picker, top_by_key};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WeightedRandomPicker;
@@ -12,23 +12,31 @@ impl Picker for WeightedRandomPicker {
         "weighted-random"
     }
 
-    /// Efraimidis–Spirakis A-Res: each candidate draws `u^(1/w)` and the keys are sorted descending,
-    /// which is a weighted sample without replacement, so the fallbacks are weighted too. The key is
-    /// computed as `ln(u)/w` (same order, no underflow for small weights). A zero total never wins
-    /// against a positive one; among zeros the order is uniform.
-    fn rank(&self, candidates: &[usize], totals: &[f64], rng: &mut dyn RngCore) -> Vec<usize> {
-        let mut keyed: Vec<(f64, usize)> = candidates
+    /// Efraimidis–Spirakis A-Res: each candidate draws `u^(1/w)` and the highest keys win, which is a
+    /// weighted sample without replacement, so the fallbacks are weighted too. The key is computed as
+    /// `ln(u)/w` (same order, no underflow for small weights). A zero total never wins against a positive
+    /// one; among zeros the order is uniform.
+    fn rank(
+        &self,
+        candidates: &[usize],
+        totals: &[f64],
+        limit: usize,
+        rng: &mut dyn RngCore,
+    ) -> Vec<usize> {
+        let keyed = candidates
             .iter()
             .map(|&idx| {
                 // 1 − [0, 1) is (0, 1], so ln never sees 0.
                 let u = 1.0 - rng.random::<f64>();
                 let weight = totals[idx];
-                let key = if weight > 0.0 { u.ln() / weight } else { f64::NEG_INFINITY };
-                (key, idx)
+                let key = if weight > 0.0 {
+                    u.ln() / weight
+                } else {
+                    f64::NEG_INFINITY
+                };
+                (key, rng.next_u64(), idx)
             })
             .collect();
-        keyed.shuffle(rng);
-        keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-        keyed.into_iter().map(|(_, idx)| idx).collect()
+        top_by_key(keyed, limit)
     }
 }

@@ -1,7 +1,7 @@
 //! A bounded least-recently-used set of block hashes, one per endpoint.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
     mem,
 };
@@ -29,87 +29,127 @@ impl Hasher for IdentityHasher {
 
 type BuildIdentity = BuildHasherDefault<IdentityHasher>;
 
-/// LRU set with lazy deletion: every touch appends the hash to `touches`, and `positions` remembers
-/// where its latest touch sits. Entries of `touches` that are no longer a key's latest touch are skipped
-/// when they reach the front, and dropped in bulk once they make up half the queue, so a touch is O(1)
-/// amortised with no linked list and no per-entry allocation.
+/// End of the recency list.
+const NIL: u32 = u32::MAX;
+
+/// One held hash and its neighbours in recency order.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    hash: u64,
+    /// Towards the most recent.
+    newer: u32,
+    /// Towards the least recent.
+    older: u32,
+}
+
+/// LRU set as a doubly linked recency list threaded through a slab of nodes, indexed by a hash map.
+///
+/// Every operation is O(1) with no deferred clean-up, so no single touch ever pays for earlier ones (a
+/// lazily compacted queue would make an occasional request scan the whole set, a tail-latency spike).
+/// Once full, the least recent node is reused in place, so the slab never shrinks or reallocates.
 #[derive(Clone, Debug)]
 pub(crate) struct BlockLru {
     capacity: usize,
-    /// Hash → absolute position of its latest touch in `touches`.
-    positions: HashMap<u64, u64, BuildIdentity>,
-    /// Touched hashes, oldest first, including superseded touches.
-    touches: VecDeque<u64>,
-    /// Absolute position of `touches[0]`.
-    front: u64,
+    /// Hash → index of its node.
+    slots: HashMap<u64, u32, BuildIdentity>,
+    nodes: Vec<Node>,
+    newest: u32,
+    oldest: u32,
 }
 
 impl BlockLru {
+    /// Reserves room for `capacity` entries up front: growing the table on the way would rehash it,
+    /// up to tens of thousands of entries inside one request's update, a latency spike that a busy
+    /// endpoint would hit several times as it fills. The memory is what a full endpoint needs anyway,
+    /// and its pages are only committed as entries land in them.
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, positions: HashMap::default(), touches: VecDeque::new(), front: 0 }
+        // Node indices are u32 with one value reserved for NIL; four billion blocks is far beyond any GPU.
+        let capacity = capacity.clamp(1, NIL as usize);
+        Self {
+            capacity,
+            slots: HashMap::with_capacity_and_hasher(capacity, BuildIdentity::default()),
+            nodes: Vec::with_capacity(capacity),
+            newest: NIL,
+            oldest: NIL,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.positions.len()
+        self.slots.len()
     }
 
     pub(crate) fn contains(&self, hash: u64) -> bool {
-        self.positions.contains_key(&hash)
+        self.slots.contains_key(&hash)
     }
 
     /// Marks `hash` as the most recently used, evicting the least recently used beyond capacity.
     pub(crate) fn touch(&mut self, hash: u64) {
-        let position = self.front + self.touches.len() as u64;
-        self.positions.insert(hash, position);
-        self.touches.push_back(hash);
-        while self.positions.len() > self.capacity {
-            self.evict_oldest();
-        }
-        if self.touches.len() > 2 * self.capacity {
-            self.compact();
-        }
-    }
-
-    fn evict_oldest(&mut self) {
-        while let Some(hash) = self.touches.pop_front() {
-            let position = self.front;
-            self.front += 1;
-            if self.positions.get(&hash) == Some(&position) {
-                self.positions.remove(&hash);
-                return;
+        if let Some(&slot) = self.slots.get(&hash) {
+            if slot != self.newest {
+                self.unlink(slot);
+                self.push_newest(slot);
             }
+            return;
+        }
+        let slot = if self.nodes.len() < self.capacity {
+            // Fits in u32: capacity ≤ NIL.
+            let slot = self.nodes.len() as u32;
+            self.nodes.push(Node {
+                hash,
+                newer: NIL,
+                older: NIL,
+            });
+            slot
+        } else {
+            let slot = self.oldest;
+            self.unlink(slot);
+            let node = &mut self.nodes[slot as usize];
+            self.slots.remove(&node.hash);
+            node.hash = hash;
+            slot
+        };
+        self.slots.insert(hash, slot);
+        self.push_newest(slot);
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let Node { newer, older, .. } = self.nodes[slot as usize];
+        match newer {
+            NIL => self.newest = older,
+            newer => self.nodes[newer as usize].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            older => self.nodes[older as usize].newer = newer,
         }
     }
 
-    /// Drops superseded touches and renumbers the live ones, keeping their order.
-    fn compact(&mut self) {
-        let positions = &mut self.positions;
-        let (mut old, mut new) = (self.front, self.front);
-        self.touches.retain(|hash| {
-            let live = match positions.get_mut(hash) {
-                Some(position) if *position == old => {
-                    *position = new;
-                    new += 1;
-                    true
-                }
-                _ => false,
-            };
-            old += 1;
-            live
-        });
+    fn push_newest(&mut self, slot: u32) {
+        let previous = self.newest;
+        self.nodes[slot as usize].newer = NIL;
+        self.nodes[slot as usize].older = previous;
+        match previous {
+            NIL => self.oldest = slot,
+            previous => self.nodes[previous as usize].newer = slot,
+        }
+        self.newest = slot;
     }
 
     /// Heap bytes held, from the allocated capacities: a hashbrown table has one control byte per bucket
     /// plus one group of trailing control bytes, and keeps at most 7/8 of its buckets full.
     pub(crate) fn heap_bytes(&self) -> usize {
         const GROUP_WIDTH: usize = 16;
-        let capacity = self.positions.capacity();
+        let capacity = self.slots.capacity();
         let buckets = match capacity {
             0 => 0,
             1..8 => (capacity + 1).next_power_of_two(),
             _ => (capacity * 8 / 7).next_power_of_two(),
         };
-        let table = if buckets == 0 { 0 } else { buckets * (mem::size_of::<(u64, u64)>() + 1) + GROUP_WIDTH };
-        table + self.touches.capacity() * mem::size_of::<u64>()
+        let table = if buckets == 0 {
+            0
+        } else {
+            buckets * (mem::size_of::<(u64, u32)>() + 1) + GROUP_WIDTH
+        };
+        table + self.nodes.capacity() * mem::size_of::<Node>()
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! # Index
 //! Each endpoint has a bounded LRU set of block hashes (`lruCapacityPerEndpoint`, 31 250 by default:
-//! about 500 000 tokens of KV cache in 16-token blocks). After a request is routed, its hashes are
+//! about 500 000 tokens of KV cache in 16-token blocks), a recency list threaded through a slab with
+//! O(1) touch and eviction and no deferred clean-up that could land on one unlucky request. After a request is routed, its hashes are
 //! touched on the chosen endpoint deepest first, so the shallowest block is the most recent. Since a
 //! block's ancestors are touched whenever it is, an ancestor is never older than its descendants and the
 //! LRU always evicts a descendant first: every endpoint's set stays *prefix-closed* (holding `h_i`
@@ -18,20 +19,26 @@
 //! binary search, O(log n) lookups per endpoint instead of n.
 //!
 //! # Memory
-//! An entry is a `(u64 hash, u64 position)` slot in a hashbrown table (16 bytes + 1 control byte, the
-//! table at most 7/8 full and sized in powers of two) plus an 8-byte slot in the touch queue, which may
-//! hold up to as many superseded touches again before it is compacted. A full endpoint at the default
-//! capacity of 31 250 entries holds a 65 536-bucket table (1.11 MB) and a queue of up to 62 500 slots
-//! (≤ 0.5 MB plus growth slack): about 36 bytes of table and 16–34 bytes of queue, **≈ 52–70 bytes per
-//! entry, 1.6–2.2 MB per endpoint**. The test `a_full_endpoint_costs_about_seventy_bytes_per_entry`
-//! measures it from the allocated capacities.
+//! An entry is a `(u64 hash, u32 node)` bucket in a hashbrown table (16 bytes with padding, plus 1
+//! control byte; the table is sized in powers of two and at most 7/8 full) and a 16-byte node of the
+//! recency list (`u64` hash and two `u32` links). Both are reserved for the full capacity when an
+//! endpoint first receives a request, because growing the table later would rehash it inside some
+//! request's update. At the default capacity of 31 250 entries that is a 65 536-bucket table (1.11 MB)
+//! and 31 250 nodes (0.50 MB): **51.7 bytes per entry, 1.6 MB per endpoint**, about 105 MB of address
+//! space for a 64-pod pool (pages are committed as entries land in them). For other capacities the
+//! table's share varies with the power-of-two rounding between 19 and 39 bytes per entry. The test
+//! `a_full_endpoint_costs_about_fifty_bytes_per_entry` computes it from the allocated capacities.
 
 mod lru;
 
-use std::{collections::HashMap, num::NonZeroUsize};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    num::NonZeroUsize,
+};
 
 use serde::Deserialize;
-use xxhash_rust::xxh64::{Xxh64Builder, xxh64};
+use xxhash_rust::xxh64::xxh64;
 
 use self::lru::BlockLru;
 use crate::EndpointId;
@@ -79,8 +86,13 @@ impl PrefixConfig {
     pub fn block_hashes(&self, target_model: &str, prompt: &str, hashes: &mut Vec<u64>) {
         hashes.clear();
         let block_size = self.block_size_chars.get();
+        hashes.reserve((prompt.len() / block_size).min(self.max_blocks.get()));
         let mut input = Vec::with_capacity(block_size + target_model.len().max(8));
-        for block in prompt.as_bytes().chunks_exact(block_size).take(self.max_blocks.get()) {
+        for block in prompt
+            .as_bytes()
+            .chunks_exact(block_size)
+            .take(self.max_blocks.get())
+        {
             input.clear();
             match hashes.last() {
                 None => {
@@ -101,17 +113,37 @@ impl PrefixConfig {
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
     capacity: usize,
-    endpoints: HashMap<EndpointId, BlockLru, Xxh64Builder>,
+    endpoints: HashMap<EndpointId, BlockLru, BuildHasherDefault<IdHasher>>,
+}
+
+/// Every request looks up every endpoint id, a short string: one-shot xxh64 over it costs a fraction of
+/// SipHash or of xxh64's streaming state. The ids come from our own pod list, so flooding is no concern.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh64(bytes, self.0);
+    }
 }
 
 impl PrefixIndex {
     pub fn new(config: &PrefixConfig) -> Self {
-        Self { capacity: config.lru_capacity_per_endpoint.get(), endpoints: HashMap::default() }
+        Self {
+            capacity: config.lru_capacity_per_endpoint.get(),
+            endpoints: HashMap::default(),
+        }
     }
 
     /// How many leading blocks of the chain `hashes` the endpoint holds.
     pub fn longest_match(&self, endpoint: &EndpointId, hashes: &[u64]) -> usize {
-        let Some(lru) = self.endpoints.get(endpoint) else { return 0 };
+        let Some(lru) = self.endpoints.get(endpoint) else {
+            return 0;
+        };
         let n = hashes.len();
         // Most endpoints hold none or all of a prompt, so probe both ends before bisecting.
         if n == 0 || !lru.contains(hashes[0]) {
@@ -139,9 +171,12 @@ impl PrefixIndex {
             return;
         }
         if !self.endpoints.contains_key(endpoint) {
-            self.endpoints.insert(endpoint.clone(), BlockLru::new(self.capacity));
+            self.endpoints
+                .insert(endpoint.clone(), BlockLru::new(self.capacity));
         }
-        let Some(lru) = self.endpoints.get_mut(endpoint) else { return };
+        let Some(lru) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
         // Deepest first, so that the shallowest blocks are the most recent and evicted last.
         for &hash in hashes.iter().rev() {
             lru.touch(hash);

@@ -11,9 +11,10 @@ impl Scorer for KvCacheScorer {
         "kv-cache"
     }
 
-    fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]) {
+    fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]) -> bool {
         for (score, &idx) in scores.iter_mut().zip(candidates) {
             *score = 1.0 - cycle.metrics(idx).kv_cache_usage;
         }
+        true
     }
 }

@@ -19,9 +19,10 @@ pub trait Scorer {
     /// Stable name; the key of the candidate's `scores` map.
     fn name(&self) -> &'static str;
 
-    /// Writes one rating per candidate into `scores` (same length and order as `candidates`). Values
-    /// outside `0..=1` are clamped by the caller.
-    fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]);
+    /// Writes one rating per candidate into `scores` (same length and order as `candidates`); values
+    /// outside `0..=1` are clamped by the caller. Returns `false` to abstain: the scorer has no opinion
+    /// on this request, and neither its ratings nor its weight count.
+    fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]) -> bool;
 }
 
 /// The scorers a profile can list with their weights, as written in the config.
@@ -79,7 +80,11 @@ pub struct Weight(f64);
 
 impl Weight {
     pub fn new(weight: f64) -> Result<Self, WeightError> {
-        if weight.is_finite() && weight >= 0.0 { Ok(Self(weight)) } else { Err(WeightError(weight)) }
+        if weight.is_finite() && weight >= 0.0 {
+            Ok(Self(weight))
+        } else {
+            Err(WeightError(weight))
+        }
     }
 
     pub fn get(self) -> f64 {
@@ -113,7 +118,11 @@ fn min_max_inverse(candidates: &[usize], scores: &mut [f64], value: impl Fn(usiz
         .map(|&idx| value(idx))
         .fold((u32::MAX, u32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     for (score, &idx) in scores.iter_mut().zip(candidates) {
-        *score = if max == min { 1.0 } else { f64::from(max - value(idx)) / f64::from(max - min) };
+        *score = if max == min {
+            1.0
+        } else {
+            f64::from(max - value(idx)) / f64::from(max - min)
+        };
     }
 }
 

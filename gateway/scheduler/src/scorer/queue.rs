@@ -11,7 +11,8 @@ impl Scorer for QueueScorer {
         "queue"
     }
 
-    fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]) {
+    fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]) -> bool {
         min_max_inverse(candidates, scores, |idx| cycle.metrics(idx).waiting_queue);
+        true
     }
 }

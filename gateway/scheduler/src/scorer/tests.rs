@@ -8,14 +8,20 @@ use crate::{Endpoint, Request, fixtures::CycleFixture};
 fn run(scorer: &dyn Scorer, fixture: &CycleFixture) -> Vec<f64> {
     let candidates = fixture.all();
     let mut scores = vec![f64::NAN; candidates.len()];
-    scorer.score(&fixture.cycle(), &candidates, &mut scores);
+    assert!(
+        scorer.score(&fixture.cycle(), &candidates, &mut scores),
+        "{} abstained",
+        scorer.name()
+    );
     scores
 }
 
 #[test]
 fn queue_is_min_max_normalised() {
     let now = Instant::now();
-    let endpoints = [2, 4, 10].map(|q| Endpoint::test("p", now).queue(q)).to_vec();
+    let endpoints = [2, 4, 10]
+        .map(|q| Endpoint::test("p", now).queue(q))
+        .to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     assert_eq!(run(&QueueScorer, &fixture), vec![1.0, 0.75, 0.0]);
 }
@@ -31,7 +37,9 @@ fn equal_queues_all_score_one() {
 #[test]
 fn running_requests_is_min_max_normalised() {
     let now = Instant::now();
-    let endpoints = [0, 5, 10].map(|r| Endpoint::test("p", now).running(r)).to_vec();
+    let endpoints = [0, 5, 10]
+        .map(|r| Endpoint::test("p", now).running(r))
+        .to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     assert_eq!(run(&RunningRequestsScorer, &fixture), vec![1.0, 0.5, 0.0]);
 }
@@ -39,7 +47,9 @@ fn running_requests_is_min_max_normalised() {
 #[test]
 fn kv_cache_scores_free_cache() {
     let now = Instant::now();
-    let endpoints = [0.0, 0.25, 1.0].map(|kv| Endpoint::test("p", now).kv(kv)).to_vec();
+    let endpoints = [0.0, 0.25, 1.0]
+        .map(|kv| Endpoint::test("p", now).kv(kv))
+        .to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     assert_eq!(run(&KvCacheScorer, &fixture), vec![1.0, 0.75, 0.0]);
 }
@@ -47,7 +57,11 @@ fn kv_cache_scores_free_cache() {
 #[test]
 fn prefix_cache_scores_the_matched_fraction() {
     let now = Instant::now();
-    let endpoints = vec![Endpoint::test("a", now), Endpoint::test("b", now), Endpoint::test("c", now)];
+    let endpoints = vec![
+        Endpoint::test("a", now),
+        Endpoint::test("b", now),
+        Endpoint::test("c", now),
+    ];
     let fixture = CycleFixture::new(Request::test(""), endpoints, now).prefix(4, &[4, 1, 0]);
     assert_eq!(run(&PrefixCacheScorer, &fixture), vec![1.0, 0.25, 0.0]);
 }
@@ -55,7 +69,8 @@ fn prefix_cache_scores_the_matched_fraction() {
 #[test]
 fn prefix_cache_scores_zero_for_prompts_shorter_than_a_block() {
     let now = Instant::now();
-    let fixture = CycleFixture::new(Request::test(""), vec![Endpoint::test("a", now)], now).prefix(0, &[0]);
+    let fixture =
+        CycleFixture::new(Request::test(""), vec![Endpoint::test("a", now)], now).prefix(0, &[0]);
     assert_eq!(run(&PrefixCacheScorer, &fixture), vec![0.0]);
 }
 
@@ -70,9 +85,16 @@ fn lora_affinity_follows_the_ladder() {
         Endpoint::test("silent", now),
     ];
     let fixture = CycleFixture::new(Request::test("").lora("x"), endpoints.clone(), now);
-    assert_eq!(run(&LoraAffinityScorer, &fixture), vec![1.0, 0.8, 0.6, 0.0, 1.0]);
+    assert_eq!(
+        run(&LoraAffinityScorer, &fixture),
+        vec![1.0, 0.8, 0.6, 0.0, 1.0]
+    );
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
-    assert_eq!(run(&LoraAffinityScorer, &fixture), vec![1.0; 5]);
+    let mut scores = [f64::NAN; 5];
+    assert!(
+        !LoraAffinityScorer.score(&fixture.cycle(), &fixture.all(), &mut scores),
+        "rated a base-model request"
+    );
 }
 
 #[test]

@@ -1,0 +1,230 @@
+//! The scheduler: admission, then the selected profile, then the decision with its reasons.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Instant,
+};
+
+use rand::{Rng, RngCore};
+
+use crate::{
+    Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome,
+    Request, SchedulerConfig,
+    cycle::{self, Cycle},
+    prefix::{PrefixConfig, PrefixIndex},
+    profile::{Profile, Run},
+    saturation::SaturationDetector,
+};
+
+/// Routes requests over a snapshot of endpoints. Built once from the config; `schedule` takes `&self`
+/// and may be called from many threads at once.
+///
+/// The only state is the prefix index, behind a mutex that is held twice per request and briefly: to
+/// look up the prompt's blocks on every endpoint, and to record them on the chosen one.
+#[derive(Debug)]
+pub struct Scheduler {
+    profile: Profile,
+    fallbacks: usize,
+    saturation: SaturationDetector,
+    prefix: PrefixConfig,
+    prefix_index: Mutex<PrefixIndex>,
+}
+
+impl Scheduler {
+    pub fn new(config: &SchedulerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            profile: config.selected_profile()?,
+            fallbacks: config.fallbacks,
+            saturation: config.saturation.clone(),
+            prefix: config.prefix,
+            prefix_index: Mutex::new(PrefixIndex::new(&config.prefix)),
+        })
+    }
+
+    pub fn profile_name(&self) -> &str {
+        self.profile.name()
+    }
+
+    /// Decides where `request` goes. Never fails: every outcome, including 429 and 503, is a decision
+    /// with a reason.
+    pub fn schedule<R: Rng + ?Sized>(
+        &self,
+        request: &Request,
+        endpoints: &[Endpoint],
+        now: Instant,
+        rng: &mut R,
+    ) -> Decision {
+        let mut rng: &mut R = rng;
+        let rng: &mut dyn RngCore = &mut rng;
+        let mut decision = self.empty_decision(request);
+        if endpoints.is_empty() {
+            decision.reason.push_str("no ready endpoints in pool");
+            return decision;
+        }
+
+        let mut hashes = Vec::new();
+        self.prefix
+            .block_hashes(&request.target_model, &request.prompt, &mut hashes);
+        let prefix_matches: Vec<u32> = {
+            let index = self.index();
+            endpoints
+                .iter()
+                .map(|endpoint| {
+                    u32::try_from(index.longest_match(&endpoint.id, &hashes)).unwrap_or(u32::MAX)
+                })
+                .collect()
+        };
+        let lora: Vec<LoraState> = endpoints
+            .iter()
+            .map(|e| cycle::lora_state(request, &e.metrics))
+            .collect();
+        let cycle = Cycle {
+            request,
+            endpoints,
+            now,
+            prefix_blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
+            prefix_matches: &prefix_matches,
+            lora: &lora,
+        };
+
+        if request.criticality == Criticality::Sheddable
+            && self.saturation.is_saturated(endpoints, now)
+        {
+            decision.outcome = Outcome::Shed429;
+            decision.reason = format!(
+                "sheddable request shed: pool saturated, {}",
+                self.saturation.describe()
+            );
+            decision.candidates = (0..endpoints.len())
+                .map(|idx| candidate(&cycle, idx, None))
+                .collect();
+            return decision;
+        }
+
+        // One more than needed, in case the pick and a fallback share an endpoint id.
+        let run = self
+            .profile
+            .run(&cycle, self.fallbacks.saturating_add(2), rng);
+        let template: BTreeMap<String, f64> = run
+            .ratings
+            .iter()
+            .map(|r| (r.scorer.to_owned(), 0.0))
+            .collect();
+        decision.candidates = (0..endpoints.len())
+            .map(|idx| candidate(&cycle, idx, Some((&run, &template))))
+            .collect();
+        decision.reason = run.reason;
+        let Some((&winner, rest)) = run.ranked.split_first() else {
+            return decision;
+        };
+        let chosen = &endpoints[winner].id;
+        for &idx in rest {
+            if decision.fallbacks.len() == self.fallbacks {
+                break;
+            }
+            let id = &endpoints[idx].id;
+            if id != chosen && !decision.fallbacks.contains(id) {
+                decision.fallbacks.push(id.clone());
+            }
+        }
+        // What we sent where: the next request with this prefix will find it on `chosen`.
+        self.index().insert(chosen, &hashes);
+        decision.outcome = Outcome::Routed;
+        decision.endpoint = Some(chosen.clone());
+        decision
+    }
+
+    /// Forgets the prefix state of endpoints that left the pool.
+    pub fn retain_endpoints(&self, live: &[EndpointId]) {
+        let live: HashSet<&EndpointId> = live.iter().collect();
+        self.index().retain(|endpoint| live.contains(endpoint));
+    }
+
+    /// Block hashes held by the prefix index, over all endpoints (a gauge for the gateway).
+    pub fn prefix_index_len(&self) -> usize {
+        self.index().len()
+    }
+
+    /// Heap bytes held by the prefix index.
+    pub fn prefix_index_bytes(&self) -> usize {
+        self.index().heap_bytes()
+    }
+
+    /// The index stays consistent even if a holder panicked (every update is a complete touch), so a
+    /// poisoned lock is simply taken over.
+    fn index(&self) -> MutexGuard<'_, PrefixIndex> {
+        self.prefix_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A 503 "no capacity" decision for `request`, to be filled in.
+    fn empty_decision(&self, request: &Request) -> Decision {
+        Decision {
+            request_id: request.request_id.clone(),
+            received_at_ms: request.received_at_ms,
+            model: request.model.clone(),
+            target_model: request.target_model.clone(),
+            criticality: request.criticality,
+            pool: request.pool.clone(),
+            outcome: Outcome::NoCapacity503,
+            endpoint: None,
+            fallbacks: Vec::new(),
+            candidates: Vec::new(),
+            profile: self.profile.name().to_owned(),
+            reason: String::new(),
+            scheduler_micros: 0,
+            status: None,
+            ttft_ms: None,
+            duration_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cached_tokens: None,
+        }
+    }
+}
+
+/// The audit record of one endpoint; `run` is `None` when the request was shed before any profile ran.
+///
+/// `template` holds the run's scorer names: cloning it and filling in the values is about twice as fast
+/// as building each map by insertion, and this loop is the largest cost of a decision.
+fn candidate(
+    cycle: &Cycle<'_>,
+    idx: usize,
+    run: Option<(&Run, &BTreeMap<String, f64>)>,
+) -> Candidate {
+    let endpoint = &cycle.endpoints[idx];
+    let metrics = &endpoint.metrics;
+    let filtered_by = run.and_then(|(run, _)| run.filtered_by[idx]);
+    let (scores, total) = match run {
+        Some((run, template)) if filtered_by.is_none() => {
+            let mut scores = template.clone();
+            for rating in &run.ratings {
+                if let Some(value) = scores.get_mut(rating.scorer) {
+                    *value = rating.values[idx];
+                }
+            }
+            (scores, run.totals[idx])
+        }
+        _ => (BTreeMap::new(), 0.0),
+    };
+    Candidate {
+        pod: endpoint.pod.clone(),
+        endpoint: endpoint.id.clone(),
+        queue: metrics.waiting_queue,
+        running: metrics.running,
+        kv_usage: metrics.kv_cache_usage,
+        prefix_match_blocks: cycle.prefix_matches[idx],
+        lora_state: cycle.lora[idx],
+        metrics_age_ms: cycle::metrics_age(metrics, cycle.now)
+            .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        scores,
+        total,
+        filtered_by: filtered_by.map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests;
