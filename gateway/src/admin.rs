@@ -37,14 +37,27 @@ async fn metrics(State(director): State<Arc<Director>>) -> Response {
 /// Ready once the provider finished its first full sync and the served pool exists.
 async fn readyz(State(director): State<Arc<Director>>) -> (StatusCode, String) {
     if !director.datastore.is_synced() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "datastore not synced yet".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "datastore not synced yet".into(),
+        );
     }
     let snapshot = director.datastore.snapshot();
     match snapshot.pool() {
-        Some(pool) => (StatusCode::OK, format!("ready: pool {} with {} endpoints", pool.name, snapshot.endpoints().len())),
+        Some(pool) => (
+            StatusCode::OK,
+            format!(
+                "ready: pool {} with {} endpoints",
+                pool.name,
+                snapshot.endpoints().len()
+            ),
+        ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            snapshot.pool_error().unwrap_or("no InferencePool found").to_owned(),
+            snapshot
+                .pool_error()
+                .unwrap_or("no InferencePool found")
+                .to_owned(),
         ),
     }
 }
@@ -59,5 +72,9 @@ async fn decisions(
     State(director): State<Arc<Director>>,
     Query(query): Query<DecisionsQuery>,
 ) -> Json<Vec<scheduler::Decision>> {
-    Json(director.decisions.latest(query.limit.unwrap_or(DEFAULT_DECISIONS)))
+    Json(
+        director
+            .decisions
+            .latest(query.limit.unwrap_or(DEFAULT_DECISIONS)),
+    )
 }

@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "gateway", version, about = "Switchyard inference gateway: endpoint picker and OpenAI-compatible proxy")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Switchyard inference gateway: endpoint picker and OpenAI-compatible proxy"
+)]
 pub struct Args {
     /// Directory of Kubernetes YAML (InferencePool, InferenceModel, Pods) to serve from; watched for changes.
     #[arg(long, env = "SWITCHYARD_DIR")]
@@ -64,14 +68,22 @@ pub enum LogFormat {
 /// Parses `250ms`, `2s`, `1m` or a bare number of milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 50ms, 2s or 1m"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 50ms, 2s or 1m"))?;
     let seconds = match unit {
         "" | "ms" => value / 1e3,
         "s" => value,
         "m" => value * 60.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s or m)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use ms, s or m)"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -86,8 +98,16 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("5h").unwrap_err().contains("unknown duration unit"));
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_duration("5h")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
     }
 
     #[test]

@@ -13,14 +13,20 @@ pub struct DecisionLog {
 
 impl DecisionLog {
     pub fn new(capacity: usize) -> DecisionLog {
-        DecisionLog { capacity, ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))) }
+        DecisionLog {
+            capacity,
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+        }
     }
 
     pub fn push(&self, decision: Decision) {
         if self.capacity == 0 {
             return;
         }
-        let mut ring = self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if ring.len() == self.capacity {
             ring.pop_front();
         }
@@ -29,7 +35,10 @@ impl DecisionLog {
 
     /// The newest `limit` decisions, newest first.
     pub fn latest(&self, limit: usize) -> Vec<Decision> {
-        let ring = self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         ring.iter().rev().take(limit).cloned().collect()
     }
 }

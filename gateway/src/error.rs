@@ -51,7 +51,9 @@ impl RouteError {
     /// The decision outcome this error is recorded as.
     pub fn outcome(&self) -> scheduler::Outcome {
         match self {
-            RouteError::BadRequest(_) | RouteError::PayloadTooLarge { .. } => scheduler::Outcome::BadRequest400,
+            RouteError::BadRequest(_) | RouteError::PayloadTooLarge { .. } => {
+                scheduler::Outcome::BadRequest400
+            }
             RouteError::UnknownModel(_) => scheduler::Outcome::NotFound404,
             RouteError::Shed => scheduler::Outcome::Shed429,
             RouteError::NoCapacity(_) => scheduler::Outcome::NoCapacity503,
@@ -68,8 +70,14 @@ mod tests {
     fn body_follows_upstream_format() {
         let err = RouteError::UnknownModel("gpt-9".into());
         assert_eq!(err.http_status(), StatusCode::NOT_FOUND);
-        assert_eq!(err.body(), "inference error: NotFound - model \"gpt-9\" is not served by this pool");
-        assert_eq!(RouteError::Shed.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            err.body(),
+            "inference error: NotFound - model \"gpt-9\" is not served by this pool"
+        );
+        assert_eq!(
+            RouteError::Shed.http_status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         assert_eq!(
             RouteError::Shed.body(),
             "inference error: ResourceExhausted - system saturated, sheddable request dropped"

@@ -41,7 +41,8 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
         None => scheduler::SchedulerConfig::default(),
     };
-    let scheduler = scheduler::Scheduler::new(&scheduler_config).context("building the scheduler")?;
+    let scheduler =
+        scheduler::Scheduler::new(&scheduler_config).context("building the scheduler")?;
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -52,7 +53,8 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
 
     let metrics_store = Arc::new(scrape::MetricsStore::default());
     tasks.spawn({
-        let (snapshots, store, cancel) = (datastore.subscribe(), metrics_store.clone(), cancel.clone());
+        let (snapshots, store, cancel) =
+            (datastore.subscribe(), metrics_store.clone(), cancel.clone());
         let (interval, timeout) = (args.scrape_interval, args.scrape_timeout);
         async move {
             scrape::run_scraper(snapshots, store, interval, timeout, cancel).await;
@@ -60,32 +62,61 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
     });
 
-    let director = Arc::new(Director::new(datastore, metrics_store, scheduler, DecisionLog::new(args.decisions_kept)));
+    let director = Arc::new(Director::new(
+        datastore,
+        metrics_store,
+        scheduler,
+        DecisionLog::new(args.decisions_kept),
+    ));
 
     let admin = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
     let admin_addr = admin.local_addr()?;
-    tasks.spawn(serve(admin, admin::router(director.clone()), cancel.clone()));
+    tasks.spawn(serve(
+        admin,
+        admin::router(director.clone()),
+        cancel.clone(),
+    ));
     tracing::info!(addr = %admin_addr, "admin listening");
 
     let proxy_addr = match args.proxy_listen {
         Some(addr) => {
-            let listener =
-                TcpListener::bind(addr).await.with_context(|| format!("binding --proxy-listen {addr}"))?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --proxy-listen {addr}"))?;
             let bound = listener.local_addr()?;
-            let config = proxy::ProxyConfig { max_body_bytes: args.max_body_bytes, connect_timeout: args.connect_timeout };
-            tasks.spawn(serve(listener, proxy::router(director.clone(), config), cancel.clone()));
+            let config = proxy::ProxyConfig {
+                max_body_bytes: args.max_body_bytes,
+                connect_timeout: args.connect_timeout,
+            };
+            tasks.spawn(serve(
+                listener,
+                proxy::router(director.clone(), config),
+                cancel.clone(),
+            ));
             tracing::info!(addr = %bound, "proxy listening");
             Some(bound)
         }
         None => None,
     };
-    Ok(Gateway { admin_addr, proxy_addr, director, cancel, tasks })
+    Ok(Gateway {
+        admin_addr,
+        proxy_addr,
+        director,
+        cancel,
+        tasks,
+    })
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await?;
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await?;
     Ok(())
 }
 

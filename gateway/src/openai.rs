@@ -44,7 +44,11 @@ pub fn parse_request(kind: ApiKind, raw: &[u8]) -> Result<ParsedRequest, RouteEr
         .map_err(|e| RouteError::BadRequest(format!("error unmarshaling request body: {e}")))?;
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(RouteError::BadRequest("model not found in request body".into())),
+        _ => {
+            return Err(RouteError::BadRequest(
+                "model not found in request body".into(),
+            ));
+        }
     };
     let prompt = match kind {
         ApiKind::Completions => match body.get("prompt") {
@@ -66,7 +70,12 @@ pub fn parse_request(kind: ApiKind, raw: &[u8]) -> Result<ParsedRequest, RouteEr
         },
     };
     let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
-    Ok(ParsedRequest { body, model, prompt, stream })
+    Ok(ParsedRequest {
+        body,
+        model,
+        prompt,
+        stream,
+    })
 }
 
 impl ParsedRequest {
@@ -96,11 +105,21 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies_with_upstream_messages() {
         assert_eq!(bad(ApiKind::Completions, ""), "request body is empty");
-        assert!(bad(ApiKind::Completions, "{not json").starts_with("error unmarshaling request body"));
-        assert_eq!(bad(ApiKind::Completions, r#"{"prompt":"hi"}"#), "model not found in request body");
-        assert_eq!(bad(ApiKind::Completions, r#"{"model":7,"prompt":"hi"}"#), "model not found in request body");
+        assert!(
+            bad(ApiKind::Completions, "{not json").starts_with("error unmarshaling request body")
+        );
+        assert_eq!(
+            bad(ApiKind::Completions, r#"{"prompt":"hi"}"#),
+            "model not found in request body"
+        );
+        assert_eq!(
+            bad(ApiKind::Completions, r#"{"model":7,"prompt":"hi"}"#),
+            "model not found in request body"
+        );
         assert!(bad(ApiKind::Completions, r#"{"model":"m"}"#).contains("prompt"));
-        assert!(bad(ApiKind::ChatCompletions, r#"{"model":"m","messages":[]}"#).contains("messages"));
+        assert!(
+            bad(ApiKind::ChatCompletions, r#"{"model":"m","messages":[]}"#).contains("messages")
+        );
         assert!(bad(ApiKind::Completions, "[1,2]").starts_with("error unmarshaling"));
     }
 
@@ -110,9 +129,13 @@ mod tests {
         let parsed = parse_request(ApiKind::ChatCompletions, chat.as_bytes()).unwrap();
         assert_eq!(parsed.model, "qwq");
         assert!(parsed.stream);
-        assert_eq!(parsed.prompt, r#"[{"content":"Who are you?","role":"user"}]"#);
+        assert_eq!(
+            parsed.prompt,
+            r#"[{"content":"Who are you?","role":"user"}]"#
+        );
 
-        let completion = parse_request(ApiKind::Completions, br#"{"model":"qwq","prompt":"abc"}"#).unwrap();
+        let completion =
+            parse_request(ApiKind::Completions, br#"{"model":"qwq","prompt":"abc"}"#).unwrap();
         assert_eq!(completion.prompt, "abc");
         assert!(!completion.stream);
     }
@@ -130,8 +153,14 @@ mod tests {
 
     #[test]
     fn api_kind_matches_by_suffix() {
-        assert_eq!(ApiKind::from_path("/v1/chat/completions"), Some(ApiKind::ChatCompletions));
-        assert_eq!(ApiKind::from_path("/v1/completions"), Some(ApiKind::Completions));
+        assert_eq!(
+            ApiKind::from_path("/v1/chat/completions"),
+            Some(ApiKind::ChatCompletions)
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/completions"),
+            Some(ApiKind::Completions)
+        );
         assert_eq!(ApiKind::from_path("/v1/models"), None);
     }
 }

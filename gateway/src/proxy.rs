@@ -57,8 +57,14 @@ pub fn router(director: Arc<Director>, config: ProxyConfig) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-    let state = ProxyState { director, client, config };
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let state = ProxyState {
+        director,
+        client,
+        config,
+    };
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -85,13 +91,20 @@ async fn models(State(state): State<ProxyState>) -> Json<serde_json::Value> {
 }
 
 async fn not_found(request: Request) -> Response {
-    let err = format!("inference error: NotFound - no route for {} {}", request.method(), request.uri().path());
+    let err = format!(
+        "inference error: NotFound - no route for {} {}",
+        request.method(),
+        request.uri().path()
+    );
     (StatusCode::NOT_FOUND, err).into_response()
 }
 
 fn error_response(err: &RouteError) -> Response {
     let mut response = (err.http_status(), err.body()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -119,12 +132,19 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         Err(err) => return error_response(&err),
     };
 
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(parts.uri.path()).to_owned();
-    let mut targets = std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(parts.uri.path())
+        .to_owned();
+    let targets =
+        std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
     let mut served_by_fallback = false;
     let mut last_error = None;
-    while let Some(endpoint) = targets.next() {
-        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &plan, &request_id) {
+    for endpoint in targets {
+        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &plan, &request_id)
+        {
             Ok(req) => req,
             Err(err) => {
                 last_error = Some(err);
@@ -132,7 +152,15 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
             }
         };
         match state.client.request(upstream).await {
-            Ok(response) => return stream_back(state.director.clone(), plan, endpoint, served_by_fallback, response),
+            Ok(response) => {
+                return stream_back(
+                    state.director.clone(),
+                    plan,
+                    endpoint,
+                    served_by_fallback,
+                    response,
+                );
+            }
             Err(err) if err.is_connect() => {
                 // Nothing was sent to the client yet, so the next-best endpoint can still take the request.
                 tracing::warn!(request_id = %request_id, endpoint = %endpoint, error = %err, "model server refused the connection");
@@ -147,17 +175,34 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
     }
     let message = last_error.unwrap_or_else(|| "no endpoint left to try".into());
     let endpoint = plan.endpoint.clone();
-    state.director.finish(plan, endpoint, ResponseStats { status: Some(502), ..ResponseStats::default() });
-    (StatusCode::BAD_GATEWAY, format!("inference error: BadGateway - {message}")).into_response()
+    state.director.finish(
+        plan,
+        endpoint,
+        ResponseStats {
+            status: Some(502),
+            ..ResponseStats::default()
+        },
+    );
+    (
+        StatusCode::BAD_GATEWAY,
+        format!("inference error: BadGateway - {message}"),
+    )
+        .into_response()
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouteError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(RouteError::PayloadTooLarge { limit })
         }
-        Err(err) => Err(RouteError::BadRequest(format!("error reading request body: {err}"))),
+        Err(err) => Err(RouteError::BadRequest(format!(
+            "error reading request body: {err}"
+        ))),
     }
 }
 
@@ -204,7 +249,10 @@ fn stream_back(
     response: http::Response<hyper::body::Incoming>,
 ) -> Response {
     let (mut parts, body) = response.into_parts();
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let usage = UsageObserver::new(content_type);
     parts.headers.retain_forwardable();
     if let Ok(value) = HeaderValue::from_str(&endpoint.0) {
@@ -213,13 +261,22 @@ fn stream_back(
     if let Ok(value) = HeaderValue::from_str(&plan.decision.request_id) {
         parts.headers.insert(REQUEST_ID_HEADER, value);
     }
-    let stats = ResponseStats { status: Some(parts.status.as_u16()), served_by_fallback, ..ResponseStats::default() };
+    let stats = ResponseStats {
+        status: Some(parts.status.as_u16()),
+        served_by_fallback,
+        ..ResponseStats::default()
+    };
     let observed = ObservedBody {
         inner: body,
         usage,
         first_byte: None,
         sent_at: Instant::now(),
-        finish: Some(Finish { director, plan, endpoint, stats }),
+        finish: Some(Finish {
+            director,
+            plan,
+            endpoint,
+            stats,
+        }),
     };
     Response::from_parts(parts, Body::new(observed))
 }
@@ -230,7 +287,11 @@ trait RetainForwardable {
 
 impl RetainForwardable for HeaderMap {
     fn retain_forwardable(&mut self) {
-        let drop: Vec<HeaderName> = self.keys().filter(|name| !forwardable(name)).cloned().collect();
+        let drop: Vec<HeaderName> = self
+            .keys()
+            .filter(|name| !forwardable(name))
+            .cloned()
+            .collect();
         for name in drop {
             self.remove(&name);
         }
@@ -257,9 +318,13 @@ struct ObservedBody {
 impl ObservedBody {
     fn complete(&mut self) {
         if let Some(mut finish) = self.finish.take() {
-            finish.stats.ttft_ms = self.first_byte.map(|t| (t - self.sent_at).as_secs_f64() * 1e3);
+            finish.stats.ttft_ms = self
+                .first_byte
+                .map(|t| (t - self.sent_at).as_secs_f64() * 1e3);
             finish.stats.usage = self.usage.finish();
-            finish.director.finish(finish.plan, finish.endpoint, finish.stats);
+            finish
+                .director
+                .finish(finish.plan, finish.endpoint, finish.stats);
         }
     }
 }
@@ -268,7 +333,10 @@ impl HttpBody for ObservedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -305,7 +373,11 @@ impl Drop for ObservedBody {
         if self.finish.is_some() && !self.inner.is_end_stream() {
             // The client went away mid-response: record that, the model server connection is dropped with us.
             if let Some(finish) = self.finish.as_mut() {
-                finish.plan.decision.reason.push_str("; client disconnected before the response ended");
+                finish
+                    .plan
+                    .decision
+                    .reason
+                    .push_str("; client disconnected before the response ended");
                 // 499 as nginx logs it: not a server error, so the outcome stays Routed.
                 finish.stats.status = Some(499);
             }

@@ -20,7 +20,7 @@ use crate::{
     error::RouteError,
     openai::{ApiKind, parse_request},
     scrape::MetricsStore,
-    telemetry::{ModelLabels, OutcomeLabels, PodLabels, TokenLabels, Metrics},
+    telemetry::{Metrics, ModelLabels, OutcomeLabels, PodLabels, TokenLabels},
     usage::Usage,
 };
 
@@ -64,11 +64,11 @@ impl Director {
         decisions: DecisionLog,
     ) -> Director {
         Director {
+            metrics: Metrics::new(&metrics_store),
             datastore,
             metrics_store,
             scheduler,
             decisions,
-            metrics: Metrics::default(),
             next_id: AtomicU64::new(0),
         }
     }
@@ -76,18 +76,28 @@ impl Director {
     /// A request id unique within this process, used when the client sent no `x-request-id`.
     pub fn new_request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         format!("{now:x}-{n}")
     }
 
     /// Routes one request. Errors are recorded as finished decisions here; a plan must be passed to `finish`.
-    pub fn route(&self, kind: ApiKind, raw: Bytes, request_id: String) -> Result<RoutePlan, RouteError> {
+    pub fn route(
+        &self,
+        kind: ApiKind,
+        raw: Bytes,
+        request_id: String,
+    ) -> Result<RoutePlan, RouteError> {
         let started = Instant::now();
-        let received_at_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let snapshot = self.datastore.snapshot();
         let pool_name = snapshot.pool().map(|p| p.name.clone()).unwrap_or_default();
-        let mut record = |model: &str, err: RouteError| {
+        let record = |model: &str, err: RouteError| {
             let mut decision = empty_decision(&request_id, received_at_ms, model, &pool_name, &err);
             decision.profile = self.scheduler.profile_name().to_owned();
             self.record(&decision);
@@ -99,15 +109,24 @@ impl Director {
             Err(err) => return Err(record("", err)),
         };
         let Some(pool) = snapshot.pool() else {
-            let reason = snapshot.pool_error().unwrap_or("no InferencePool is configured").to_owned();
+            let reason = snapshot
+                .pool_error()
+                .unwrap_or("no InferencePool is configured")
+                .to_owned();
             return Err(record(&parsed.model, RouteError::NoCapacity(reason)));
         };
         let Some(model) = snapshot.model(&parsed.model) else {
-            return Err(record(&parsed.model, RouteError::UnknownModel(parsed.model.clone())));
+            return Err(record(
+                &parsed.model,
+                RouteError::UnknownModel(parsed.model.clone()),
+            ));
         };
         let mut rng = rand::rng();
         let Some(target) = scheduler::pick_target(&model.targets, &mut rng) else {
-            let err = RouteError::NoCapacity(format!("model {:?} has no target with a non-zero weight", model.name));
+            let err = RouteError::NoCapacity(format!(
+                "model {:?} has no target with a non-zero weight",
+                model.name
+            ));
             return Err(record(&parsed.model, err));
         };
         let target = target.to_owned();
@@ -115,11 +134,18 @@ impl Director {
         let endpoints: Vec<Endpoint> = snapshot
             .endpoints()
             .iter()
-            .map(|e| Endpoint { id: e.id.clone(), pod: e.pod.clone(), metrics: self.metrics_store.get(&e.id) })
+            .map(|e| Endpoint {
+                id: e.id.clone(),
+                pod: e.pod.clone(),
+                metrics: self.metrics_store.get(&e.id),
+            })
             .collect();
         let lora_adapter = endpoints
             .iter()
-            .any(|e| e.metrics.active_loras.contains(&target) || e.metrics.waiting_loras.contains(&target))
+            .any(|e| {
+                e.metrics.active_loras.contains(&target)
+                    || e.metrics.waiting_loras.contains(&target)
+            })
             .then(|| target.clone());
         let request = Request {
             request_id,
@@ -132,7 +158,9 @@ impl Director {
             lora_adapter,
         };
         let sched_started = Instant::now();
-        let mut decision = self.scheduler.schedule(&request, &endpoints, sched_started, &mut rng);
+        let mut decision = self
+            .scheduler
+            .schedule(&request, &endpoints, sched_started, &mut rng);
         let elapsed = sched_started.elapsed();
         decision.scheduler_micros = elapsed.as_micros() as u64;
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
@@ -170,7 +198,10 @@ impl Director {
         self.metrics.inflight.dec();
         let mut decision = plan.decision;
         if stats.served_by_fallback {
-            decision.reason = format!("{}; served by fallback {} after the primary refused", decision.reason, endpoint);
+            decision.reason = format!(
+                "{}; served by fallback {} after the primary refused",
+                decision.reason, endpoint
+            );
             decision.endpoint = Some(endpoint);
         }
         decision.status = stats.status;
@@ -188,7 +219,10 @@ impl Director {
     }
 
     fn record(&self, decision: &Decision) {
-        let labels = ModelLabels { model: decision.model.clone(), target_model: decision.target_model.clone() };
+        let labels = ModelLabels {
+            model: decision.model.clone(),
+            target_model: decision.target_model.clone(),
+        };
         self.metrics
             .requests
             .get_or_create(&OutcomeLabels {
@@ -202,12 +236,27 @@ impl Director {
                 self.metrics.ttft.get_or_create(&labels).observe(ttft / 1e3);
             }
             if let Some(duration) = decision.duration_ms {
-                self.metrics.duration.get_or_create(&labels).observe(duration / 1e3);
+                self.metrics
+                    .duration
+                    .get_or_create(&labels)
+                    .observe(duration / 1e3);
             }
-            if let Some(pod) = decision.candidates.iter().find(|c| Some(&c.endpoint) == decision.endpoint.as_ref()) {
-                self.metrics.routed_to_pod.get_or_create(&PodLabels { pod: pod.pod.0.clone() }).inc();
+            if let Some(pod) = decision
+                .candidates
+                .iter()
+                .find(|c| Some(&c.endpoint) == decision.endpoint.as_ref())
+            {
+                self.metrics
+                    .routed_to_pod
+                    .get_or_create(&PodLabels {
+                        pod: pod.pod.0.clone(),
+                    })
+                    .inc();
             }
-            for (kind, count) in [("prompt", decision.prompt_tokens), ("completion", decision.completion_tokens)] {
+            for (kind, count) in [
+                ("prompt", decision.prompt_tokens),
+                ("completion", decision.completion_tokens),
+            ] {
                 if let Some(count) = count {
                     let labels = TokenLabels {
                         model: decision.model.clone(),
@@ -222,7 +271,13 @@ impl Director {
     }
 }
 
-fn empty_decision(request_id: &str, received_at_ms: u64, model: &str, pool: &str, err: &RouteError) -> Decision {
+fn empty_decision(
+    request_id: &str,
+    received_at_ms: u64,
+    model: &str,
+    pool: &str,
+    err: &RouteError,
+) -> Decision {
     Decision {
         request_id: request_id.to_owned(),
         received_at_ms,

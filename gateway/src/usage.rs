@@ -26,7 +26,12 @@ pub struct UsageObserver {
 impl UsageObserver {
     pub fn new(content_type: Option<&str>) -> UsageObserver {
         let sse = content_type.is_some_and(|ct| ct.starts_with("text/event-stream"));
-        UsageObserver { sse, buf: Vec::new(), overflow: false, usage: None }
+        UsageObserver {
+            sse,
+            buf: Vec::new(),
+            overflow: false,
+            usage: None,
+        }
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
@@ -59,13 +64,19 @@ impl UsageObserver {
     }
 
     fn sse_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else { return };
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
         let data = data.trim_ascii();
         // Most chunks carry no usage: skip them without a JSON parse.
         if data == b"[DONE]" || !contains(data, b"\"usage\"") {
             return;
         }
-        if let Some(usage) = serde_json::from_slice::<Value>(data).ok().as_ref().and_then(usage_of) {
+        if let Some(usage) = serde_json::from_slice::<Value>(data)
+            .ok()
+            .as_ref()
+            .and_then(usage_of)
+        {
             self.usage = Some(usage);
         }
     }
@@ -73,7 +84,10 @@ impl UsageObserver {
     /// The usage seen so far; for JSON bodies this parses the collected body.
     pub fn finish(&mut self) -> Option<Usage> {
         if !self.sse && !self.overflow && !self.buf.is_empty() {
-            self.usage = serde_json::from_slice::<Value>(&self.buf).ok().as_ref().and_then(usage_of);
+            self.usage = serde_json::from_slice::<Value>(&self.buf)
+                .ok()
+                .as_ref()
+                .and_then(usage_of);
             self.buf = Vec::new();
         }
         self.usage
@@ -92,7 +106,9 @@ fn usage_of(value: &Value) -> Option<Usage> {
         .find_map(|k| usage.get(*k)?.get("cached_tokens")?.as_u64());
     Some(Usage {
         prompt_tokens: count("prompt_tokens").or_else(|| count("input_tokens"))?,
-        completion_tokens: count("completion_tokens").or_else(|| count("output_tokens")).unwrap_or(0),
+        completion_tokens: count("completion_tokens")
+            .or_else(|| count("output_tokens"))
+            .unwrap_or(0),
         cached_tokens: cached,
     })
 }
@@ -108,7 +124,14 @@ mod tests {
         for chunk in body.chunks(7) {
             obs.observe(chunk);
         }
-        assert_eq!(obs.finish(), Some(Usage { prompt_tokens: 12, completion_tokens: 5, cached_tokens: Some(8) }));
+        assert_eq!(
+            obs.finish(),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 5,
+                cached_tokens: Some(8)
+            })
+        );
     }
 
     #[test]
@@ -123,7 +146,11 @@ mod tests {
             obs.observe(b);
             assert_eq!(
                 obs.finish(),
-                Some(Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: None }),
+                Some(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                    cached_tokens: None
+                }),
                 "split at {split}"
             );
         }

@@ -6,28 +6,47 @@ use anyhow::bail;
 
 use crate::procs::{run, workspace_root};
 
-pub fn run_ci() -> anyhow::Result<()> {
+pub(crate) fn run_ci() -> anyhow::Result<()> {
     tidy(&workspace_root())?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
-    run("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     run("cargo", &["test", "--workspace", "--locked"])?;
     eprintln!("ci: all checks passed");
     Ok(())
 }
 
 /// Every Rust file starts with a `//!` line saying what it is (ARCHITECTURE.md relies on it for the code map).
-pub fn tidy(root: &Path) -> anyhow::Result<()> {
+pub(crate) fn tidy(root: &Path) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     visit(root, &mut |path| {
         if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             if !text.starts_with("//!") {
-                missing.push(path.strip_prefix(root).unwrap_or(path).display().to_string());
+                missing.push(
+                    path.strip_prefix(root)
+                        .unwrap_or(path)
+                        .display()
+                        .to_string(),
+                );
             }
         }
     })?;
     if !missing.is_empty() {
-        bail!("tidy: these files do not start with a `//!` doc line:\n  {}", missing.join("\n  "));
+        bail!(
+            "tidy: these files do not start with a `//!` doc line:\n  {}",
+            missing.join("\n  ")
+        );
     }
     eprintln!("tidy: every Rust file has a //! header");
     Ok(())

@@ -17,31 +17,31 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Stop by itself after this many seconds (counted from the start); serve until Ctrl-C when omitted.
     #[arg(long)]
-    pub duration: Option<u64>,
+    pub(crate) duration: Option<u64>,
     /// Simulated vLLM replicas (pods 127.0.0.11, .12, …).
     #[arg(long, default_value_t = 5)]
-    pub replicas: u8,
+    pub(crate) replicas: u8,
     /// Simulator speed-up over real QwQ-32B on 4×A10 timing.
     #[arg(long, default_value_t = 10.0)]
-    pub time_scale: f64,
+    pub(crate) time_scale: f64,
     /// Requests in the warm-up load.
     #[arg(long, default_value_t = 300)]
-    pub requests: usize,
+    pub(crate) requests: usize,
     /// Concurrent clients of the warm-up load.
     #[arg(long, default_value_t = 24)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Address of the gateway's OpenAI-compatible proxy.
     #[arg(long, default_value = "127.0.0.1:8081")]
-    pub proxy_listen: String,
+    pub(crate) proxy_listen: String,
     /// Address of the gateway's admin listener (/metrics, /debug/decisions).
     #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin_listen: String,
+    pub(crate) admin_listen: String,
 }
 
-pub const SEED_POOL: &str = "\
+pub(crate) const SEED_POOL: &str = "\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: InferencePool
 metadata:
@@ -56,7 +56,7 @@ spec:
     app: qwq-32b
 ";
 
-pub const SEED_MODEL: &str = "\
+pub(crate) const SEED_MODEL: &str = "\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: InferenceModel
 metadata:
@@ -74,12 +74,12 @@ spec:
 ";
 
 /// The pod address of simulated replica `i` (0-based), like pod IPs in a cluster.
-pub fn pod_ip(i: u8) -> String {
+pub(crate) fn pod_ip(i: u8) -> String {
     format!("127.0.0.{}", 11 + u16::from(i))
 }
 
 /// Minimal Pod documents for the dir provider: name, the pool's label, podIP and a Ready condition.
-pub fn pod_documents(replicas: u8) -> String {
+pub(crate) fn pod_documents(replicas: u8) -> String {
     (0..replicas)
         .map(|i| {
             format!(
@@ -92,7 +92,7 @@ pub fn pod_documents(replicas: u8) -> String {
         .join("---\n")
 }
 
-pub fn write_config(dir: &Path, replicas: u8) -> anyhow::Result<()> {
+pub(crate) fn write_config(dir: &Path, replicas: u8) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("pool.yaml"), SEED_POOL)?;
     std::fs::write(dir.join("model.yaml"), SEED_MODEL)?;
@@ -100,7 +100,7 @@ pub fn write_config(dir: &Path, replicas: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let root = procs::workspace_root();
     let work = root.join("target/demo");
@@ -139,25 +139,47 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(30);
     for i in 0..args.replicas {
         let url = format!("http://{}:8000/health", pod_ip(i));
-        procs::wait_ready(&url, deadline, &mut [&mut sim]).await.context("waiting for the simulator (see target/demo/vllm-sim.log)")?;
+        procs::wait_ready(&url, deadline, &mut [&mut sim])
+            .await
+            .context("waiting for the simulator (see target/demo/vllm-sim.log)")?;
     }
     let admin = format!("http://{}", args.admin_listen);
-    procs::wait_ready(&format!("{admin}/readyz"), deadline, &mut [&mut gateway, &mut sim])
-        .await
-        .context("waiting for the gateway (see target/demo/gateway.log)")?;
-    eprintln!("{} simulated vLLM pods at {}…{}:8000, gateway proxy on {}", args.replicas, pod_ip(0), pod_ip(args.replicas - 1), args.proxy_listen);
+    procs::wait_ready(
+        &format!("{admin}/readyz"),
+        deadline,
+        &mut [&mut gateway, &mut sim],
+    )
+    .await
+    .context("waiting for the gateway (see target/demo/gateway.log)")?;
+    eprintln!(
+        "{} simulated vLLM pods at {}…{}:8000, gateway proxy on {}",
+        args.replicas,
+        pod_ip(0),
+        pod_ip(args.replicas - 1),
+        args.proxy_listen
+    );
 
     let client = load::http_client();
     let kv_peaks = Arc::new(Mutex::new(BTreeMap::<String, f64>::new()));
     let sampler = tokio::spawn(sample_kv(client.clone(), args.replicas, kv_peaks.clone()));
     let bar = ProgressBar::new(args.requests as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} load [{bar:40}] {pos}/{len} requests {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} load [{bar:40}] {pos}/{len} requests {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let requests = load::mixed_requests("qwq", args.requests, 42);
     let base = format!("http://{}", args.proxy_listen);
-    let samples = load::closed_loop(&client, &base, requests, args.concurrency, Duration::from_secs(120), Some(bar.clone())).await;
+    let samples = load::closed_loop(
+        &client,
+        &base,
+        requests,
+        args.concurrency,
+        Duration::from_secs(120),
+        Some(bar.clone()),
+    )
+    .await;
     bar.finish_and_clear();
     sampler.abort();
 
@@ -172,13 +194,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Why each request went where it went:  curl -s {admin}/debug/decisions?limit=5");
     println!("Gateway metrics:                      curl -s {admin}/metrics");
-    println!("Config (edit weights live):           {}", config.join("model.yaml").display());
+    println!(
+        "Config (edit weights live):           {}",
+        config.join("model.yaml").display()
+    );
 
     let wait = async {
         match args.duration {
             Some(secs) => {
                 let left = Duration::from_secs(secs).saturating_sub(started.elapsed());
-                println!("serving for {}s more (Ctrl-C to stop earlier)", left.as_secs());
+                println!(
+                    "serving for {}s more (Ctrl-C to stop earlier)",
+                    left.as_secs()
+                );
                 tokio::time::sleep(left).await;
             }
             None => {
@@ -209,7 +237,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Keeps the highest KV-cache usage each pod reported while the load ran.
-async fn sample_kv(client: load::HttpClient, replicas: u8, peaks: Arc<Mutex<BTreeMap<String, f64>>>) {
+async fn sample_kv(
+    client: load::HttpClient,
+    replicas: u8,
+    peaks: Arc<Mutex<BTreeMap<String, f64>>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
@@ -225,10 +257,19 @@ async fn sample_kv(client: load::HttpClient, replicas: u8, peaks: Arc<Mutex<BTre
 }
 
 /// Reads one unlabelled-or-labelled gauge from a simulator's /metrics.
-pub async fn scrape_gauge(client: &load::HttpClient, endpoint: &str, name: &str) -> Option<f64> {
+pub(crate) async fn scrape_gauge(
+    client: &load::HttpClient,
+    endpoint: &str,
+    name: &str,
+) -> Option<f64> {
     use http_body_util::BodyExt;
-    let request = http::Request::get(format!("http://{endpoint}/metrics")).body(http_body_util::Full::default()).ok()?;
-    let response = tokio::time::timeout(Duration::from_secs(1), client.request(request)).await.ok()?.ok()?;
+    let request = http::Request::get(format!("http://{endpoint}/metrics"))
+        .body(http_body_util::Full::default())
+        .ok()?;
+    let response = tokio::time::timeout(Duration::from_secs(1), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
     let body = response.into_body().collect().await.ok()?.to_bytes();
     let text = std::str::from_utf8(&body).ok()?;
     text.lines()
@@ -238,24 +279,49 @@ pub async fn scrape_gauge(client: &load::HttpClient, endpoint: &str, name: &str)
 
 fn print_table(samples: &[Sample], kv_peaks: &BTreeMap<String, f64>, replicas: u8) {
     let ok = samples.iter().filter(|s| s.status == 200).count();
-    println!("\n{} requests, {} ok, {} failed", samples.len(), ok, samples.len() - ok);
+    println!(
+        "\n{} requests, {} ok, {} failed",
+        samples.len(),
+        ok,
+        samples.len() - ok
+    );
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.status != 200) {
-        *failures.entry(s.error.clone().unwrap_or_else(|| format!("HTTP {}", s.status))).or_default() += 1;
+        *failures
+            .entry(
+                s.error
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {}", s.status)),
+            )
+            .or_default() += 1;
     }
     for (why, n) in failures {
         println!("  {n} × {why}");
     }
-    println!("\n{:<18} {:>9} {:>15} {:>13}", "pod", "requests", "mean TTFT ms", "peak KV use");
+    println!(
+        "\n{:<18} {:>9} {:>15} {:>13}",
+        "pod", "requests", "mean TTFT ms", "peak KV use"
+    );
     for i in 0..replicas {
         let endpoint = format!("{}:8000", pod_ip(i));
-        let mine: Vec<&Sample> = samples.iter().filter(|s| s.served_by.as_deref() == Some(&endpoint)).collect();
+        let mine: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.served_by.as_deref() == Some(&endpoint))
+            .collect();
         let mean_ttft = if mine.is_empty() {
             f64::NAN
         } else {
             mine.iter().map(|s| s.ttft.as_secs_f64() * 1e3).sum::<f64>() / mine.len() as f64
         };
-        let kv = kv_peaks.get(&endpoint).map(|k| format!("{:.1} %", k * 100.0)).unwrap_or_else(|| "-".into());
-        println!("{endpoint:<18} {:>9} {:>15.1} {:>13}", mine.len(), mean_ttft, kv);
+        let kv = kv_peaks
+            .get(&endpoint)
+            .map(|k| format!("{:.1} %", k * 100.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{endpoint:<18} {:>9} {:>15.1} {:>13}",
+            mine.len(),
+            mean_ttft,
+            kv
+        );
     }
 }

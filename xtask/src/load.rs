@@ -15,34 +15,36 @@ use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::sync::Mutex;
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub fn http_client() -> HttpClient {
+pub(crate) fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build(connector)
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(connector)
 }
 
 /// One request to send.
 #[derive(Clone, Debug)]
-pub struct RequestSpec {
-    pub path: &'static str,
-    pub body: Bytes,
+pub(crate) struct RequestSpec {
+    pub(crate) path: &'static str,
+    pub(crate) body: Bytes,
 }
 
 /// What one request measured.
 #[derive(Clone, Debug)]
-pub struct Sample {
-    pub status: u16,
+pub(crate) struct Sample {
+    pub(crate) status: u16,
     /// `x-gateway-destination-endpoint-served` of the response, when the gateway set it.
-    pub served_by: Option<String>,
-    pub ttft: Duration,
-    pub latency: Duration,
-    pub error: Option<String>,
+    pub(crate) served_by: Option<String>,
+    pub(crate) ttft: Duration,
+    pub(crate) latency: Duration,
+    pub(crate) error: Option<String>,
 }
 
 /// Sends every request in `requests` with at most `concurrency` in flight; stops early at `deadline`.
-pub async fn closed_loop(
+pub(crate) async fn closed_loop(
     client: &HttpClient,
     base: &str,
     requests: Vec<RequestSpec>,
@@ -54,12 +56,21 @@ pub async fn closed_loop(
     let until = Instant::now() + deadline;
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (queue, client, base, progress) = (queue.clone(), client.clone(), base.to_owned(), progress.clone());
+        let (queue, client, base, progress) = (
+            queue.clone(),
+            client.clone(),
+            base.to_owned(),
+            progress.clone(),
+        );
         workers.spawn(async move {
             let mut samples = Vec::new();
             loop {
-                let Some(spec) = queue.lock().await.next() else { break };
-                let Some(left) = until.checked_duration_since(Instant::now()) else { break };
+                let Some(spec) = queue.lock().await.next() else {
+                    break;
+                };
+                let Some(left) = until.checked_duration_since(Instant::now()) else {
+                    break;
+                };
                 let sample = match tokio::time::timeout(left, send(&client, &base, spec)).await {
                     Ok(sample) => sample,
                     Err(_) => break,
@@ -79,7 +90,7 @@ pub async fn closed_loop(
     all
 }
 
-pub async fn send(client: &HttpClient, base: &str, spec: RequestSpec) -> Sample {
+pub(crate) async fn send(client: &HttpClient, base: &str, spec: RequestSpec) -> Sample {
     let started = Instant::now();
     let failed = |error: String| Sample {
         status: 0,
@@ -114,17 +125,29 @@ pub async fn send(client: &HttpClient, base: &str, spec: RequestSpec) -> Sample 
                     ttft.get_or_insert_with(|| started.elapsed());
                 }
             }
-            Err(err) => return Sample { error: Some(err.to_string()), ..failed(String::new()) },
+            Err(err) => {
+                return Sample {
+                    error: Some(err.to_string()),
+                    ..failed(String::new())
+                };
+            }
         }
     }
     let latency = started.elapsed();
-    Sample { status, served_by, ttft: ttft.unwrap_or(latency), latency, error: None }
+    Sample {
+        status,
+        served_by,
+        ttft: ttft.unwrap_or(latency),
+        latency,
+        error: None,
+    }
 }
 
 /// The demo's mixed traffic: chat and completions, streaming and not, some sharing a long system prompt.
-pub fn mixed_requests(model: &str, count: usize, seed: u64) -> Vec<RequestSpec> {
+pub(crate) fn mixed_requests(model: &str, count: usize, seed: u64) -> Vec<RequestSpec> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let system = "You are a careful assistant for a platform team running vLLM on Kubernetes. ".repeat(12);
+    let system =
+        "You are a careful assistant for a platform team running vLLM on Kubernetes. ".repeat(12);
     (0..count)
         .map(|i| {
             let topic = ["kv cache", "prefix caching", "lora adapters", "tail latency", "canary releases"][i % 5];
@@ -156,7 +179,7 @@ pub fn mixed_requests(model: &str, count: usize, seed: u64) -> Vec<RequestSpec> 
 }
 
 /// Percentile (0..=100) of a sorted slice, nearest-rank.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -182,9 +205,15 @@ mod tests {
     fn mixed_requests_are_reproducible_and_mixed() {
         let a = mixed_requests("qwq", 50, 7);
         let b = mixed_requests("qwq", 50, 7);
-        assert_eq!(a.iter().map(|r| r.body.clone()).collect::<Vec<_>>(), b.iter().map(|r| r.body.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|r| r.body.clone()).collect::<Vec<_>>(),
+            b.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+        );
         assert!(a.iter().any(|r| r.path == "/v1/chat/completions"));
         assert!(a.iter().any(|r| r.path == "/v1/completions"));
-        assert!(a.iter().any(|r| r.body.windows(13).any(|w| w == b"\"stream\":true")));
+        assert!(
+            a.iter()
+                .any(|r| r.body.windows(13).any(|w| w == b"\"stream\":true"))
+        );
     }
 }

@@ -136,10 +136,16 @@ spec:
         let pool: InferencePool = serde_saphyr::from_str(SEED_POOL).unwrap();
         assert_eq!(pool.metadata.name.as_deref(), Some("reasoning-pool"));
         assert_eq!(pool.spec.target_port_number, 8000);
-        assert_eq!(pool.spec.selector.get("app").map(String::as_str), Some("qwq-32b"));
+        assert_eq!(
+            pool.spec.selector.get("app").map(String::as_str),
+            Some("qwq-32b")
+        );
         assert_eq!(pool.spec.extension_ref, None);
         let attach = pool.metadata.annotations.unwrap();
-        assert_eq!(attach[crate::ATTACH_TO_ANNOTATION], "name: inference-gateway\nport: 8081\n");
+        assert_eq!(
+            attach[crate::ATTACH_TO_ANNOTATION],
+            "name: inference-gateway\nport: 8081\n"
+        );
     }
 
     #[test]
@@ -150,7 +156,10 @@ spec:
         assert_eq!(model.spec.pool_ref.name, "reasoning-pool");
         assert_eq!(
             model.spec.target_models,
-            vec![TargetModel { name: "qwq-32b".into(), weight: Some(100) }]
+            vec![TargetModel {
+                name: "qwq-32b".into(),
+                weight: Some(100)
+            }]
         );
     }
 }

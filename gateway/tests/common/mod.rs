@@ -57,7 +57,9 @@ impl FakePod {
 /// Binds `n` listeners on 127.0.`block`.1.. with one shared port, as pods of a pool share `targetPortNumber`.
 pub async fn bind_same_port(block: u8, n: u8) -> (u16, Vec<TcpListener>) {
     for _attempt in 0..50 {
-        let first = TcpListener::bind((Ipv4Addr::new(127, 0, block, 1), 0)).await.unwrap();
+        let first = TcpListener::bind((Ipv4Addr::new(127, 0, block, 1), 0))
+            .await
+            .unwrap();
         let port = first.local_addr().unwrap().port();
         let mut listeners = vec![first];
         for i in 2..=n {
@@ -112,12 +114,18 @@ async fn complete(State(state): State<Arc<Mutex<PodState>>>, body: Bytes) -> Res
                 5 => format!(
                     "data: {{\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":4}}}}\n\ndata: [DONE]\n\n"
                 ),
-                _ => format!("data: {{\"model\":\"{model}\",\"choices\":[{{\"text\":\"t{i}\"}}],\"usage\":null}}\n\n"),
+                _ => format!(
+                    "data: {{\"model\":\"{model}\",\"choices\":[{{\"text\":\"t{i}\"}}],\"usage\":null}}\n\n"
+                ),
             };
             Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), i + 1))
         }
     });
-    ([("content-type", "text/event-stream")], Body::from_stream(chunks)).into_response()
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 pub async fn serve_fake_pod(listener: TcpListener) -> FakePod {
@@ -129,7 +137,11 @@ pub async fn serve_fake_pod(listener: TcpListener) -> FakePod {
         .route("/v1/chat/completions", post(complete))
         .with_state(state.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await }).abort_handle();
-    FakePod { addr, state, server }
+    FakePod {
+        addr,
+        state,
+        server,
+    }
 }
 
 /// A fresh directory under the system temp dir for one test's YAML.
@@ -148,8 +160,10 @@ pub fn pool_yaml(port: u16) -> String {
 }
 
 pub fn model_yaml(object: &str, model: &str, criticality: &str, targets: &[(&str, u32)]) -> String {
-    let targets: String =
-        targets.iter().map(|(name, w)| format!("  - name: {name}\n    weight: {w}\n")).collect();
+    let targets: String = targets
+        .iter()
+        .map(|(name, w)| format!("  - name: {name}\n    weight: {w}\n"))
+        .collect();
     format!(
         "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: InferenceModel\nmetadata:\n  name: {object}\n\
          spec:\n  modelName: {model}\n  criticality: {criticality}\n  poolRef:\n    name: pool\n  targetModels:\n{targets}"
@@ -185,7 +199,9 @@ pub async fn start_gateway(dir: &std::path::Path, extra: &[&str]) -> gateway::Ga
         "20ms".into(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
-    gateway::start(gateway::args::Args::parse_from(argv)).await.unwrap()
+    gateway::start(gateway::args::Args::parse_from(argv))
+        .await
+        .unwrap()
 }
 
 /// Polls until the gateway has fresh metrics for every endpoint in `ids` (deadline 10 s).
@@ -193,7 +209,9 @@ pub async fn wait_scraped(gw: &gateway::Gateway, ids: &[EndpointId]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let snapshot = gw.director.datastore.snapshot();
-        let all_known = ids.iter().all(|id| snapshot.endpoints().iter().any(|e| &e.id == id));
+        let all_known = ids
+            .iter()
+            .all(|id| snapshot.endpoints().iter().any(|e| &e.id == id));
         let all_fresh = ids.iter().all(|id| {
             gw.director
                 .metrics_store
@@ -204,7 +222,10 @@ pub async fn wait_scraped(gw: &gateway::Gateway, ids: &[EndpointId]) {
         if all_known && all_fresh {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "gateway never scraped {ids:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway never scraped {ids:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -251,7 +272,8 @@ pub mod reqwest_like {
         }
 
         pub async fn get(&self, url: &str) -> Reply {
-            self.send(http::Request::get(url).body(Full::default()).unwrap()).await
+            self.send(http::Request::get(url).body(Full::default()).unwrap())
+                .await
         }
 
         async fn send(&self, request: http::Request<Full<Bytes>>) -> Reply {
@@ -268,9 +290,16 @@ pub mod reqwest_like {
                         bytes.extend_from_slice(data);
                     }
                 }
-                Reply { status, headers, body: String::from_utf8_lossy(&bytes).into_owned(), frames }
+                Reply {
+                    status,
+                    headers,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                    frames,
+                }
             };
-            tokio::time::timeout(Duration::from_secs(20), fut).await.expect("request hung")
+            tokio::time::timeout(Duration::from_secs(20), fut)
+                .await
+                .expect("request hung")
         }
     }
 }

@@ -10,18 +10,18 @@ use serde_json::Value;
 use crate::procs;
 
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(subcommand)]
-    pub which: Which,
+    pub(crate) which: Which,
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum Which {
+pub(crate) enum Which {
     /// Scheduler decision time at 8/64/256 endpoints, and proxy vs direct-to-simulator throughput and latency.
     Overhead(overhead::OverheadArgs),
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         // Numbers from an unoptimised build mean nothing: rebuild xtask in release and run the same command there.
         let bin = procs::build_bins(true, &["xtask"])?;
@@ -40,14 +40,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the figures with the command line, commit and machine they came from (DESIGN.md §10).
-pub fn write_summary(name: &str, figures: BTreeMap<String, Value>) -> anyhow::Result<PathBuf> {
+pub(crate) fn write_summary(
+    name: &str,
+    figures: BTreeMap<String, Value>,
+) -> anyhow::Result<PathBuf> {
     let dir = procs::workspace_root().join("target/bench").join(name);
     std::fs::create_dir_all(&dir)?;
     let mut summary = figures;
-    let command = std::iter::once("cargo xtask".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    let command = std::iter::once("cargo xtask".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
     summary.insert("command".into(), command.into());
     summary.insert("git_commit".into(), git_commit().into());
-    summary.insert("machine_cores".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).into());
+    summary.insert(
+        "machine_cores".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+            .into(),
+    );
     summary.insert("machine_memory_gib".into(), memory_gib().into());
     let path = dir.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;

@@ -7,7 +7,10 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use scheduler::{Criticality, Endpoint, EndpointId, EndpointMetrics, PodName, Request, Scheduler, SchedulerConfig};
+use scheduler::{
+    Criticality, Endpoint, EndpointId, EndpointMetrics, PodName, Request, Scheduler,
+    SchedulerConfig,
+};
 use serde_json::Value;
 
 use crate::{
@@ -17,22 +20,25 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct OverheadArgs {
+pub(crate) struct OverheadArgs {
     /// Timed decisions per endpoint count.
     #[arg(long, default_value_t = 20_000)]
-    pub decisions: usize,
+    pub(crate) decisions: usize,
     /// Seconds of load per side (direct, proxy).
     #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
+    pub(crate) seconds: u64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
-pub async fn run(args: OverheadArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
     let mut summary: BTreeMap<String, Value> = BTreeMap::new();
     println!("scheduler decision time (default profile, prefix scoring on, ~13 KB prompts)");
-    println!("{:>10} {:>12} {:>12} {:>12}", "endpoints", "median µs", "p99 µs", "max µs");
+    println!(
+        "{:>10} {:>12} {:>12} {:>12}",
+        "endpoints", "median µs", "p99 µs", "max µs"
+    );
     for n in [8usize, 64, 256] {
         let (median, p99, max) = decision_times(n, args.decisions);
         println!("{n:>10} {median:>12.2} {p99:>12.2} {max:>12.1}");
@@ -41,17 +47,29 @@ pub async fn run(args: OverheadArgs) -> anyhow::Result<()> {
     }
 
     let (direct, proxied) = proxy_vs_direct(&args).await?;
-    println!("\nproxy vs direct to one zero-delay simulator, {} clients, {} s each", args.concurrency, args.seconds);
-    println!("{:>8} {:>10} {:>10} {:>10} {:>8}", "path", "req/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "\nproxy vs direct to one zero-delay simulator, {} clients, {} s each",
+        args.concurrency, args.seconds
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>8}",
+        "path", "req/s", "p50 ms", "p99 ms", "errors"
+    );
     for (name, r) in [("direct", &direct), ("proxy", &proxied)] {
-        println!("{name:>8} {:>10.0} {:>10.3} {:>10.3} {:>8}", r.rps, r.p50_ms, r.p99_ms, r.errors);
+        println!(
+            "{name:>8} {:>10.0} {:>10.3} {:>10.3} {:>8}",
+            r.rps, r.p50_ms, r.p99_ms, r.errors
+        );
         summary.insert(format!("{name}_rps"), r.rps.into());
         summary.insert(format!("{name}_p50_ms"), r.p50_ms.into());
         summary.insert(format!("{name}_p99_ms"), r.p99_ms.into());
         summary.insert(format!("{name}_errors"), r.errors.into());
     }
     let ratio = proxied.rps / direct.rps;
-    println!("proxy/direct throughput ratio: {ratio:.2} (target ≥ 0.80); added p50 {:.3} ms", proxied.p50_ms - direct.p50_ms);
+    println!(
+        "proxy/direct throughput ratio: {ratio:.2} (target ≥ 0.80); added p50 {:.3} ms",
+        proxied.p50_ms - direct.p50_ms
+    );
     summary.insert("proxy_rps_ratio_vs_direct".into(), ratio.into());
     let path = super::write_summary("overhead", summary)?;
     println!("wrote {}", path.display());
@@ -80,8 +98,9 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
         })
         .collect();
     // 40 system prompts of ~12 KB shared by many requests, each followed by a unique question.
-    let prefixes: Vec<String> =
-        (0..40).map(|p| format!("system prompt {p}: ").repeat(12_000 / 17)).collect();
+    let prefixes: Vec<String> = (0..40)
+        .map(|p| format!("system prompt {p}: ").repeat(12_000 / 17))
+        .collect();
     let request = |i: usize, rng: &mut SmallRng| Request {
         request_id: i.to_string(),
         received_at_ms: 0,
@@ -89,7 +108,11 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
         target_model: "qwq-32b".into(),
         criticality: Criticality::Critical,
         pool: "bench".into(),
-        prompt: format!("{}question {i} {}", prefixes[rng.random_range(0..prefixes.len())], "x".repeat(900)),
+        prompt: format!(
+            "{}question {i} {}",
+            prefixes[rng.random_range(0..prefixes.len())],
+            "x".repeat(900)
+        ),
         lora_adapter: None,
     };
     for i in 0..2_000 {
@@ -105,7 +128,11 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
         std::hint::black_box(decision);
     }
     times.sort_by(f64::total_cmp);
-    (percentile(&times, 50.0), percentile(&times, 99.0), times.last().copied().unwrap_or(f64::NAN))
+    (
+        percentile(&times, 50.0),
+        percentile(&times, 99.0),
+        times.last().copied().unwrap_or(f64::NAN),
+    )
 }
 
 struct LoadResult {
@@ -124,11 +151,19 @@ async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, Loa
     let pod = "127.0.0.41";
     std::fs::write(config.join("pool.yaml"), demo::SEED_POOL)?;
     std::fs::write(config.join("model.yaml"), demo::SEED_MODEL)?;
-    std::fs::write(config.join("pods.yaml"), demo::pod_documents(1).replace("127.0.0.11", pod))?;
+    std::fs::write(
+        config.join("pods.yaml"),
+        demo::pod_documents(1).replace("127.0.0.11", pod),
+    )?;
     let mut sim = Proc::spawn(
         "vllm-sim",
         &bin.join("vllm-sim"),
-        &["--addr".into(), format!("{pod}:8000"), "--profile".into(), "zero-delay".into()],
+        &[
+            "--addr".into(),
+            format!("{pod}:8000"),
+            "--profile".into(),
+            "zero-delay".into(),
+        ],
         Some(&work.join("vllm-sim.log")),
     )?;
     let mut gateway = Proc::spawn(
@@ -145,29 +180,59 @@ async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, Loa
         Some(&work.join("gateway.log")),
     )?;
     let deadline = Duration::from_secs(30);
-    procs::wait_ready(&format!("http://{pod}:8000/health"), deadline, &mut [&mut sim]).await?;
-    procs::wait_ready("http://127.0.0.1:19090/readyz", deadline, &mut [&mut gateway, &mut sim]).await?;
+    procs::wait_ready(
+        &format!("http://{pod}:8000/health"),
+        deadline,
+        &mut [&mut sim],
+    )
+    .await?;
+    procs::wait_ready(
+        "http://127.0.0.1:19090/readyz",
+        deadline,
+        &mut [&mut gateway, &mut sim],
+    )
+    .await?;
 
     let client = load::http_client();
     let make = |model: &str| -> Vec<RequestSpec> {
         (0..1_000_000)
             .map(|i| RequestSpec {
                 path: "/v1/completions",
-                body: format!(r#"{{"model":"{model}","prompt":"request {i} says hello","max_tokens":1}}"#).into(),
+                body: format!(
+                    r#"{{"model":"{model}","prompt":"request {i} says hello","max_tokens":1}}"#
+                )
+                .into(),
             })
             .collect()
     };
     let window = Duration::from_secs(args.seconds);
     // Warm both paths (connections, allocator) before measuring.
-    load::closed_loop(&client, &format!("http://{pod}:8000"), make("qwq-32b").into_iter().take(500).collect(), args.concurrency, window, None).await;
-    load::closed_loop(&client, "http://127.0.0.1:18081", make("qwq").into_iter().take(500).collect(), args.concurrency, window, None).await;
+    load::closed_loop(
+        &client,
+        &format!("http://{pod}:8000"),
+        make("qwq-32b").into_iter().take(500).collect(),
+        args.concurrency,
+        window,
+        None,
+    )
+    .await;
+    load::closed_loop(
+        &client,
+        "http://127.0.0.1:18081",
+        make("qwq").into_iter().take(500).collect(),
+        args.concurrency,
+        window,
+        None,
+    )
+    .await;
 
     let measure = |base: String, model: &'static str| {
         let client = client.clone();
         let requests = make(model);
         async move {
             let started = Instant::now();
-            let samples = load::closed_loop(&client, &base, requests, args.concurrency, window, None).await;
+            let samples =
+                load::closed_loop(&client, &base, requests, args.concurrency, window, None).await;
             summarize(&samples, started.elapsed())
         }
     };
@@ -179,8 +244,11 @@ async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, Loa
 }
 
 fn summarize(samples: &[load::Sample], elapsed: Duration) -> LoadResult {
-    let mut latencies: Vec<f64> =
-        samples.iter().filter(|s| s.status == 200).map(|s| s.latency.as_secs_f64() * 1e3).collect();
+    let mut latencies: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.latency.as_secs_f64() * 1e3)
+        .collect();
     latencies.sort_by(f64::total_cmp);
     LoadResult {
         rps: latencies.len() as f64 / elapsed.as_secs_f64(),
