@@ -37,10 +37,7 @@ async fn metrics(State(director): State<Arc<Director>>) -> Response {
 /// Ready once the provider finished its first full sync and the served pool exists.
 async fn readyz(State(director): State<Arc<Director>>) -> (StatusCode, String) {
     if !director.datastore.is_synced() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "datastore not synced yet".into(),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "datastore not synced yet".into());
     }
     let snapshot = director.datastore.snapshot();
     match snapshot.pool() {
@@ -54,10 +51,7 @@ async fn readyz(State(director): State<Arc<Director>>) -> (StatusCode, String) {
         ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            snapshot
-                .pool_error()
-                .unwrap_or("no InferencePool found")
-                .to_owned(),
+            snapshot.pool_error().unwrap_or("no InferencePool found").to_owned(),
         ),
     }
 }
@@ -72,9 +66,5 @@ async fn decisions(
     State(director): State<Arc<Director>>,
     Query(query): Query<DecisionsQuery>,
 ) -> Json<Vec<scheduler::Decision>> {
-    Json(
-        director
-            .decisions
-            .latest(query.limit.unwrap_or(DEFAULT_DECISIONS)),
-    )
+    Json(director.decisions.latest(query.limit.unwrap_or(DEFAULT_DECISIONS)))
 }

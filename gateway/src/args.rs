@@ -80,9 +80,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s or m)"
-            ));
+            return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s or m)"));
         }
     };
     Ok(Duration::from_secs_f64(seconds))
@@ -98,16 +96,8 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
-        assert!(
-            parse_duration("fast")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-        assert!(
-            parse_duration("5h")
-                .unwrap_err()
-                .contains("unknown duration unit")
-        );
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5h").unwrap_err().contains("unknown duration unit"));
     }
 
     #[test]

@@ -23,10 +23,7 @@ impl DecisionLog {
         if self.capacity == 0 {
             return;
         }
-        let mut ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ring = self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if ring.len() == self.capacity {
             ring.pop_front();
         }
@@ -35,10 +32,7 @@ impl DecisionLog {
 
     /// The newest `limit` decisions, newest first.
     pub fn latest(&self, limit: usize) -> Vec<Decision> {
-        let ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ring = self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         ring.iter().rev().take(limit).cloned().collect()
     }
 }

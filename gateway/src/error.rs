@@ -51,9 +51,7 @@ impl RouteError {
     /// The decision outcome this error is recorded as.
     pub fn outcome(&self) -> scheduler::Outcome {
         match self {
-            RouteError::BadRequest(_) | RouteError::PayloadTooLarge { .. } => {
-                scheduler::Outcome::BadRequest400
-            }
+            RouteError::BadRequest(_) | RouteError::PayloadTooLarge { .. } => scheduler::Outcome::BadRequest400,
             RouteError::UnknownModel(_) => scheduler::Outcome::NotFound404,
             RouteError::Shed => scheduler::Outcome::Shed429,
             RouteError::NoCapacity(_) => scheduler::Outcome::NoCapacity503,
@@ -74,10 +72,7 @@ mod tests {
             err.body(),
             "inference error: NotFound - model \"gpt-9\" is not served by this pool"
         );
-        assert_eq!(
-            RouteError::Shed.http_status(),
-            StatusCode::TOO_MANY_REQUESTS
-        );
+        assert_eq!(RouteError::Shed.http_status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             RouteError::Shed.body(),
             "inference error: ResourceExhausted - system saturated, sheddable request dropped"

@@ -41,8 +41,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
         None => scheduler::SchedulerConfig::default(),
     };
-    let scheduler =
-        scheduler::Scheduler::new(&scheduler_config).context("building the scheduler")?;
+    let scheduler = scheduler::Scheduler::new(&scheduler_config).context("building the scheduler")?;
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -53,8 +52,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
 
     let metrics_store = Arc::new(scrape::MetricsStore::default());
     tasks.spawn({
-        let (snapshots, store, cancel) =
-            (datastore.subscribe(), metrics_store.clone(), cancel.clone());
+        let (snapshots, store, cancel) = (datastore.subscribe(), metrics_store.clone(), cancel.clone());
         let (interval, timeout) = (args.scrape_interval, args.scrape_timeout);
         async move {
             scrape::run_scraper(snapshots, store, interval, timeout, cancel).await;
@@ -73,11 +71,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
     let admin_addr = admin.local_addr()?;
-    tasks.spawn(serve(
-        admin,
-        admin::router(director.clone()),
-        cancel.clone(),
-    ));
+    tasks.spawn(serve(admin, admin::router(director.clone()), cancel.clone()));
     tracing::info!(addr = %admin_addr, "admin listening");
 
     let proxy_addr = match args.proxy_listen {
@@ -90,11 +84,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
                 max_body_bytes: args.max_body_bytes,
                 connect_timeout: args.connect_timeout,
             };
-            tasks.spawn(serve(
-                listener,
-                proxy::router(director.clone(), config),
-                cancel.clone(),
-            ));
+            tasks.spawn(serve(listener, proxy::router(director.clone(), config), cancel.clone()));
             tracing::info!(addr = %bound, "proxy listening");
             Some(bound)
         }
@@ -109,11 +99,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
     })
 }
 
-async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> anyhow::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;

@@ -45,9 +45,7 @@ pub fn parse_request(kind: ApiKind, raw: &[u8]) -> Result<ParsedRequest, RouteEr
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => {
-            return Err(RouteError::BadRequest(
-                "model not found in request body".into(),
-            ));
+            return Err(RouteError::BadRequest("model not found in request body".into()));
         }
     };
     let prompt = match kind {
@@ -105,9 +103,7 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies_with_upstream_messages() {
         assert_eq!(bad(ApiKind::Completions, ""), "request body is empty");
-        assert!(
-            bad(ApiKind::Completions, "{not json").starts_with("error unmarshaling request body")
-        );
+        assert!(bad(ApiKind::Completions, "{not json").starts_with("error unmarshaling request body"));
         assert_eq!(
             bad(ApiKind::Completions, r#"{"prompt":"hi"}"#),
             "model not found in request body"
@@ -117,9 +113,7 @@ mod tests {
             "model not found in request body"
         );
         assert!(bad(ApiKind::Completions, r#"{"model":"m"}"#).contains("prompt"));
-        assert!(
-            bad(ApiKind::ChatCompletions, r#"{"model":"m","messages":[]}"#).contains("messages")
-        );
+        assert!(bad(ApiKind::ChatCompletions, r#"{"model":"m","messages":[]}"#).contains("messages"));
         assert!(bad(ApiKind::Completions, "[1,2]").starts_with("error unmarshaling"));
     }
 
@@ -129,13 +123,9 @@ mod tests {
         let parsed = parse_request(ApiKind::ChatCompletions, chat.as_bytes()).unwrap();
         assert_eq!(parsed.model, "qwq");
         assert!(parsed.stream);
-        assert_eq!(
-            parsed.prompt,
-            r#"[{"content":"Who are you?","role":"user"}]"#
-        );
+        assert_eq!(parsed.prompt, r#"[{"content":"Who are you?","role":"user"}]"#);
 
-        let completion =
-            parse_request(ApiKind::Completions, br#"{"model":"qwq","prompt":"abc"}"#).unwrap();
+        let completion = parse_request(ApiKind::Completions, br#"{"model":"qwq","prompt":"abc"}"#).unwrap();
         assert_eq!(completion.prompt, "abc");
         assert!(!completion.stream);
     }
@@ -157,10 +147,7 @@ mod tests {
             ApiKind::from_path("/v1/chat/completions"),
             Some(ApiKind::ChatCompletions)
         );
-        assert_eq!(
-            ApiKind::from_path("/v1/completions"),
-            Some(ApiKind::Completions)
-        );
+        assert_eq!(ApiKind::from_path("/v1/completions"), Some(ApiKind::Completions));
         assert_eq!(ApiKind::from_path("/v1/models"), None);
     }
 }

@@ -138,13 +138,11 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         .map(|p| p.as_str())
         .unwrap_or(parts.uri.path())
         .to_owned();
-    let targets =
-        std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
+    let targets = std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
     let mut served_by_fallback = false;
     let mut last_error = None;
     for endpoint in targets {
-        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &plan, &request_id)
-        {
+        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &plan, &request_id) {
             Ok(req) => req,
             Err(err) => {
                 last_error = Some(err);
@@ -153,13 +151,7 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         };
         match state.client.request(upstream).await {
             Ok(response) => {
-                return stream_back(
-                    state.director.clone(),
-                    plan,
-                    endpoint,
-                    served_by_fallback,
-                    response,
-                );
+                return stream_back(state.director.clone(), plan, endpoint, served_by_fallback, response);
             }
             Err(err) if err.is_connect() => {
                 // Nothing was sent to the client yet, so the next-best endpoint can still take the request.
@@ -193,16 +185,10 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouteError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(RouteError::PayloadTooLarge { limit })
         }
-        Err(err) => Err(RouteError::BadRequest(format!(
-            "error reading request body: {err}"
-        ))),
+        Err(err) => Err(RouteError::BadRequest(format!("error reading request body: {err}"))),
     }
 }
 
@@ -249,10 +235,7 @@ fn stream_back(
     response: http::Response<hyper::body::Incoming>,
 ) -> Response {
     let (mut parts, body) = response.into_parts();
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let usage = UsageObserver::new(content_type);
     parts.headers.retain_forwardable();
     if let Ok(value) = HeaderValue::from_str(&endpoint.0) {
@@ -270,7 +253,6 @@ fn stream_back(
         inner: body,
         usage,
         first_byte: None,
-        sent_at: Instant::now(),
         finish: Some(Finish {
             director,
             plan,
@@ -287,11 +269,7 @@ trait RetainForwardable {
 
 impl RetainForwardable for HeaderMap {
     fn retain_forwardable(&mut self) {
-        let drop: Vec<HeaderName> = self
-            .keys()
-            .filter(|name| !forwardable(name))
-            .cloned()
-            .collect();
+        let drop: Vec<HeaderName> = self.keys().filter(|name| !forwardable(name)).cloned().collect();
         for name in drop {
             self.remove(&name);
         }
@@ -311,20 +289,17 @@ struct ObservedBody {
     inner: hyper::body::Incoming,
     usage: UsageObserver,
     first_byte: Option<Instant>,
-    sent_at: Instant,
     finish: Option<Finish>,
 }
 
 impl ObservedBody {
     fn complete(&mut self) {
         if let Some(mut finish) = self.finish.take() {
-            finish.stats.ttft_ms = self
-                .first_byte
-                .map(|t| (t - self.sent_at).as_secs_f64() * 1e3);
+            // Measured from when the gateway received the request, as the client experiences it.
+            let received = finish.plan.started;
+            finish.stats.ttft_ms = self.first_byte.map(|t| (t - received).as_secs_f64() * 1e3);
             finish.stats.usage = self.usage.finish();
-            finish
-                .director
-                .finish(finish.plan, finish.endpoint, finish.stats);
+            finish.director.finish(finish.plan, finish.endpoint, finish.stats);
         }
     }
 }
@@ -333,10 +308,7 @@ impl HttpBody for ObservedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -84,12 +84,7 @@ impl Director {
     }
 
     /// Routes one request. Errors are recorded as finished decisions here; a plan must be passed to `finish`.
-    pub fn route(
-        &self,
-        kind: ApiKind,
-        raw: Bytes,
-        request_id: String,
-    ) -> Result<RoutePlan, RouteError> {
+    pub fn route(&self, kind: ApiKind, raw: Bytes, request_id: String) -> Result<RoutePlan, RouteError> {
         let started = Instant::now();
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -116,17 +111,11 @@ impl Director {
             return Err(record(&parsed.model, RouteError::NoCapacity(reason)));
         };
         let Some(model) = snapshot.model(&parsed.model) else {
-            return Err(record(
-                &parsed.model,
-                RouteError::UnknownModel(parsed.model.clone()),
-            ));
+            return Err(record(&parsed.model, RouteError::UnknownModel(parsed.model.clone())));
         };
         let mut rng = rand::rng();
         let Some(target) = scheduler::pick_target(&model.targets, &mut rng) else {
-            let err = RouteError::NoCapacity(format!(
-                "model {:?} has no target with a non-zero weight",
-                model.name
-            ));
+            let err = RouteError::NoCapacity(format!("model {:?} has no target with a non-zero weight", model.name));
             return Err(record(&parsed.model, err));
         };
         let target = target.to_owned();
@@ -142,10 +131,7 @@ impl Director {
             .collect();
         let lora_adapter = endpoints
             .iter()
-            .any(|e| {
-                e.metrics.active_loras.contains(&target)
-                    || e.metrics.waiting_loras.contains(&target)
-            })
+            .any(|e| e.metrics.active_loras.contains(&target) || e.metrics.waiting_loras.contains(&target))
             .then(|| target.clone());
         let request = Request {
             request_id,
@@ -158,9 +144,7 @@ impl Director {
             lora_adapter,
         };
         let sched_started = Instant::now();
-        let mut decision = self
-            .scheduler
-            .schedule(&request, &endpoints, sched_started, &mut rng);
+        let mut decision = self.scheduler.schedule(&request, &endpoints, sched_started, &mut rng);
         let elapsed = sched_started.elapsed();
         decision.scheduler_micros = elapsed.as_micros() as u64;
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
@@ -236,10 +220,7 @@ impl Director {
                 self.metrics.ttft.get_or_create(&labels).observe(ttft / 1e3);
             }
             if let Some(duration) = decision.duration_ms {
-                self.metrics
-                    .duration
-                    .get_or_create(&labels)
-                    .observe(duration / 1e3);
+                self.metrics.duration.get_or_create(&labels).observe(duration / 1e3);
             }
             if let Some(pod) = decision
                 .candidates
@@ -248,9 +229,7 @@ impl Director {
             {
                 self.metrics
                     .routed_to_pod
-                    .get_or_create(&PodLabels {
-                        pod: pod.pod.0.clone(),
-                    })
+                    .get_or_create(&PodLabels { pod: pod.pod.0.clone() })
                     .inc();
             }
             for (kind, count) in [
@@ -271,13 +250,7 @@ impl Director {
     }
 }
 
-fn empty_decision(
-    request_id: &str,
-    received_at_ms: u64,
-    model: &str,
-    pool: &str,
-    err: &RouteError,
-) -> Decision {
+fn empty_decision(request_id: &str, received_at_ms: u64, model: &str, pool: &str, err: &RouteError) -> Decision {
     Decision {
         request_id: request_id.to_owned(),
         received_at_ms,

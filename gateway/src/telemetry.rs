@@ -61,17 +61,13 @@ impl Metrics {
             "Requests by model, target model and routing outcome",
             requests.clone(),
         );
-        let ttft = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let ttft = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         registry.register(
             "request_ttft_seconds",
             "Time to first response byte from the model server",
             ttft.clone(),
         );
-        let duration = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let duration = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request to the end of the response",
@@ -84,14 +80,10 @@ impl Metrics {
             tokens.clone(),
         );
         let routed_to_pod = Family::<PodLabels, Counter>::default();
-        registry.register(
-            "pod_requests",
-            "Requests routed to each pod",
-            routed_to_pod.clone(),
-        );
-        let decision_seconds = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 16),
-        );
+        registry.register("pod_requests", "Requests routed to each pod", routed_to_pod.clone());
+        let decision_seconds = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            1e-6, 2.0, 16,
+        ));
         registry.register(
             "scheduler_decision_seconds",
             "Time spent in the scheduler per request",

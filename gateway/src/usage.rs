@@ -72,11 +72,7 @@ impl UsageObserver {
         if data == b"[DONE]" || !contains(data, b"\"usage\"") {
             return;
         }
-        if let Some(usage) = serde_json::from_slice::<Value>(data)
-            .ok()
-            .as_ref()
-            .and_then(usage_of)
-        {
+        if let Some(usage) = serde_json::from_slice::<Value>(data).ok().as_ref().and_then(usage_of) {
             self.usage = Some(usage);
         }
     }

@@ -31,10 +31,7 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
     .unwrap();
     std::fs::write(dir.join("pods.yaml"), pods_yaml(&ips)).unwrap();
     let gw = start_gateway(&dir, &[]).await;
-    let ids: Vec<EndpointId> = sims
-        .iter()
-        .map(|s| EndpointId(s.addr().to_string()))
-        .collect();
+    let ids: Vec<EndpointId> = sims.iter().map(|s| EndpointId(s.addr().to_string())).collect();
     wait_scraped(&gw, &ids).await;
     let base = format!("http://{}", gw.proxy_addr.unwrap());
 
@@ -53,16 +50,10 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
                 "model": "qwq", "prompt": prompt, "max_tokens": 12, "stream": stream,
                 "stream_options": {"include_usage": true},
             });
-            let reply = client()
-                .post(&format!("{base}/v1/completions"), body.to_string())
-                .await;
+            let reply = client().post(&format!("{base}/v1/completions"), body.to_string()).await;
             assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
             if stream {
-                assert!(
-                    reply.body.ends_with("data: [DONE]\n\n"),
-                    "request {i}: {}",
-                    reply.body
-                );
+                assert!(reply.body.ends_with("data: [DONE]\n\n"), "request {i}: {}", reply.body);
             } else {
                 let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
                 assert_eq!(json["usage"]["completion_tokens"], 12);
@@ -81,10 +72,7 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
         joined.unwrap();
     }
     for (sim, id) in sims.iter().zip(&ids) {
-        assert!(
-            sim.stats().requests_completed > 0,
-            "pod {id} got no traffic"
-        );
+        assert!(sim.stats().requests_completed > 0, "pod {id} got no traffic");
     }
     let total: u64 = sims.iter().map(|s| s.stats().requests_completed).sum();
     assert_eq!(total, 60);
@@ -108,10 +96,7 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
         .iter()
         .any(|s| s.engine_snapshot().running + s.engine_snapshot().waiting > 0)
     {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "simulator still busy"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "simulator still busy");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gw.stop().await;

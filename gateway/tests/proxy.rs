@@ -36,10 +36,7 @@ async fn setup(name: &str, block: u8, n: u8, extra: &[&str]) -> Setup {
     .unwrap();
     std::fs::write(dir.join("pods.yaml"), pods_yaml(&ips)).unwrap();
     let gw = start_gateway(&dir, extra).await;
-    let ids: Vec<EndpointId> = pods
-        .iter()
-        .map(|p| EndpointId(p.addr.to_string()))
-        .collect();
+    let ids: Vec<EndpointId> = pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
     wait_scraped(&gw, &ids).await;
     let base = format!("http://{}", gw.proxy_addr.unwrap());
     let admin = format!("http://{}", gw.admin_addr);
@@ -109,11 +106,7 @@ async fn bad_input_gets_the_documented_status_and_message() {
     for (what, body, status, message) in cases {
         let reply = c.post(&url, body.clone()).await;
         assert_eq!(reply.status, *status, "{what}: {}", reply.body);
-        assert!(
-            reply.body.starts_with(message),
-            "{what}: got {:?}",
-            reply.body
-        );
+        assert!(reply.body.starts_with(message), "{what}: got {:?}", reply.body);
     }
     let reply = c.post(&format!("{}/v1/nope", s.base), "{}").await;
     assert_eq!(reply.status, 404);
@@ -122,16 +115,9 @@ async fn bad_input_gets_the_documented_status_and_message() {
         "no bad request may reach a pod"
     );
     // Every rejection is in the audit log with its outcome.
-    let decisions: Vec<serde_json::Value> = serde_json::from_str(
-        &c.get(&format!("{}/debug/decisions?limit=50", s.admin))
-            .await
-            .body,
-    )
-    .unwrap();
-    let outcomes: Vec<&str> = decisions
-        .iter()
-        .filter_map(|d| d["outcome"].as_str())
-        .collect();
+    let decisions: Vec<serde_json::Value> =
+        serde_json::from_str(&c.get(&format!("{}/debug/decisions?limit=50", s.admin)).await.body).unwrap();
+    let outcomes: Vec<&str> = decisions.iter().filter_map(|d| d["outcome"].as_str()).collect();
     assert!(
         outcomes.contains(&"BadRequest400") && outcomes.contains(&"NotFound404"),
         "{outcomes:?}"
@@ -145,11 +131,7 @@ async fn routes_to_the_least_loaded_pod_and_rewrites_the_model() {
     s.pods[0].set(4, 0.7);
     s.pods[1].set(0, 0.1);
     s.pods[2].set(3, 0.5);
-    let ids: Vec<EndpointId> = s
-        .pods
-        .iter()
-        .map(|p| EndpointId(p.addr.to_string()))
-        .collect();
+    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
     wait_scraped(&s.gw, &ids).await;
     // Metrics may still show the previous values for one scrape interval, so poll the scraped value.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -157,31 +139,18 @@ async fn routes_to_the_least_loaded_pod_and_rewrites_the_model() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let reply = client()
-        .post(&format!("{}/v1/chat/completions", s.base), CHAT)
-        .await;
+    let reply = client().post(&format!("{}/v1/chat/completions", s.base), CHAT).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.headers["x-gateway-destination-endpoint-served"],
         s.pods[1].addr.to_string()
     );
     let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-    assert_eq!(
-        body["model"], "qwq-32b",
-        "the pod must be asked for the target model"
-    );
-    assert_eq!(
-        s.pods[1].state.lock().unwrap().bodies[0]["model"],
-        "qwq-32b"
-    );
+    assert_eq!(body["model"], "qwq-32b", "the pod must be asked for the target model");
+    assert_eq!(s.pods[1].state.lock().unwrap().bodies[0]["model"], "qwq-32b");
 
-    let decisions: Vec<serde_json::Value> = serde_json::from_str(
-        &client()
-            .get(&format!("{}/debug/decisions?limit=1", s.admin))
-            .await
-            .body,
-    )
-    .unwrap();
+    let decisions: Vec<serde_json::Value> =
+        serde_json::from_str(&client().get(&format!("{}/debug/decisions?limit=1", s.admin)).await.body).unwrap();
     let d = &decisions[0];
     assert_eq!(d["outcome"], "Routed");
     assert_eq!(d["model"], "qwq");
@@ -189,9 +158,7 @@ async fn routes_to_the_least_loaded_pod_and_rewrites_the_model() {
     assert_eq!(d["endpoint"], s.pods[1].addr.to_string());
     assert_eq!(d["candidates"].as_array().unwrap().len(), 3);
     assert!(
-        d["candidates"][0]["scores"]
-            .as_object()
-            .is_some_and(|m| !m.is_empty()),
+        d["candidates"][0]["scores"].as_object().is_some_and(|m| !m.is_empty()),
         "{d}"
     );
     assert_eq!(d["status"], 200);
@@ -203,9 +170,7 @@ async fn routes_to_the_least_loaded_pod_and_rewrites_the_model() {
 async fn streams_sse_chunk_by_chunk_and_records_usage() {
     let s = setup("sse", 33, 1, &[]).await;
     let body = r#"{"model":"qwq","stream":true,"prompt":"hello there"}"#;
-    let reply = client()
-        .post(&format!("{}/v1/completions", s.base), body)
-        .await;
+    let reply = client().post(&format!("{}/v1/completions", s.base), body).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["content-type"], "text/event-stream");
     assert!(reply.body.ends_with("data: [DONE]\n\n"));
@@ -218,17 +183,10 @@ async fn streams_sse_chunk_by_chunk_and_records_usage() {
         reply.frames
     );
 
-    let decisions: Vec<serde_json::Value> = serde_json::from_str(
-        &client()
-            .get(&format!("{}/debug/decisions?limit=1", s.admin))
-            .await
-            .body,
-    )
-    .unwrap();
+    let decisions: Vec<serde_json::Value> =
+        serde_json::from_str(&client().get(&format!("{}/debug/decisions?limit=1", s.admin)).await.body).unwrap();
     assert_eq!(decisions[0]["completion_tokens"], 4);
-    assert!(
-        decisions[0]["ttft_ms"].as_f64().unwrap() < decisions[0]["duration_ms"].as_f64().unwrap()
-    );
+    assert!(decisions[0]["ttft_ms"].as_f64().unwrap() < decisions[0]["duration_ms"].as_f64().unwrap());
     s.gw.stop().await;
 }
 
@@ -238,11 +196,7 @@ async fn sheddable_is_shed_under_saturation_while_critical_is_routed() {
     for pod in &s.pods {
         pod.set(50, 0.99);
     }
-    let ids: Vec<EndpointId> = s
-        .pods
-        .iter()
-        .map(|p| EndpointId(p.addr.to_string()))
-        .collect();
+    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while ids
         .iter()
@@ -264,10 +218,7 @@ async fn sheddable_is_shed_under_saturation_while_critical_is_routed() {
         "inference error: ResourceExhausted - system saturated, sheddable request dropped"
     );
     let critical = c
-        .post(
-            &format!("{}/v1/completions", s.base),
-            r#"{"model":"qwq","prompt":"x"}"#,
-        )
+        .post(&format!("{}/v1/completions", s.base), r#"{"model":"qwq","prompt":"x"}"#)
         .await;
     assert_eq!(critical.status, 200, "{}", critical.body);
     assert_eq!(s.pods.iter().map(FakePod::received).sum::<usize>(), 1);
@@ -291,16 +242,11 @@ async fn no_ready_pod_is_503() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let reply = client()
-        .post(
-            &format!("http://{}/v1/chat/completions", gw.proxy_addr.unwrap()),
-            CHAT,
-        )
+        .post(&format!("http://{}/v1/chat/completions", gw.proxy_addr.unwrap()), CHAT)
         .await;
     assert_eq!(reply.status, 503);
     assert!(
-        reply
-            .body
-            .starts_with("inference error: ServiceUnavailable - "),
+        reply.body.starts_with("inference error: ServiceUnavailable - "),
         "{}",
         reply.body
     );
@@ -314,12 +260,7 @@ async fn weight_changes_in_the_directory_take_effect() {
         s.dir.join("models.yaml"),
         format!(
             "{}---\n{}",
-            model_yaml(
-                "qwq",
-                "qwq",
-                "Critical",
-                &[("qwq-32b", 0), ("qwq-32b-v2", 100)]
-            ),
+            model_yaml("qwq", "qwq", "Critical", &[("qwq-32b", 0), ("qwq-32b-v2", 100)]),
             model_yaml("batch", "batch", "Sheddable", &[("qwq-32b", 100)])
         ),
     )
@@ -327,20 +268,14 @@ async fn weight_changes_in_the_directory_take_effect() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let reply = client()
-            .post(
-                &format!("{}/v1/completions", s.base),
-                r#"{"model":"qwq","prompt":"x"}"#,
-            )
+            .post(&format!("{}/v1/completions", s.base), r#"{"model":"qwq","prompt":"x"}"#)
             .await;
         assert_eq!(reply.status, 200);
         let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
         if body["model"] == "qwq-32b-v2" {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new weights never applied"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the new weights never applied");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     s.gw.stop().await;
@@ -351,47 +286,27 @@ async fn a_refused_connection_is_retried_on_the_next_best_pod() {
     // Long staleness so the dead pod keeps its (attractive) last metrics and is picked first.
     let config = temp_dir("retry-config").join("scheduler.yaml");
     std::fs::write(&config, "saturation:\n  metricsStalenessMs: 60000\n").unwrap();
-    let s = setup(
-        "retry",
-        37,
-        2,
-        &["--scheduler-config", config.to_str().unwrap()],
-    )
-    .await;
+    let s = setup("retry", 37, 2, &["--scheduler-config", config.to_str().unwrap()]).await;
     s.pods[0].set(0, 0.0);
     s.pods[1].set(4, 0.6);
-    let ids: Vec<EndpointId> = s
-        .pods
-        .iter()
-        .map(|p| EndpointId(p.addr.to_string()))
-        .collect();
+    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while s.gw.director.metrics_store.get(&ids[1]).waiting_queue != 4 {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     s.pods[0].kill();
-    let reply = client()
-        .post(&format!("{}/v1/chat/completions", s.base), CHAT)
-        .await;
+    let reply = client().post(&format!("{}/v1/chat/completions", s.base), CHAT).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.headers["x-gateway-destination-endpoint-served"],
         s.pods[1].addr.to_string()
     );
-    let decisions: Vec<serde_json::Value> = serde_json::from_str(
-        &client()
-            .get(&format!("{}/debug/decisions?limit=1", s.admin))
-            .await
-            .body,
-    )
-    .unwrap();
+    let decisions: Vec<serde_json::Value> =
+        serde_json::from_str(&client().get(&format!("{}/debug/decisions?limit=1", s.admin)).await.body).unwrap();
     assert_eq!(decisions[0]["endpoint"], s.pods[1].addr.to_string());
     assert!(
-        decisions[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("fallback"),
+        decisions[0]["reason"].as_str().unwrap().contains("fallback"),
         "{}",
         decisions[0]
     );
@@ -404,23 +319,17 @@ async fn metrics_count_requests_per_model_and_target() {
     let c = client();
     for _ in 0..3 {
         assert_eq!(
-            c.post(&format!("{}/v1/chat/completions", s.base), CHAT)
-                .await
-                .status,
+            c.post(&format!("{}/v1/chat/completions", s.base), CHAT).await.status,
             200
         );
     }
     let text = c.get(&format!("{}/metrics", s.admin)).await.body;
     assert!(
-        text.contains(
-            r#"switchyard_requests_total{model="qwq",target_model="qwq-32b",outcome="Routed"} 3"#
-        ),
+        text.contains(r#"switchyard_requests_total{model="qwq",target_model="qwq-32b",outcome="Routed"} 3"#),
         "{text}"
     );
     assert!(
-        text.contains(
-            r#"switchyard_request_ttft_seconds_count{model="qwq",target_model="qwq-32b"} 3"#
-        ),
+        text.contains(r#"switchyard_request_ttft_seconds_count{model="qwq",target_model="qwq-32b"} 3"#),
         "{text}"
     );
     let ready = c.get(&format!("{}/readyz", s.admin)).await;

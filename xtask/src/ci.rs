@@ -33,12 +33,7 @@ pub(crate) fn tidy(root: &Path) -> anyhow::Result<()> {
         if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             if !text.starts_with("//!") {
-                missing.push(
-                    path.strip_prefix(root)
-                        .unwrap_or(path)
-                        .display()
-                        .to_string(),
-                );
+                missing.push(path.strip_prefix(root).unwrap_or(path).display().to_string());
             }
         }
     })?;

@@ -144,13 +144,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .context("waiting for the simulator (see target/demo/vllm-sim.log)")?;
     }
     let admin = format!("http://{}", args.admin_listen);
-    procs::wait_ready(
-        &format!("{admin}/readyz"),
-        deadline,
-        &mut [&mut gateway, &mut sim],
-    )
-    .await
-    .context("waiting for the gateway (see target/demo/gateway.log)")?;
+    procs::wait_ready(&format!("{admin}/readyz"), deadline, &mut [&mut gateway, &mut sim])
+        .await
+        .context("waiting for the gateway (see target/demo/gateway.log)")?;
     eprintln!(
         "{} simulated vLLM pods at {}…{}:8000, gateway proxy on {}",
         args.replicas,
@@ -164,10 +160,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let sampler = tokio::spawn(sample_kv(client.clone(), args.replicas, kv_peaks.clone()));
     let bar = ProgressBar::new(args.requests as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} load [{bar:40}] {pos}/{len} requests {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} load [{bar:40}] {pos}/{len} requests {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let requests = load::mixed_requests("qwq", args.requests, 42);
     let base = format!("http://{}", args.proxy_listen);
@@ -203,10 +197,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         match args.duration {
             Some(secs) => {
                 let left = Duration::from_secs(secs).saturating_sub(started.elapsed());
-                println!(
-                    "serving for {}s more (Ctrl-C to stop earlier)",
-                    left.as_secs()
-                );
+                println!("serving for {}s more (Ctrl-C to stop earlier)", left.as_secs());
                 tokio::time::sleep(left).await;
             }
             None => {
@@ -237,11 +228,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Keeps the highest KV-cache usage each pod reported while the load ran.
-async fn sample_kv(
-    client: load::HttpClient,
-    replicas: u8,
-    peaks: Arc<Mutex<BTreeMap<String, f64>>>,
-) {
+async fn sample_kv(client: load::HttpClient, replicas: u8, peaks: Arc<Mutex<BTreeMap<String, f64>>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
@@ -257,11 +244,7 @@ async fn sample_kv(
 }
 
 /// Reads one unlabelled-or-labelled gauge from a simulator's /metrics.
-pub(crate) async fn scrape_gauge(
-    client: &load::HttpClient,
-    endpoint: &str,
-    name: &str,
-) -> Option<f64> {
+pub(crate) async fn scrape_gauge(client: &load::HttpClient, endpoint: &str, name: &str) -> Option<f64> {
     use http_body_util::BodyExt;
     let request = http::Request::get(format!("http://{endpoint}/metrics"))
         .body(http_body_util::Full::default())
@@ -279,20 +262,11 @@ pub(crate) async fn scrape_gauge(
 
 fn print_table(samples: &[Sample], kv_peaks: &BTreeMap<String, f64>, replicas: u8) {
     let ok = samples.iter().filter(|s| s.status == 200).count();
-    println!(
-        "\n{} requests, {} ok, {} failed",
-        samples.len(),
-        ok,
-        samples.len() - ok
-    );
+    println!("\n{} requests, {} ok, {} failed", samples.len(), ok, samples.len() - ok);
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.status != 200) {
         *failures
-            .entry(
-                s.error
-                    .clone()
-                    .unwrap_or_else(|| format!("HTTP {}", s.status)),
-            )
+            .entry(s.error.clone().unwrap_or_else(|| format!("HTTP {}", s.status)))
             .or_default() += 1;
     }
     for (why, n) in failures {
@@ -317,11 +291,6 @@ fn print_table(samples: &[Sample], kv_peaks: &BTreeMap<String, f64>, replicas: u
             .get(&endpoint)
             .map(|k| format!("{:.1} %", k * 100.0))
             .unwrap_or_else(|| "-".into());
-        println!(
-            "{endpoint:<18} {:>9} {:>15.1} {:>13}",
-            mine.len(),
-            mean_ttft,
-            kv
-        );
+        println!("{endpoint:<18} {:>9} {:>15.1} {:>13}", mine.len(), mean_ttft, kv);
     }
 }

@@ -56,12 +56,7 @@ pub(crate) async fn closed_loop(
     let until = Instant::now() + deadline;
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (queue, client, base, progress) = (
-            queue.clone(),
-            client.clone(),
-            base.to_owned(),
-            progress.clone(),
-        );
+        let (queue, client, base, progress) = (queue.clone(), client.clone(), base.to_owned(), progress.clone());
         workers.spawn(async move {
             let mut samples = Vec::new();
             loop {
@@ -146,11 +141,16 @@ pub(crate) async fn send(client: &HttpClient, base: &str, spec: RequestSpec) -> 
 /// The demo's mixed traffic: chat and completions, streaming and not, some sharing a long system prompt.
 pub(crate) fn mixed_requests(model: &str, count: usize, seed: u64) -> Vec<RequestSpec> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let system =
-        "You are a careful assistant for a platform team running vLLM on Kubernetes. ".repeat(12);
+    let system = "You are a careful assistant for a platform team running vLLM on Kubernetes. ".repeat(12);
     (0..count)
         .map(|i| {
-            let topic = ["kv cache", "prefix caching", "lora adapters", "tail latency", "canary releases"][i % 5];
+            let topic = [
+                "kv cache",
+                "prefix caching",
+                "lora adapters",
+                "tail latency",
+                "canary releases",
+            ][i % 5];
             let max_tokens = rng.random_range(8..48);
             let stream = rng.random_bool(0.5);
             let shared = rng.random_bool(0.6);
@@ -165,14 +165,24 @@ pub(crate) fn mixed_requests(model: &str, count: usize, seed: u64) -> Vec<Reques
                     "model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream,
                     "stream_options": {"include_usage": true},
                 });
-                RequestSpec { path: "/v1/chat/completions", body: Bytes::from(body.to_string()) }
+                RequestSpec {
+                    path: "/v1/chat/completions",
+                    body: Bytes::from(body.to_string()),
+                }
             } else {
-                let prompt = if shared { format!("{system}{question}") } else { question };
+                let prompt = if shared {
+                    format!("{system}{question}")
+                } else {
+                    question
+                };
                 let body = serde_json::json!({
                     "model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": stream,
                     "stream_options": {"include_usage": true},
                 });
-                RequestSpec { path: "/v1/completions", body: Bytes::from(body.to_string()) }
+                RequestSpec {
+                    path: "/v1/completions",
+                    body: Bytes::from(body.to_string()),
+                }
             }
         })
         .collect()
@@ -211,9 +221,6 @@ mod tests {
         );
         assert!(a.iter().any(|r| r.path == "/v1/chat/completions"));
         assert!(a.iter().any(|r| r.path == "/v1/completions"));
-        assert!(
-            a.iter()
-                .any(|r| r.body.windows(13).any(|w| w == b"\"stream\":true"))
-        );
+        assert!(a.iter().any(|r| r.body.windows(13).any(|w| w == b"\"stream\":true")));
     }
 }

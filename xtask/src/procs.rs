@@ -54,18 +54,12 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub(crate) fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        log: Option<&Path>,
-    ) -> anyhow::Result<Proc> {
+    pub(crate) fn spawn(name: &str, program: &Path, args: &[String], log: Option<&Path>) -> anyhow::Result<Proc> {
         let mut command = Command::new(program);
         command.args(args).kill_on_drop(true).stdin(Stdio::null());
         match log {
             Some(path) => {
-                let file = std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
                 command.stdout(file.try_clone()?).stderr(file);
             }
             None => {
@@ -97,31 +91,22 @@ impl Proc {
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
     }
 }
 
 /// Polls `url` until it answers 200, the deadline passes, or one of `procs` dies.
-pub(crate) async fn wait_ready(
-    url: &str,
-    deadline: Duration,
-    procs: &mut [&mut Proc],
-) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(url: &str, deadline: Duration, procs: &mut [&mut Proc]) -> anyhow::Result<()> {
     let client = crate::load::http_client();
     let until = tokio::time::Instant::now() + deadline;
     loop {
         for proc in procs.iter_mut() {
             proc.check_alive()?;
         }
-        if let Ok(request) =
-            http::Request::get(url).body(http_body_util::Full::new(bytes::Bytes::new()))
-            && let Ok(Ok(response)) =
-                tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
+        if let Ok(request) = http::Request::get(url).body(http_body_util::Full::new(bytes::Bytes::new()))
+            && let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
             && response.status().is_success()
         {
             return Ok(());

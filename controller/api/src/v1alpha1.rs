@@ -136,10 +136,7 @@ spec:
         let pool: InferencePool = serde_saphyr::from_str(SEED_POOL).unwrap();
         assert_eq!(pool.metadata.name.as_deref(), Some("reasoning-pool"));
         assert_eq!(pool.spec.target_port_number, 8000);
-        assert_eq!(
-            pool.spec.selector.get("app").map(String::as_str),
-            Some("qwq-32b")
-        );
+        assert_eq!(pool.spec.selector.get("app").map(String::as_str), Some("qwq-32b"));
         assert_eq!(pool.spec.extension_ref, None);
         let attach = pool.metadata.annotations.unwrap();
         assert_eq!(

@@ -49,10 +49,7 @@ pub fn validate_pool(pool: &InferencePool) -> Result<(), Vec<FieldError>> {
 
     let spec = &pool.spec;
     if spec.selector.is_empty() {
-        errors.push(FieldError::new(
-            "spec.selector",
-            "must select at least one label",
-        ));
+        errors.push(FieldError::new("spec.selector", "must select at least one label"));
     }
     for (key, value) in &spec.selector {
         if let Err(message) = check_label_key(key) {
@@ -68,18 +65,11 @@ pub fn validate_pool(pool: &InferencePool) -> Result<(), Vec<FieldError>> {
             ));
         }
     }
-    check_port(
-        "spec.targetPortNumber",
-        Some(spec.target_port_number),
-        &mut errors,
-    );
+    check_port("spec.targetPortNumber", Some(spec.target_port_number), &mut errors);
 
     if let Some(ext) = &spec.extension_ref {
         if ext.name.is_empty() {
-            errors.push(FieldError::new(
-                "spec.extensionRef.name",
-                "must not be empty",
-            ));
+            errors.push(FieldError::new("spec.extensionRef.name", "must not be empty"));
         }
         check_port(
             "spec.extensionRef.targetPortNumber",
@@ -112,10 +102,7 @@ pub fn validate_model(model: &InferenceModel) -> Result<(), Vec<FieldError>> {
     if targets.len() > MAX_TARGET_MODELS {
         errors.push(FieldError::new(
             "spec.targetModels",
-            format!(
-                "must have at most {MAX_TARGET_MODELS} items, got {}",
-                targets.len()
-            ),
+            format!("must have at most {MAX_TARGET_MODELS} items, got {}", targets.len()),
         ));
     }
     for (idx, target) in targets.iter().enumerate() {
@@ -156,11 +143,7 @@ pub fn validate_model(model: &InferenceModel) -> Result<(), Vec<FieldError>> {
 }
 
 fn finish(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 fn check_object_name(name: Option<&str>, errors: &mut Vec<FieldError>) {
@@ -207,15 +190,11 @@ fn check_label_key(key: &str) -> Result<(), String> {
                 && !label.ends_with('-')
         };
         if prefix.is_empty() || !prefix.split('.').all(label_ok) {
-            return Err(format!(
-                "prefix {prefix:?} must be a lowercase DNS subdomain"
-            ));
+            return Err(format!("prefix {prefix:?} must be a lowercase DNS subdomain"));
         }
     }
     if name.is_empty() || name.len() > MAX_LABEL_NAME {
-        return Err(format!(
-            "name part must be 1 to {MAX_LABEL_NAME} characters"
-        ));
+        return Err(format!("name part must be 1 to {MAX_LABEL_NAME} characters"));
     }
     check_label_chars(name)
 }
@@ -241,9 +220,7 @@ fn check_label_chars(s: &str) -> Result<(), String> {
     if inner_ok && ends_ok {
         Ok(())
     } else {
-        Err(format!(
-            "{s:?} must be alphanumerics with '-', '_' or '.' between them"
-        ))
+        Err(format!("{s:?} must be alphanumerics with '-', '_' or '.' between them"))
     }
 }
 
@@ -255,8 +232,7 @@ mod tests {
 
     use super::*;
     use crate::v1alpha1::{
-        Criticality, ExtensionRef, InferenceModelSpec, InferencePoolSpec, PoolObjectReference,
-        TargetModel,
+        Criticality, ExtensionRef, InferenceModelSpec, InferencePoolSpec, PoolObjectReference, TargetModel,
     };
 
     fn pool() -> InferencePool {
@@ -300,12 +276,7 @@ mod tests {
 
     /// The fields named by the errors, in order.
     fn fields(result: Result<(), Vec<FieldError>>) -> Vec<String> {
-        result
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
+        result.err().unwrap_or_default().into_iter().map(|e| e.field).collect()
     }
 
     #[test]
@@ -368,11 +339,7 @@ mod tests {
         let mut p = pool();
         for port in [0, -1, 65536] {
             p.spec.target_port_number = port;
-            assert_eq!(
-                fields(validate_pool(&p)),
-                ["spec.targetPortNumber"],
-                "{port}"
-            );
+            assert_eq!(fields(validate_pool(&p)), ["spec.targetPortNumber"], "{port}");
         }
         for port in [1, 65535] {
             p.spec.target_port_number = port;
@@ -395,10 +362,7 @@ mod tests {
         p.spec.extension_ref = Some(ext(Some(9002)));
         assert_eq!(validate_pool(&p), Ok(()));
         p.spec.extension_ref = Some(ext(Some(70000)));
-        assert_eq!(
-            fields(validate_pool(&p)),
-            ["spec.extensionRef.targetPortNumber"]
-        );
+        assert_eq!(fields(validate_pool(&p)), ["spec.extensionRef.targetPortNumber"]);
         let mut unnamed = ext(None);
         unnamed.name.clear();
         p.spec.extension_ref = Some(unnamed);
@@ -445,12 +409,8 @@ mod tests {
     #[test]
     fn at_most_ten_target_models() {
         let names: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
-        let eleven: Vec<(&str, Option<i32>)> =
-            names.iter().map(|n| (n.as_str(), Some(1))).collect();
-        assert_eq!(
-            fields(validate_model(&model(&eleven))),
-            ["spec.targetModels"]
-        );
+        let eleven: Vec<(&str, Option<i32>)> = names.iter().map(|n| (n.as_str(), Some(1))).collect();
+        assert_eq!(fields(validate_model(&model(&eleven))), ["spec.targetModels"]);
         assert_eq!(validate_model(&model(&eleven[..10])), Ok(()));
     }
 
@@ -458,11 +418,7 @@ mod tests {
     fn target_names_must_be_set_and_short() {
         let long = "t".repeat(254);
         assert_eq!(
-            fields(validate_model(&model(&[
-                ("a", None),
-                ("", None),
-                (&long, None)
-            ]))),
+            fields(validate_model(&model(&[("a", None), ("", None), (&long, None)]))),
             ["spec.targetModels[1].name", "spec.targetModels[2].name"]
         );
         assert_eq!(validate_model(&model(&[(&"t".repeat(253), None)])), Ok(()));
@@ -501,9 +457,6 @@ mod tests {
             fields(validate_model(&model(&[("a", Some(0)), ("b", Some(0))]))),
             ["spec.targetModels"]
         );
-        assert_eq!(
-            validate_model(&model(&[("a", Some(0)), ("b", Some(1))])),
-            Ok(())
-        );
+        assert_eq!(validate_model(&model(&[("a", Some(0)), ("b", Some(1))])), Ok(()));
     }
 }

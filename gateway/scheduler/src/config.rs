@@ -83,11 +83,9 @@ impl SchedulerConfig {
     pub fn selected_profile(&self) -> Result<Profile, ConfigError> {
         let config = match self.profiles.get(&self.profile) {
             Some(config) => config.clone(),
-            None => ProfileConfig::builtin(&self.profile).ok_or_else(|| {
-                ConfigError::UnknownProfile {
-                    name: self.profile.clone(),
-                    known: self.profile_names().join(", "),
-                }
+            None => ProfileConfig::builtin(&self.profile).ok_or_else(|| ConfigError::UnknownProfile {
+                name: self.profile.clone(),
+                known: self.profile_names().join(", "),
             })?,
         };
         Ok(Profile::new(&self.profile, config))

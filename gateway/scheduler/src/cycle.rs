@@ -29,9 +29,7 @@ impl Cycle<'_> {
 
 /// Age of a metrics snapshot at `now`; `None` when the pod was never scraped.
 pub fn metrics_age(metrics: &EndpointMetrics, now: Instant) -> Option<Duration> {
-    metrics
-        .updated_at
-        .map(|at| now.saturating_duration_since(at))
+    metrics.updated_at.map(|at| now.saturating_duration_since(at))
 }
 
 /// Whether a snapshot is recent enough to trust; a never-scraped pod is stale.
@@ -42,8 +40,7 @@ pub fn is_fresh(metrics: &EndpointMetrics, now: Instant, staleness: Duration) ->
 /// Where the requested adapter stands on a pod, in the precedence order of the upstream LoRA scorer
 /// (active, then a free slot, then waiting).
 pub fn lora_state(request: &Request, metrics: &EndpointMetrics) -> LoraState {
-    let (Some(adapter), Some(max_loras)) = (request.lora_adapter.as_deref(), metrics.max_loras)
-    else {
+    let (Some(adapter), Some(max_loras)) = (request.lora_adapter.as_deref(), metrics.max_loras) else {
         return LoraState::NotApplicable;
     };
     let listed = |loras: &[String]| loras.iter().any(|name| name == adapter);

@@ -91,10 +91,7 @@ pub(crate) struct CycleFixture {
 
 impl CycleFixture {
     pub(crate) fn new(request: Request, endpoints: Vec<Endpoint>, now: Instant) -> Self {
-        let lora = endpoints
-            .iter()
-            .map(|e| lora_state(&request, &e.metrics))
-            .collect();
+        let lora = endpoints.iter().map(|e| lora_state(&request, &e.metrics)).collect();
         let prefix_matches = vec![0; endpoints.len()];
         Self {
             request,

@@ -46,9 +46,7 @@ impl SaturationDetector {
 
     /// Saturated when no endpoint has headroom, which includes an empty pool.
     pub fn is_saturated(&self, endpoints: &[Endpoint], now: Instant) -> bool {
-        !endpoints
-            .iter()
-            .any(|endpoint| self.has_headroom(endpoint, now))
+        !endpoints.iter().any(|endpoint| self.has_headroom(endpoint, now))
     }
 
     /// The rule in words, for the reason of a shed decision.
@@ -91,10 +89,7 @@ mod tests {
     fn stale_or_never_scraped_metrics_count_as_saturated() {
         let scraped = Instant::now();
         let detector = SaturationDetector::default();
-        let pool = [
-            Endpoint::test("a", scraped),
-            Endpoint::test("b", scraped).scraped(None),
-        ];
+        let pool = [Endpoint::test("a", scraped), Endpoint::test("b", scraped).scraped(None)];
         assert!(!detector.is_saturated(&pool, scraped + Duration::from_millis(200)));
         assert!(detector.is_saturated(&pool, scraped + Duration::from_millis(201)));
         assert!(detector.is_saturated(&pool[1..], scraped));

@@ -9,8 +9,7 @@ use std::{
 use rand::{Rng, RngCore};
 
 use crate::{
-    Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome,
-    Request, SchedulerConfig,
+    Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome, Request, SchedulerConfig,
     cycle::{self, Cycle},
     prefix::{PrefixConfig, PrefixIndex},
     profile::{Profile, Run},
@@ -71,9 +70,7 @@ impl Scheduler {
             let index = self.index();
             endpoints
                 .iter()
-                .map(|endpoint| {
-                    u32::try_from(index.longest_match(&endpoint.id, &hashes)).unwrap_or(u32::MAX)
-                })
+                .map(|endpoint| u32::try_from(index.longest_match(&endpoint.id, &hashes)).unwrap_or(u32::MAX))
                 .collect()
         };
         let lora: Vec<LoraState> = endpoints
@@ -89,29 +86,16 @@ impl Scheduler {
             lora: &lora,
         };
 
-        if request.criticality == Criticality::Sheddable
-            && self.saturation.is_saturated(endpoints, now)
-        {
+        if request.criticality == Criticality::Sheddable && self.saturation.is_saturated(endpoints, now) {
             decision.outcome = Outcome::Shed429;
-            decision.reason = format!(
-                "sheddable request shed: pool saturated, {}",
-                self.saturation.describe()
-            );
-            decision.candidates = (0..endpoints.len())
-                .map(|idx| candidate(&cycle, idx, None))
-                .collect();
+            decision.reason = format!("sheddable request shed: pool saturated, {}", self.saturation.describe());
+            decision.candidates = (0..endpoints.len()).map(|idx| candidate(&cycle, idx, None)).collect();
             return decision;
         }
 
         // One more than needed, in case the pick and a fallback share an endpoint id.
-        let run = self
-            .profile
-            .run(&cycle, self.fallbacks.saturating_add(2), rng);
-        let template: BTreeMap<String, f64> = run
-            .ratings
-            .iter()
-            .map(|r| (r.scorer.to_owned(), 0.0))
-            .collect();
+        let run = self.profile.run(&cycle, self.fallbacks.saturating_add(2), rng);
+        let template: BTreeMap<String, f64> = run.ratings.iter().map(|r| (r.scorer.to_owned(), 0.0)).collect();
         decision.candidates = (0..endpoints.len())
             .map(|idx| candidate(&cycle, idx, Some((&run, &template))))
             .collect();
@@ -155,9 +139,7 @@ impl Scheduler {
     /// The index stays consistent even if a holder panicked (every update is a complete touch), so a
     /// poisoned lock is simply taken over.
     fn index(&self) -> MutexGuard<'_, PrefixIndex> {
-        self.prefix_index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.prefix_index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A 503 "no capacity" decision for `request`, to be filled in.
@@ -190,11 +172,7 @@ impl Scheduler {
 ///
 /// `template` holds the run's scorer names: cloning it and filling in the values is about twice as fast
 /// as building each map by insertion, and this loop is the largest cost of a decision.
-fn candidate(
-    cycle: &Cycle<'_>,
-    idx: usize,
-    run: Option<(&Run, &BTreeMap<String, f64>)>,
-) -> Candidate {
+fn candidate(cycle: &Cycle<'_>, idx: usize, run: Option<(&Run, &BTreeMap<String, f64>)>) -> Candidate {
     let endpoint = &cycle.endpoints[idx];
     let metrics = &endpoint.metrics;
     let filtered_by = run.and_then(|(run, _)| run.filtered_by[idx]);

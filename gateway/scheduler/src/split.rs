@@ -10,10 +10,7 @@ pub struct TargetWeight {
 }
 
 /// Picks a target by weight. Returns `None` only for an empty list or when every weight is zero.
-pub fn pick_target<'a, R: Rng + ?Sized>(
-    targets: &'a [TargetWeight],
-    rng: &mut R,
-) -> Option<&'a str> {
+pub fn pick_target<'a, R: Rng + ?Sized>(targets: &'a [TargetWeight], rng: &mut R) -> Option<&'a str> {
     let weight = |t: &TargetWeight| u64::from(t.weight.unwrap_or(1));
     let total: u64 = targets.iter().map(weight).sum();
     if total == 0 {
@@ -53,9 +50,7 @@ mod tests {
         let targets = targets(&[Some(90), Some(10)]);
         let mut rng = SmallRng::seed_from_u64(90);
         let n = 10_000;
-        let stable = (0..n)
-            .filter(|_| pick_target(&targets, &mut rng) == Some("t0"))
-            .count();
+        let stable = (0..n).filter(|_| pick_target(&targets, &mut rng) == Some("t0")).count();
         // σ = √(n·p·(1−p)) = 30, so 4σ = 120.
         assert!((8880..=9120).contains(&stable), "{stable} of {n}");
     }

@@ -103,9 +103,7 @@ pub async fn run_dir_provider(
     cancel: CancellationToken,
     poll: Duration,
 ) -> Result<(), DirError> {
-    DirProvider::open(&dir, poll)?
-        .serve(datastore, cancel)
-        .await;
+    DirProvider::open(&dir, poll)?.serve(datastore, cancel).await;
     Ok(())
 }
 
@@ -119,9 +117,7 @@ impl DirProvider {
             source,
         };
         if !std::fs::metadata(dir).map_err(unreadable)?.is_dir() {
-            return Err(DirError::NotADirectory {
-                path: dir.to_owned(),
-            });
+            return Err(DirError::NotADirectory { path: dir.to_owned() });
         }
         std::fs::read_dir(dir).map_err(unreadable)?;
         Ok(DirProvider {
@@ -326,8 +322,7 @@ impl DirProvider {
 
 impl FileState {
     fn recently_modified(&self) -> bool {
-        self.mtime
-            .is_none_or(|mtime| self.read_at < mtime + MTIME_GRANULARITY)
+        self.mtime.is_none_or(|mtime| self.read_at < mtime + MTIME_GRANULARITY)
     }
 }
 
@@ -364,8 +359,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, DocumentError> {
 
 fn parse_document(doc: &Document) -> Result<Option<Resource>, DocumentError> {
     let meta: TypeMeta = decode(doc)?;
-    let (Some(api_version), Some(kind)) = (meta.api_version.as_deref(), meta.kind.as_deref())
-    else {
+    let (Some(api_version), Some(kind)) = (meta.api_version.as_deref(), meta.kind.as_deref()) else {
         let field = if meta.api_version.is_none() {
             "apiVersion"
         } else {
@@ -402,9 +396,7 @@ fn parse_document(doc: &Document) -> Result<Option<Resource>, DocumentError> {
             Resource::Pod(Box::new(pod))
         }
         (api_version, kind) => {
-            if api_version.starts_with(GROUP_X_K8S)
-                && matches!(kind, "InferencePool" | "InferenceModel")
-            {
+            if api_version.starts_with(GROUP_X_K8S) && matches!(kind, "InferencePool" | "InferenceModel") {
                 tracing::warn!(
                     api_version,
                     kind,
@@ -451,12 +443,7 @@ fn decode<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, DocumentE
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'));
         let field = location.map(|l| {
-            let parent = yaml_path_at(
-                &doc.text,
-                l.line() as usize,
-                l.column() as usize,
-                missing.is_some(),
-            );
+            let parent = yaml_path_at(&doc.text, l.line() as usize, l.column() as usize, missing.is_some());
             match (parent.is_empty(), missing) {
                 (true, Some(missing)) => missing.to_owned(),
                 (false, Some(missing)) => format!("{parent}.{missing}"),
@@ -465,9 +452,7 @@ fn decode<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, DocumentE
         });
         DocumentError {
             line: location.map(|l| doc.line_offset + l.line() as usize),
-            field: field
-                .filter(|f| !f.is_empty())
-                .or_else(|| missing.map(str::to_owned)),
+            field: field.filter(|f| !f.is_empty()).or_else(|| missing.map(str::to_owned)),
             message,
         }
     })
@@ -562,9 +547,7 @@ fn line_shape(line: &str) -> Option<LineShape<'_>> {
     let key = match rest.as_bytes().first() {
         Some(q @ (b'"' | b'\'')) => rest[1..].find(*q as char).and_then(|end| {
             let after = &rest[end + 2..];
-            after
-                .starts_with(':')
-                .then(|| (pos, &rest[1..=end], pos + end + 3))
+            after.starts_with(':').then(|| (pos, &rest[1..=end], pos + end + 3))
         }),
         Some(b'{' | b'[') | None => None,
         Some(_) => rest

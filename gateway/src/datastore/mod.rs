@@ -59,9 +59,7 @@ impl PartialEq for Resource {
         // The CRD structs do not derive PartialEq; their parts do.
         match (self, other) {
             (Resource::Pool(a), Resource::Pool(b)) => a.metadata == b.metadata && a.spec == b.spec,
-            (Resource::Model(a), Resource::Model(b)) => {
-                a.metadata == b.metadata && a.spec == b.spec
-            }
+            (Resource::Model(a), Resource::Model(b)) => a.metadata == b.metadata && a.spec == b.spec,
             (Resource::Pod(a), Resource::Pod(b)) => a == b,
             _ => false,
         }
@@ -270,11 +268,7 @@ impl Datastore {
     /// Applies a batch of events and publishes one snapshot for the whole batch, so readers never see a
     /// half-applied change (a pool without its pods during the first sync, say).
     pub fn apply(&self, events: impl IntoIterator<Item = Event>) {
-        let mut index = self
-            .inner
-            .index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut index = self.inner.index.lock().unwrap_or_else(PoisonError::into_inner);
         let mut changed = false;
         for event in events {
             changed |= index.apply(event);
@@ -370,11 +364,7 @@ impl Index {
                     Resource::Pod(pod) => upsert(&mut self.pods, key, *pod, |a, b| a == b),
                 }
             }
-            Event::Delete(ResourceKey {
-                kind,
-                namespace,
-                name,
-            }) => {
+            Event::Delete(ResourceKey { kind, namespace, name }) => {
                 let key = (namespace, name);
                 match kind {
                     ResourceKind::Pool => self.pools.remove(&key).is_some(),
@@ -414,9 +404,7 @@ impl Index {
         match (candidates.next(), candidates.next(), served) {
             (Some((_, pool)), None, _) => Ok(pool),
             (None, _, None) => Err(PoolError::NoPool),
-            (None, _, Some(served)) => Err(PoolError::NotFound {
-                pool: served.clone(),
-            }),
+            (None, _, Some(served)) => Err(PoolError::NotFound { pool: served.clone() }),
             (Some(first), Some(second), _) => Err(PoolError::Ambiguous {
                 candidates: [first, second]
                     .into_iter()
@@ -434,12 +422,7 @@ impl Index {
             .take_while(|((namespace, _), _)| *namespace == pool.namespace)
             .filter(|(_, pod)| selects(&pool.selector, pod) && is_ready(pod))
             .filter_map(|((namespace, name), pod)| {
-                let ip = pod
-                    .status
-                    .as_ref()?
-                    .pod_ip
-                    .as_deref()
-                    .filter(|ip| !ip.is_empty())?;
+                let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
                 Some(EndpointView {
                     id: endpoint_id(ip, pool.target_port),
                     pod: PodName(format!("{namespace}/{name}")),
@@ -454,9 +437,7 @@ impl Index {
         let mut claims: Vec<_> = self
             .models
             .iter()
-            .filter(|((namespace, _), model)| {
-                *namespace == pool.namespace && model.spec.pool_ref.name == pool.name
-            })
+            .filter(|((namespace, _), model)| *namespace == pool.namespace && model.spec.pool_ref.name == pool.name)
             .collect();
         claims.sort_by(|((ns_a, name_a), a), ((ns_b, name_b), b)| {
             let age = |m: &InferenceModel| {
@@ -465,9 +446,7 @@ impl Index {
                     m.metadata.creation_timestamp.clone(),
                 )
             };
-            age(a)
-                .cmp(&age(b))
-                .then_with(|| (ns_a, name_a).cmp(&(ns_b, name_b)))
+            age(a).cmp(&age(b)).then_with(|| (ns_a, name_a).cmp(&(ns_b, name_b)))
         });
 
         let mut models: BTreeMap<String, ModelView> = BTreeMap::new();

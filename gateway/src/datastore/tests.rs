@@ -161,12 +161,10 @@ fn seed_pool_model_and_pods_make_a_snapshot() {
 #[test]
 fn only_ready_matching_live_pods_with_an_ip_are_endpoints() {
     let datastore = Datastore::new(None);
-    let no_ip =
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pending\n  labels:\n    app: qwq-32b\n";
-    let other_ns = pod("elsewhere", "127.0.0.20").yaml().replace(
-        "  name: elsewhere\n",
-        "  name: elsewhere\n  namespace: other\n",
-    );
+    let no_ip = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pending\n  labels:\n    app: qwq-32b\n";
+    let other_ns = pod("elsewhere", "127.0.0.20")
+        .yaml()
+        .replace("  name: elsewhere\n", "  name: elsewhere\n  namespace: other\n");
     let docs = [
         pod("ready", "127.0.0.11").yaml(),
         pod("unready", "127.0.0.12").unready().yaml(),
@@ -176,10 +174,7 @@ fn only_ready_matching_live_pods_with_an_ip_are_endpoints() {
         other_ns,
         SEED_POOL.to_owned(),
     ];
-    apply_yaml(
-        &datastore,
-        &docs.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    apply_yaml(&datastore, &docs.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(
         endpoint_ids(&datastore.snapshot()),
         [("127.0.0.11:8000".to_string(), "default/ready".to_string())]
@@ -226,24 +221,11 @@ fn the_oldest_inference_model_owns_a_model_name() {
     let target = |name: &str| format!("  targetModels:\n  - name: {name}\n");
     let docs = [
         SEED_POOL.to_owned(),
-        model_yaml(
-            "newer",
-            "qwq",
-            Some("2025-02-02T00:00:00Z"),
-            &target("from-newer"),
-        ),
+        model_yaml("newer", "qwq", Some("2025-02-02T00:00:00Z"), &target("from-newer")),
         model_yaml("undated", "qwq", None, &target("from-undated")),
-        model_yaml(
-            "older",
-            "qwq",
-            Some("2025-02-01T00:00:00Z"),
-            &target("from-older"),
-        ),
+        model_yaml("older", "qwq", Some("2025-02-01T00:00:00Z"), &target("from-older")),
     ];
-    apply_yaml(
-        &datastore,
-        &docs.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    apply_yaml(&datastore, &docs.iter().map(String::as_str).collect::<Vec<_>>());
     let snapshot = datastore.snapshot();
     let model = snapshot.model("qwq").unwrap();
     assert_eq!(model.object_name, "older");
@@ -255,10 +237,7 @@ fn the_oldest_inference_model_owns_a_model_name() {
         namespace: "default".into(),
         name: "older".into(),
     })]);
-    assert_eq!(
-        datastore.snapshot().model("qwq").unwrap().object_name,
-        "newer"
-    );
+    assert_eq!(datastore.snapshot().model("qwq").unwrap().object_name, "newer");
 }
 
 #[test]
@@ -269,23 +248,14 @@ fn undated_duplicates_fall_back_to_name_order() {
         model_yaml("b-model", "qwq", None, ""),
         model_yaml("a-model", "qwq", None, ""),
     ];
-    apply_yaml(
-        &datastore,
-        &docs.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert_eq!(
-        datastore.snapshot().model("qwq").unwrap().object_name,
-        "a-model"
-    );
+    apply_yaml(&datastore, &docs.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(datastore.snapshot().model("qwq").unwrap().object_name, "a-model");
 }
 
 #[test]
 fn model_without_targets_serves_itself_with_standard_criticality() {
     let datastore = Datastore::new(None);
-    apply_yaml(
-        &datastore,
-        &[SEED_POOL, &model_yaml("plain", "qwq-32b", None, "")],
-    );
+    apply_yaml(&datastore, &[SEED_POOL, &model_yaml("plain", "qwq-32b", None, "")]);
     let snapshot = datastore.snapshot();
     let model = snapshot.model("qwq-32b").unwrap();
     assert_eq!(model.criticality, Criticality::Standard);
@@ -301,14 +271,9 @@ fn model_without_targets_serves_itself_with_standard_criticality() {
 #[test]
 fn models_of_other_pools_are_not_served() {
     let datastore = Datastore::new(None);
-    let other =
-        model_yaml("other", "llama", None, "").replace("name: reasoning-pool", "name: other-pool");
+    let other = model_yaml("other", "llama", None, "").replace("name: reasoning-pool", "name: other-pool");
     apply_yaml(&datastore, &[SEED_POOL, SEED_MODEL, &other]);
-    let names: Vec<String> = datastore
-        .snapshot()
-        .models()
-        .map(|m| m.name.clone())
-        .collect();
+    let names: Vec<String> = datastore.snapshot().models().map(|m| m.name.clone()).collect();
     assert_eq!(names, ["qwq"]);
 }
 
@@ -318,12 +283,7 @@ fn two_pools_without_a_name_is_an_error_state() {
     let datastore = Datastore::new(None);
     apply_yaml(
         &datastore,
-        &[
-            SEED_POOL,
-            &second,
-            SEED_MODEL,
-            &pod("a", "127.0.0.11").yaml(),
-        ],
+        &[SEED_POOL, &second, SEED_MODEL, &pod("a", "127.0.0.11").yaml()],
     );
     let snapshot = datastore.snapshot();
     assert_eq!(snapshot.pool(), None);
@@ -331,26 +291,16 @@ fn two_pools_without_a_name_is_an_error_state() {
     assert_eq!(snapshot.models().count(), 0);
     assert_eq!(
         snapshot.pool_error(),
-        Some(
-            "several InferencePools found (default/chat-pool, default/reasoning-pool); pick one with --pool"
-        )
+        Some("several InferencePools found (default/chat-pool, default/reasoning-pool); pick one with --pool")
     );
 
     let named = Datastore::new(Some("reasoning-pool".into()));
     apply_yaml(
         &named,
-        &[
-            SEED_POOL,
-            &second,
-            SEED_MODEL,
-            &pod("a", "127.0.0.11").yaml(),
-        ],
+        &[SEED_POOL, &second, SEED_MODEL, &pod("a", "127.0.0.11").yaml()],
     );
     let snapshot = named.snapshot();
-    assert_eq!(
-        snapshot.pool().map(|p| p.name.as_str()),
-        Some("reasoning-pool")
-    );
+    assert_eq!(snapshot.pool().map(|p| p.name.as_str()), Some("reasoning-pool"));
     assert_eq!(snapshot.endpoints().len(), 1);
     assert!(snapshot.model("qwq").is_some());
 }
@@ -358,10 +308,7 @@ fn two_pools_without_a_name_is_an_error_state() {
 #[test]
 fn missing_pools_are_reported() {
     let datastore = Datastore::new(None);
-    assert_eq!(
-        datastore.snapshot().pool_error(),
-        Some("no InferencePool found")
-    );
+    assert_eq!(datastore.snapshot().pool_error(), Some("no InferencePool found"));
     let named = Datastore::new(Some("prod/reasoning-pool".into()));
     apply_yaml(&named, &[SEED_POOL]);
     assert_eq!(
@@ -378,10 +325,7 @@ fn failure_mode_comes_from_the_extension_ref() {
     );
     let datastore = Datastore::new(None);
     apply_yaml(&datastore, &[&open]);
-    assert_eq!(
-        datastore.snapshot().pool().unwrap().failure_mode,
-        FailureMode::FailOpen
-    );
+    assert_eq!(datastore.snapshot().pool().unwrap().failure_mode, FailureMode::FailOpen);
 }
 
 #[test]

@@ -28,8 +28,7 @@ pub struct MissingMetric {
 pub fn extract(samples: &[Sample<'_>]) -> Result<EndpointMetrics, MissingMetric> {
     let waiting = gauge(samples, WAITING, "waiting queue", Aggregate::Sum)?;
     let running = gauge(samples, RUNNING, "running requests", Aggregate::Sum)?;
-    let kv_cache_usage =
-        gauge(samples, KV_USAGE, "kv-cache usage", Aggregate::Max)?.clamp(0.0, 1.0);
+    let kv_cache_usage = gauge(samples, KV_USAGE, "kv-cache usage", Aggregate::Max)?.clamp(0.0, 1.0);
     let lora = lora_state(samples);
     Ok(EndpointMetrics {
         waiting_queue: count(waiting),
@@ -88,14 +87,9 @@ struct LoraState {
 /// The series with the largest value (a timestamp: the newest) among those naming any adapter, as the upstream EPP
 /// does; when every series is idle, the newest one still tells the adapter capacity.
 fn lora_state(samples: &[Sample<'_>]) -> Option<LoraState> {
-    let series = || {
-        samples
-            .iter()
-            .filter(|s| s.name == LORA_INFO && !s.value.is_nan())
-    };
+    let series = || samples.iter().filter(|s| s.name == LORA_INFO && !s.value.is_nan());
     let busy = |s: &&Sample<'_>| {
-        !adapters(s.label("running_lora_adapters")).is_empty()
-            || !adapters(s.label("waiting_lora_adapters")).is_empty()
+        !adapters(s.label("running_lora_adapters")).is_empty() || !adapters(s.label("waiting_lora_adapters")).is_empty()
     };
     let newest = |a: &&Sample<'_>, b: &&Sample<'_>| a.value.total_cmp(&b.value);
     let chosen = series()
@@ -168,8 +162,7 @@ mod tests {
                 .kv_cache_usage,
             0.0
         );
-        let nan_then_old =
-            format!("{base}vllm:kv_cache_usage_perc NaN\nvllm:gpu_cache_usage_perc 0.5\n");
+        let nan_then_old = format!("{base}vllm:kv_cache_usage_perc NaN\nvllm:gpu_cache_usage_perc 0.5\n");
         assert_eq!(metrics(&nan_then_old).unwrap().kv_cache_usage, 0.5);
         let err = metrics(&format!("{base}vllm:kv_cache_usage_perc NaN\n")).unwrap_err();
         assert_eq!(err.semantic, "kv-cache usage");
@@ -177,8 +170,7 @@ mod tests {
 
     #[test]
     fn missing_core_metrics_are_an_error() {
-        let err =
-            metrics("vllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.1\n").unwrap_err();
+        let err = metrics("vllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.1\n").unwrap_err();
         assert_eq!(
             err.to_string(),
             "no waiting queue metric (looked for vllm:num_requests_waiting, sglang:num_queue_reqs)"
@@ -213,11 +205,9 @@ mod tests {
 
     #[test]
     fn no_lora_series_means_lora_state_unknown() {
-        let m = metrics("vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n").unwrap();
-        assert_eq!(
-            (m.active_loras.len(), m.waiting_loras.len(), m.max_loras),
-            (0, 0, None)
-        );
+        let m =
+            metrics("vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n").unwrap();
+        assert_eq!((m.active_loras.len(), m.waiting_loras.len(), m.max_loras), (0, 0, None));
     }
 
     #[test]

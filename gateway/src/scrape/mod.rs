@@ -77,10 +77,7 @@ impl MetricsStore {
 
     /// Every scraped endpoint and its latest metrics, e.g. for shipping per-pod samples.
     pub fn all(&self) -> Vec<(EndpointId, EndpointMetrics)> {
-        self.read()
-            .iter()
-            .map(|(id, m)| (id.clone(), m.clone()))
-            .collect()
+        self.read().iter().map(|(id, m)| (id.clone(), m.clone())).collect()
     }
 
     /// Registers the scrape counters (`scrapes_total`, `scrape_failures_total`) under the caller's prefix.
@@ -114,10 +111,7 @@ impl MetricsStore {
     }
 
     fn remove(&self, id: &EndpointId) {
-        self.entries
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+        self.entries.write().unwrap_or_else(PoisonError::into_inner).remove(id);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<EndpointId, EndpointMetrics>> {

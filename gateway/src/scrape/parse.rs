@@ -26,10 +26,7 @@ pub struct Parsed<'a> {
 
 impl Sample<'_> {
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_ref())
+        self.labels.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_ref())
     }
 }
 
@@ -58,9 +55,7 @@ pub fn parse(text: &str) -> Parsed<'_> {
 fn parse_line(line: &str) -> Option<Sample<'_>> {
     let name_len = line
         .char_indices()
-        .find(|&(i, c)| {
-            !(c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
-        })
+        .find(|&(i, c)| !(c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())))
         .map_or(line.len(), |(i, _)| i);
     if name_len == 0 {
         return None;
@@ -96,10 +91,7 @@ fn parse_line(line: &str) -> Option<Sample<'_>> {
 }
 
 /// Parses `name="value",...}` and returns the text after the closing brace.
-fn parse_labels<'a>(
-    mut rest: &'a str,
-    labels: &mut Vec<(&'a str, Cow<'a, str>)>,
-) -> Option<&'a str> {
+fn parse_labels<'a>(mut rest: &'a str, labels: &mut Vec<(&'a str, Cow<'a, str>)>) -> Option<&'a str> {
     loop {
         rest = rest.trim_start_matches([' ', '\t']);
         if let Some(after) = rest.strip_prefix('}') {
@@ -113,9 +105,7 @@ fn parse_labels<'a>(
             return None;
         }
         let (name, after_name) = rest.split_at(name_len);
-        let after_eq = after_name
-            .trim_start_matches([' ', '\t'])
-            .strip_prefix('=')?;
+        let after_eq = after_name.trim_start_matches([' ', '\t']).strip_prefix('=')?;
         let quoted = after_eq.trim_start_matches([' ', '\t']).strip_prefix('"')?;
         let (value, after_value) = parse_quoted(quoted)?;
         labels.push((name, value));
@@ -169,11 +159,7 @@ mod tests {
     const VLLM_0_7: &str = include_str!("fixtures/vllm-0.7.txt");
 
     fn labels<'a>(sample: &'a Sample<'_>) -> Vec<(&'a str, &'a str)> {
-        sample
-            .labels
-            .iter()
-            .map(|(n, v)| (*n, v.as_ref()))
-            .collect()
+        sample.labels.iter().map(|(n, v)| (*n, v.as_ref())).collect()
     }
 
     #[test]
@@ -206,18 +192,13 @@ mod tests {
             .filter(|s| s.name == "vllm:lora_requests_info")
             .collect();
         assert_eq!(lora.len(), 4);
-        assert_eq!(
-            lora[1].label("running_lora_adapters"),
-            Some("sql-lora,tweet-lora")
-        );
+        assert_eq!(lora[1].label("running_lora_adapters"), Some("sql-lora,tweet-lora"));
         assert_eq!(lora[1].value, 1.738560125001e9);
 
         let inf_bucket = parsed
             .samples
             .iter()
-            .find(|s| {
-                s.name == "vllm:time_to_first_token_seconds_bucket" && s.label("le") == Some("+Inf")
-            })
+            .find(|s| s.name == "vllm:time_to_first_token_seconds_bucket" && s.label("le") == Some("+Inf"))
             .unwrap();
         assert_eq!(inf_bucket.value, 2048.0);
         let acceptance = parsed
@@ -298,12 +279,8 @@ good_after{a=\"b\"} 2
 
     #[test]
     fn crlf_and_indentation_are_tolerated() {
-        let parsed =
-            parse("  vllm:num_requests_waiting 4\r\n\tvllm:num_requests_running{a=\"b\"}\t5\r\n");
+        let parsed = parse("  vllm:num_requests_waiting 4\r\n\tvllm:num_requests_running{a=\"b\"}\t5\r\n");
         assert_eq!(parsed.n_invalid_lines, 0);
-        assert_eq!(
-            parsed.samples.iter().map(|s| s.value).collect::<Vec<_>>(),
-            [4.0, 5.0]
-        );
+        assert_eq!(parsed.samples.iter().map(|s| s.value).collect::<Vec<_>>(), [4.0, 5.0]);
     }
 }

@@ -56,9 +56,7 @@ impl FakePod {
                         let service = service_fn(move |_request| {
                             let state = state.clone();
                             async move {
-                                let status =
-                                    StatusCode::from_u16(state.status.load(Ordering::SeqCst))
-                                        .unwrap();
+                                let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap();
                                 let body = state.body.lock().unwrap().clone();
                                 let counter = if status.is_success() {
                                     &state.n_ok
@@ -79,11 +77,7 @@ impl FakePod {
                 }
             }
         });
-        FakePod {
-            addr,
-            state,
-            server,
-        }
+        FakePod { addr, state, server }
     }
 
     fn endpoint(&self) -> EndpointId {
@@ -114,20 +108,12 @@ fn datastore_for(pod: &FakePod) -> Datastore {
         ip = pod.addr.ip(),
     );
     let datastore = Datastore::new(None);
-    datastore.apply(
-        parse_documents(&yaml)
-            .unwrap()
-            .into_iter()
-            .map(Event::Apply),
-    );
+    datastore.apply(parse_documents(&yaml).unwrap().into_iter().map(Event::Apply));
     assert_eq!(datastore.snapshot().endpoints()[0].id, pod.endpoint());
     datastore
 }
 
-fn start_scraper(
-    datastore: &Datastore,
-    store: &Arc<MetricsStore>,
-) -> (CancellationToken, JoinHandle<()>) {
+fn start_scraper(datastore: &Datastore, store: &Arc<MetricsStore>) -> (CancellationToken, JoinHandle<()>) {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_scraper(
         datastore.subscribe(),
@@ -162,11 +148,7 @@ async fn metrics_of_a_vllm_pod_reach_the_store() {
     .await;
     let metrics = store.get(&pod.endpoint());
     assert_eq!(
-        (
-            metrics.waiting_queue,
-            metrics.running,
-            metrics.kv_cache_usage
-        ),
+        (metrics.waiting_queue, metrics.running, metrics.kv_cache_usage),
         (3, 7, 0.4212)
     );
     assert_eq!(metrics.active_loras, ["sql-lora"]);
@@ -174,10 +156,7 @@ async fn metrics_of_a_vllm_pod_reach_the_store() {
 
     // Scraping continues: the timestamp keeps advancing while the pod answers.
     let first = metrics.updated_at;
-    eventually("a later scrape lands", || {
-        store.get(&pod.endpoint()).updated_at > first
-    })
-    .await;
+    eventually("a later scrape lands", || store.get(&pod.endpoint()).updated_at > first).await;
 
     cancel.cancel();
     task.await.unwrap();
@@ -198,10 +177,7 @@ async fn a_failing_pod_keeps_its_ageing_metrics_and_recovers() {
     // Scrapes of one pod are sequential, so once a 500 was served no 200 is still in flight.
     eventually("the pod has failed a scrape", || pod.n_errors() >= 1).await;
     let frozen = store.get(&pod.endpoint());
-    eventually("the pod has failed three more scrapes", || {
-        pod.n_errors() >= 4
-    })
-    .await;
+    eventually("the pod has failed three more scrapes", || pod.n_errors() >= 4).await;
     assert_eq!(store.get(&pod.endpoint()), frozen);
     assert_eq!(frozen.waiting_queue, 3);
     assert!(store.failures() >= 3);
@@ -238,10 +214,7 @@ async fn a_stopped_pod_stays_in_the_store_with_stale_metrics() {
     eventually("the server is down", || pod.server.is_finished()).await;
     let failures = store.failures();
     let frozen = store.get(&pod.endpoint());
-    eventually("scrapes of the stopped pod fail", || {
-        store.failures() >= failures + 3
-    })
-    .await;
+    eventually("scrapes of the stopped pod fail", || store.failures() >= failures + 3).await;
     // At most one scrape was in flight when the server stopped; after that nothing updates the entry.
     let after = store.get(&pod.endpoint());
     eventually("more scrapes fail", || store.failures() >= failures + 6).await;
@@ -302,8 +275,5 @@ async fn scrape_counters_are_exported() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains("switchyard_scrapes_total 1"), "{text}");
-    assert!(
-        text.contains("switchyard_scrape_failures_total 1"),
-        "{text}"
-    );
+    assert!(text.contains("switchyard_scrape_failures_total 1"), "{text}");
 }

@@ -57,9 +57,7 @@ impl FakePod {
 /// Binds `n` listeners on 127.0.`block`.1.. with one shared port, as pods of a pool share `targetPortNumber`.
 pub async fn bind_same_port(block: u8, n: u8) -> (u16, Vec<TcpListener>) {
     for _attempt in 0..50 {
-        let first = TcpListener::bind((Ipv4Addr::new(127, 0, block, 1), 0))
-            .await
-            .unwrap();
+        let first = TcpListener::bind((Ipv4Addr::new(127, 0, block, 1), 0)).await.unwrap();
         let port = first.local_addr().unwrap().port();
         let mut listeners = vec![first];
         for i in 2..=n {
@@ -114,18 +112,12 @@ async fn complete(State(state): State<Arc<Mutex<PodState>>>, body: Bytes) -> Res
                 5 => format!(
                     "data: {{\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":4}}}}\n\ndata: [DONE]\n\n"
                 ),
-                _ => format!(
-                    "data: {{\"model\":\"{model}\",\"choices\":[{{\"text\":\"t{i}\"}}],\"usage\":null}}\n\n"
-                ),
+                _ => format!("data: {{\"model\":\"{model}\",\"choices\":[{{\"text\":\"t{i}\"}}],\"usage\":null}}\n\n"),
             };
             Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), i + 1))
         }
     });
-    (
-        [("content-type", "text/event-stream")],
-        Body::from_stream(chunks),
-    )
-        .into_response()
+    ([("content-type", "text/event-stream")], Body::from_stream(chunks)).into_response()
 }
 
 pub async fn serve_fake_pod(listener: TcpListener) -> FakePod {
@@ -137,11 +129,7 @@ pub async fn serve_fake_pod(listener: TcpListener) -> FakePod {
         .route("/v1/chat/completions", post(complete))
         .with_state(state.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await }).abort_handle();
-    FakePod {
-        addr,
-        state,
-        server,
-    }
+    FakePod { addr, state, server }
 }
 
 /// A fresh directory under the system temp dir for one test's YAML.
@@ -199,9 +187,7 @@ pub async fn start_gateway(dir: &std::path::Path, extra: &[&str]) -> gateway::Ga
         "20ms".into(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
-    gateway::start(gateway::args::Args::parse_from(argv))
-        .await
-        .unwrap()
+    gateway::start(gateway::args::Args::parse_from(argv)).await.unwrap()
 }
 
 /// Polls until the gateway has fresh metrics for every endpoint in `ids` (deadline 10 s).
@@ -209,9 +195,7 @@ pub async fn wait_scraped(gw: &gateway::Gateway, ids: &[EndpointId]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let snapshot = gw.director.datastore.snapshot();
-        let all_known = ids
-            .iter()
-            .all(|id| snapshot.endpoints().iter().any(|e| &e.id == id));
+        let all_known = ids.iter().all(|id| snapshot.endpoints().iter().any(|e| &e.id == id));
         let all_fresh = ids.iter().all(|id| {
             gw.director
                 .metrics_store
@@ -222,10 +206,7 @@ pub async fn wait_scraped(gw: &gateway::Gateway, ids: &[EndpointId]) {
         if all_known && all_fresh {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gateway never scraped {ids:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "gateway never scraped {ids:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -272,8 +253,7 @@ pub mod reqwest_like {
         }
 
         pub async fn get(&self, url: &str) -> Reply {
-            self.send(http::Request::get(url).body(Full::default()).unwrap())
-                .await
+            self.send(http::Request::get(url).body(Full::default()).unwrap()).await
         }
 
         async fn send(&self, request: http::Request<Full<Bytes>>) -> Reply {

@@ -40,10 +40,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the figures with the command line, commit and machine they came from (DESIGN.md §10).
-pub(crate) fn write_summary(
-    name: &str,
-    figures: BTreeMap<String, Value>,
-) -> anyhow::Result<PathBuf> {
+pub(crate) fn write_summary(name: &str, figures: BTreeMap<String, Value>) -> anyhow::Result<PathBuf> {
     let dir = procs::workspace_root().join("target/bench").join(name);
     std::fs::create_dir_all(&dir)?;
     let mut summary = figures;

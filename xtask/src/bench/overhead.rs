@@ -7,10 +7,7 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use scheduler::{
-    Criticality, Endpoint, EndpointId, EndpointMetrics, PodName, Request, Scheduler,
-    SchedulerConfig,
-};
+use scheduler::{Criticality, Endpoint, EndpointId, EndpointMetrics, PodName, Request, Scheduler, SchedulerConfig};
 use serde_json::Value;
 
 use crate::{
@@ -180,28 +177,15 @@ async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, Loa
         Some(&work.join("gateway.log")),
     )?;
     let deadline = Duration::from_secs(30);
-    procs::wait_ready(
-        &format!("http://{pod}:8000/health"),
-        deadline,
-        &mut [&mut sim],
-    )
-    .await?;
-    procs::wait_ready(
-        "http://127.0.0.1:19090/readyz",
-        deadline,
-        &mut [&mut gateway, &mut sim],
-    )
-    .await?;
+    procs::wait_ready(&format!("http://{pod}:8000/health"), deadline, &mut [&mut sim]).await?;
+    procs::wait_ready("http://127.0.0.1:19090/readyz", deadline, &mut [&mut gateway, &mut sim]).await?;
 
     let client = load::http_client();
     let make = |model: &str| -> Vec<RequestSpec> {
         (0..1_000_000)
             .map(|i| RequestSpec {
                 path: "/v1/completions",
-                body: format!(
-                    r#"{{"model":"{model}","prompt":"request {i} says hello","max_tokens":1}}"#
-                )
-                .into(),
+                body: format!(r#"{{"model":"{model}","prompt":"request {i} says hello","max_tokens":1}}"#).into(),
             })
             .collect()
     };
@@ -231,8 +215,7 @@ async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, Loa
         let requests = make(model);
         async move {
             let started = Instant::now();
-            let samples =
-                load::closed_loop(&client, &base, requests, args.concurrency, window, None).await;
+            let samples = load::closed_loop(&client, &base, requests, args.concurrency, window, None).await;
             summarize(&samples, started.elapsed())
         }
     };

@@ -50,11 +50,7 @@ pub struct Args {
     pub max_num_batched_tokens: Option<u32>,
 
     /// Name of the base model.
-    #[arg(
-        long,
-        env = "SWITCHYARD_SIM_SERVED_MODEL_NAME",
-        default_value = "qwq-32b"
-    )]
+    #[arg(long, env = "SWITCHYARD_SIM_SERVED_MODEL_NAME", default_value = "qwq-32b")]
     pub served_model_name: String,
 
     /// Comma-separated model names served as LoRA adapters (needs --max-loras > 0).
@@ -80,22 +76,16 @@ impl Args {
             prefix_caching: self.prefix_caching,
             max_model_len: self.max_model_len,
             max_num_seqs: self.max_num_seqs,
-            max_num_batched_tokens: self.max_num_batched_tokens.unwrap_or_else(|| {
-                self.scheduler
-                    .default_max_num_batched_tokens(self.max_model_len)
-            }),
+            max_num_batched_tokens: self
+                .max_num_batched_tokens
+                .unwrap_or_else(|| self.scheduler.default_max_num_batched_tokens(self.max_model_len)),
             max_loras: self.max_loras,
             ..EngineConfig::for_scheduler(self.scheduler)
         };
         ReplicaConfig {
             engine,
             served_model_name: self.served_model_name.clone(),
-            lora_adapters: self
-                .lora_adapters
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect(),
+            lora_adapters: self.lora_adapters.iter().filter(|s| !s.is_empty()).cloned().collect(),
             time_scale: self.time_scale,
             seed: self.seed,
         }

@@ -80,24 +80,16 @@ impl EngineConfig {
     /// Checks the combination makes sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.num_gpu_blocks == 0 {
-            return Err(ConfigError::Invalid(
-                "num_gpu_blocks must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("num_gpu_blocks must be at least 1".into()));
         }
         if self.max_num_seqs == 0 {
-            return Err(ConfigError::Invalid(
-                "max_num_seqs must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("max_num_seqs must be at least 1".into()));
         }
         if self.max_model_len < 2 {
-            return Err(ConfigError::Invalid(
-                "max_model_len must be at least 2".into(),
-            ));
+            return Err(ConfigError::Invalid("max_model_len must be at least 2".into()));
         }
         if self.max_num_batched_tokens == 0 {
-            return Err(ConfigError::Invalid(
-                "max_num_batched_tokens must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("max_num_batched_tokens must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.watermark) {
             return Err(ConfigError::Invalid("watermark must be in [0, 1)".into()));
@@ -158,9 +150,7 @@ impl ReplicaConfig {
             )));
         }
         if self.served_model_name.is_empty() {
-            return Err(ConfigError::Invalid(
-                "served_model_name must not be empty".into(),
-            ));
+            return Err(ConfigError::Invalid("served_model_name must not be empty".into()));
         }
         if !self.lora_adapters.is_empty() && self.engine.max_loras == 0 {
             return Err(ConfigError::Invalid(
@@ -169,14 +159,10 @@ impl ReplicaConfig {
         }
         for (i, name) in self.lora_adapters.iter().enumerate() {
             if name.is_empty() || name.contains(',') {
-                return Err(ConfigError::Invalid(format!(
-                    "invalid lora adapter name {name:?}"
-                )));
+                return Err(ConfigError::Invalid(format!("invalid lora adapter name {name:?}")));
             }
             if *name == self.served_model_name || self.lora_adapters[..i].contains(name) {
-                return Err(ConfigError::Invalid(format!(
-                    "duplicate model name {name:?}"
-                )));
+                return Err(ConfigError::Invalid(format!("duplicate model name {name:?}")));
             }
         }
         Ok(())

@@ -232,11 +232,7 @@ impl Engine {
     }
 
     /// Queues a request that arrived at simulated time `arrival`.
-    pub fn add_request(
-        &mut self,
-        req: NewRequest,
-        arrival: f64,
-    ) -> Result<RequestId, RequestError> {
+    pub fn add_request(&mut self, req: NewRequest, arrival: f64) -> Result<RequestId, RequestError> {
         if req.prompt.is_empty() {
             return Err(RequestError::EmptyPrompt);
         }
@@ -390,12 +386,7 @@ impl Engine {
 
     /// V0 `_schedule_default`: admit prefills FCFS; if any were admitted the step is prefill-only,
     /// otherwise decode every running request, preempting the newest when a block is missing.
-    fn schedule_v0(
-        &mut self,
-        shape: &mut StepShape,
-        scheduled: &mut Vec<(usize, usize)>,
-        emitted: &mut Vec<Emission>,
-    ) {
+    fn schedule_v0(&mut self, shape: &mut StepShape, scheduled: &mut Vec<(usize, usize)>, emitted: &mut Vec<Emission>) {
         let mut budget = self.cfg.max_num_batched_tokens as usize;
         let mut skipped = Vec::new();
         while let Some(seq) = self.waiting.front() {
@@ -437,12 +428,7 @@ impl Engine {
 
     /// V1: one token budget; running requests first (decodes and prefill chunks), then new requests
     /// (chunked) unless something was preempted this step.
-    fn schedule_v1(
-        &mut self,
-        shape: &mut StepShape,
-        scheduled: &mut Vec<(usize, usize)>,
-        emitted: &mut Vec<Emission>,
-    ) {
+    fn schedule_v1(&mut self, shape: &mut StepShape, scheduled: &mut Vec<(usize, usize)>, emitted: &mut Vec<Emission>) {
         let mut budget = self.cfg.max_num_batched_tokens as usize;
         let preemptions_before = self.metrics.num_preemptions;
         let mut i = 0;
@@ -494,10 +480,7 @@ impl Engine {
     /// A LoRA request whose adapter is not resident while all slots are taken must wait.
     fn lora_blocked(&self, seq: &Seq) -> bool {
         match seq.lora {
-            Some(l) => {
-                !self.active_loras.contains_key(&l)
-                    && self.active_loras.len() >= self.cfg.max_loras as usize
-            }
+            Some(l) => !self.active_loras.contains_key(&l) && self.active_loras.len() >= self.cfg.max_loras as usize,
             None => false,
         }
     }
@@ -517,11 +500,7 @@ impl Engine {
         };
         let len = seq.len();
         let total_blocks = self.kv.num_blocks();
-        let watermark = if whole {
-            self.cfg.watermark_blocks()
-        } else {
-            0
-        };
+        let watermark = if whole { self.cfg.watermark_blocks() } else { 0 };
         if blocks_for(len) + watermark > total_blocks {
             return Admission::Never;
         }
@@ -538,11 +517,7 @@ impl Engine {
         };
         let cached = hit.blocks.len() * BLOCK_SIZE;
         let remaining = len - cached;
-        let new = if whole {
-            remaining
-        } else {
-            remaining.min(budget)
-        };
+        let new = if whole { remaining } else { remaining.min(budget) };
         if new > budget {
             return Admission::Later;
         }
@@ -628,11 +603,7 @@ impl Engine {
         seq.num_computed = 0;
         seq.registered = 0;
         self.metrics.num_preemptions += 1;
-        tracing::debug!(
-            request = seq.id.0,
-            generated = seq.generated,
-            "preempted by recompute"
-        );
+        tracing::debug!(request = seq.id.0, generated = seq.generated, "preempted by recompute");
         self.waiting.push_front(seq);
     }
 
@@ -660,9 +631,7 @@ mod tests {
     }
 
     fn prompt(n: usize, seed: u32) -> Vec<u32> {
-        (0..n as u32)
-            .map(|i| i.wrapping_mul(2_654_435_761) ^ seed)
-            .collect()
+        (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761) ^ seed).collect()
     }
 
     fn req(n: usize, max_tokens: u32) -> NewRequest {
@@ -699,11 +668,7 @@ mod tests {
         let id = e.add_request(req(1000, 5), 0.0).unwrap();
         let first = e.step();
         assert_eq!(first.kind, StepKind::Prefill);
-        assert!(
-            (first.duration_ms - 440.0).abs() < 10.0,
-            "{}",
-            first.duration_ms
-        );
+        assert!((first.duration_ms - 440.0).abs() < 10.0, "{}", first.duration_ms);
         assert_eq!(
             first.emitted,
             vec![Emission {
@@ -716,11 +681,7 @@ mod tests {
         let (done, steps) = run(&mut e);
         assert_eq!(done[&id], 5);
         assert_eq!(steps.len(), 4);
-        assert!(
-            steps
-                .iter()
-                .all(|s| s.kind == StepKind::Decode && s.duration_ms > 40.0)
-        );
+        assert!(steps.iter().all(|s| s.kind == StepKind::Decode && s.duration_ms > 40.0));
         let snap = e.snapshot();
         assert_eq!((snap.running, snap.waiting, snap.free_blocks), (0, 0, 5000));
         assert_eq!(snap.metrics.generation_tokens, 5);
@@ -740,11 +701,7 @@ mod tests {
         e.add_request(req(200, 10), e.clock()).unwrap();
         let s = e.step();
         assert_eq!(s.kind, StepKind::Prefill);
-        assert_eq!(
-            s.emitted.len(),
-            1,
-            "running decode frozen during the prefill step"
-        );
+        assert_eq!(s.emitted.len(), 1, "running decode frozen during the prefill step");
         assert_eq!(e.step().emitted.len(), 2);
     }
 
@@ -756,10 +713,7 @@ mod tests {
             Err(RequestError::TooLong { .. })
         ));
         e.add_request(req(8000, 192), 0.0).unwrap();
-        assert_eq!(
-            e.add_request(req(10, 0), 0.0),
-            Err(RequestError::ZeroMaxTokens)
-        );
+        assert_eq!(e.add_request(req(10, 0), 0.0), Err(RequestError::ZeroMaxTokens));
     }
 
     fn preemption_case(scheduler: SchedulerKind) {
@@ -779,16 +733,9 @@ mod tests {
             .collect();
         let (done, _) = run(&mut e);
         let snap = e.snapshot();
-        assert!(
-            snap.metrics.num_preemptions > 0,
-            "{scheduler}: expected preemptions"
-        );
+        assert!(snap.metrics.num_preemptions > 0, "{scheduler}: expected preemptions");
         for id in ids {
-            assert_eq!(
-                done.get(&id),
-                Some(&600),
-                "{scheduler}: request {id:?} incomplete"
-            );
+            assert_eq!(done.get(&id), Some(&600), "{scheduler}: request {id:?} incomplete");
         }
         assert_eq!(snap.free_blocks, 200);
         assert_eq!(snap.metrics.generation_tokens, 6 * 600);
@@ -846,10 +793,7 @@ mod tests {
         assert_eq!(e.running[0].id, a, "oldest keeps running");
         assert_eq!(e.waiting.front().map(|s| s.id), Some(b));
         assert_eq!(e.waiting[0].num_computed, 0);
-        assert!(
-            e.waiting[0].generated > 0,
-            "generated tokens kept for recompute"
-        );
+        assert!(e.waiting[0].generated > 0, "generated tokens kept for recompute");
     }
 
     /// An engine of 400 blocks (watermark 4) with one long-running request holding 380 of them.
@@ -869,17 +813,9 @@ mod tests {
         let mut e = engine_with_20_free_blocks();
         e.add_request(req(17 * BLOCK_SIZE, 4), e.clock()).unwrap();
         e.add_request(req(16, 4), e.clock()).unwrap();
-        assert_eq!(
-            e.step().kind,
-            StepKind::Decode,
-            "admission blocked by the watermark"
-        );
+        assert_eq!(e.step().kind, StepKind::Decode, "admission blocked by the watermark");
         let snap = e.snapshot();
-        assert_eq!(
-            (snap.running, snap.waiting),
-            (1, 2),
-            "FCFS head-of-line blocking"
-        );
+        assert_eq!((snap.running, snap.waiting), (1, 2), "FCFS head-of-line blocking");
 
         // 16 blocks leave exactly the watermark free: admitted.
         let mut e = engine_with_20_free_blocks();
@@ -937,15 +873,8 @@ mod tests {
             )
             .unwrap();
         let warm = e.step();
-        assert!(
-            warm.duration_ms < cold / 2.0,
-            "warm {} cold {cold}",
-            warm.duration_ms
-        );
-        assert_eq!(
-            warm.shape.tokens, 100,
-            "the 125 shared full blocks are not recomputed"
-        );
+        assert!(warm.duration_ms < cold / 2.0, "warm {} cold {cold}", warm.duration_ms);
+        assert_eq!(warm.shape.tokens, 100, "the 125 shared full blocks are not recomputed");
         let mut finish = None;
         for _ in 0..3 {
             for em in e.step().emitted {
@@ -986,10 +915,7 @@ mod tests {
         )
         .unwrap();
         let s = e.step();
-        assert_eq!(
-            s.shape.tokens, 16,
-            "48 cached tokens, last block recomputed"
-        );
+        assert_eq!(s.shape.tokens, 16, "48 cached tokens, last block recomputed");
         assert_eq!(s.emitted.len(), 1);
     }
 
@@ -1051,16 +977,8 @@ mod tests {
         assert_eq!(s.shape.tokens, 2048);
         let s = e.step();
         assert_eq!(s.shape.tokens, 1 + (5000 - 2047 - 2047));
-        assert!(
-            s.emitted
-                .iter()
-                .any(|em| em.id == long && em.token == Some(0))
-        );
-        assert_eq!(
-            e.snapshot().metrics.prompt_tokens,
-            5100,
-            "every chunk counted once"
-        );
+        assert!(s.emitted.iter().any(|em| em.id == long && em.token == Some(0)));
+        assert_eq!(e.snapshot().metrics.prompt_tokens, 5100, "every chunk counted once");
     }
 
     #[test]

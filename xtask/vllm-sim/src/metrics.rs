@@ -7,9 +7,7 @@ pub const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 /// vLLM v0.7 `vllm:time_per_output_token_seconds` buckets.
-pub const TPOT_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
-];
+pub const TPOT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 /// vLLM v0.7 request-latency buckets.
 pub const E2E_BUCKETS: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
@@ -334,9 +332,7 @@ fn fmt_f64(v: f64) -> String {
 
 /// Label-value escaping of the text format.
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -352,18 +348,9 @@ mod tests {
         h.observe(20.0);
         let mut out = String::new();
         histogram(&mut out, "x", "help", "model_name=\"m\"", &h);
-        assert!(
-            out.contains("x_bucket{le=\"0.1\",model_name=\"m\"} 2.0\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{le=\"1.0\",model_name=\"m\"} 3.0\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{le=\"+Inf\",model_name=\"m\"} 4.0\n"),
-            "{out}"
-        );
+        assert!(out.contains("x_bucket{le=\"0.1\",model_name=\"m\"} 2.0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"1.0\",model_name=\"m\"} 3.0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\",model_name=\"m\"} 4.0\n"), "{out}");
         assert!(out.contains("x_count{model_name=\"m\"} 4.0\n"), "{out}");
         assert!(out.contains("# TYPE x histogram\n"));
     }
@@ -393,10 +380,7 @@ mod tests {
             "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\",model_name=\"qwq-32b\"} 1700000000.0",
             "# TYPE vllm:num_preemptions_total counter",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("vllm:cache_config_info{block_size=\"16\""));
         assert!(text.contains("num_gpu_blocks=\"5000\""));

@@ -14,9 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, ReplicaConfig};
-use crate::engine::{
-    Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId,
-};
+use crate::engine::{Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId};
 
 /// Why a replica could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +109,7 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves a consistent-enough engine for a simulator.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Simulated seconds since the replica started.
@@ -206,8 +202,7 @@ impl Shared {
                 }
             }
             if outcome.duration_ms > 0.0 {
-                let deadline =
-                    started + Duration::from_secs_f64(outcome.duration_ms / 1000.0 / scale);
+                let deadline = started + Duration::from_secs_f64(outcome.duration_ms / 1000.0 / scale);
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {}
                     _ = shutdown.wait_for(|&stop| stop) => break,
@@ -231,9 +226,7 @@ impl Shared {
                     }
                 }
             }
-            self.counters
-                .completed
-                .fetch_add(completed, Ordering::Relaxed);
+            self.counters.completed.fetch_add(completed, Ordering::Relaxed);
         }
         let mut st = self.lock();
         st.closed = true;
@@ -321,10 +314,7 @@ impl Drop for ReplicaHandle {
 
 /// Starts a replica serving on `listener` (bind it to `127.0.0.1:0` in tests) and returns once it accepts
 /// connections. Must be called inside a tokio runtime.
-pub async fn spawn_replica(
-    cfg: ReplicaConfig,
-    listener: tokio::net::TcpListener,
-) -> Result<ReplicaHandle, SpawnError> {
+pub async fn spawn_replica(cfg: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<ReplicaHandle, SpawnError> {
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(cfg)?);
     let (stop, stop_rx) = watch::channel(false);

@@ -20,9 +20,8 @@ use crate::engine::{Emission, Finish, LoraId, NewRequest};
 use crate::kv::BLOCK_SIZE;
 use crate::metrics::MetricsPage;
 use crate::openai::{
-    ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatMessage, ChatRequest, Completion,
-    CompletionChoice, CompletionRequest, Content, Delta, ErrorBody, ErrorDetail, ModelCard,
-    ModelList, Prompt, Usage,
+    ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatMessage, ChatRequest, Completion, CompletionChoice,
+    CompletionRequest, Content, Delta, ErrorBody, ErrorDetail, ModelCard, ModelList, Prompt, Usage,
 };
 use crate::replica::{Shared, Submission, SubmitError};
 use crate::tokenize::{FILLER_TEXT, tokenize, tokenize_chat};
@@ -73,9 +72,7 @@ async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             return bad_request(&shared, "exactly one prompt per request is supported");
         }
     };
-    let model = req
-        .model
-        .unwrap_or_else(|| shared.cfg.served_model_name.clone());
+    let model = req.model.unwrap_or_else(|| shared.cfg.served_model_name.clone());
     let Ok(lora) = shared.resolve_model(&model) else {
         return model_not_found(&shared, &model);
     };
@@ -106,17 +103,13 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
             let text = match &m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => {
-                    parts.iter().filter_map(|p| p.text.as_deref()).collect()
-                }
+                Some(Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
             };
             (m.role.as_str(), text)
         })
         .collect();
     let prompt = tokenize_chat(contents.iter().map(|(role, text)| (*role, text.as_str())));
-    let model = req
-        .model
-        .unwrap_or_else(|| shared.cfg.served_model_name.clone());
+    let model = req.model.unwrap_or_else(|| shared.cfg.served_model_name.clone());
     let Ok(lora) = shared.resolve_model(&model) else {
         return model_not_found(&shared, &model);
     };
@@ -184,11 +177,7 @@ struct ResponseCtx {
 
 impl ResponseCtx {
     fn usage(&self, finish: &Finish) -> Usage {
-        Usage::new(
-            self.prompt_tokens,
-            finish.completion_tokens,
-            finish.cached_tokens,
-        )
+        Usage::new(self.prompt_tokens, finish.completion_tokens, finish.cached_tokens)
     }
 
     /// One stream chunk carrying `text` (and the finish reason on the last one).
@@ -365,11 +354,7 @@ impl SseState {
 }
 
 /// One SSE event per generated token, produced as engine steps complete, then usage and `[DONE]`.
-fn sse_stream(
-    sub: Submission,
-    ctx: ResponseCtx,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+fn sse_stream(sub: Submission, ctx: ResponseCtx, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut pending = VecDeque::new();
     if ctx.endpoint == Endpoint::Chat {
         pending.push_back(ctx.role_chunk());
@@ -420,11 +405,7 @@ async fn models(State(shared): State<Arc<Shared>>) -> Response {
         parent: Some(base),
         max_model_len: cfg.engine.max_model_len,
     }));
-    axum::Json(ModelList {
-        object: "list",
-        data,
-    })
-    .into_response()
+    axum::Json(ModelList { object: "list", data }).into_response()
 }
 
 async fn health() -> StatusCode {
@@ -460,10 +441,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         metrics: snap.metrics,
     };
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         page.render(),
     )
         .into_response()

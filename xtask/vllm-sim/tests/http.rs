@@ -47,9 +47,7 @@ async fn send(handle: &ReplicaHandle, method: &str, path: &str, body: Option<Str
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .unwrap();
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
     let response = tokio::time::timeout(DEADLINE, sender.send_request(req))
         .await
         .unwrap()
@@ -91,10 +89,7 @@ fn sse_data(body: &str) -> Vec<String> {
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -169,10 +164,7 @@ async fn sse_stream_delivers_one_chunk_per_token_then_usage_and_done() {
     let data = sse_data(&body);
     assert_eq!(data.len(), 7 + 2, "{body}");
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..8]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> = data[..8].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     for (i, c) in chunks[..7].iter().enumerate() {
         assert_eq!(c["choices"][0]["text"], " tok");
         let want = if i == 6 { json!("length") } else { Value::Null };
@@ -183,10 +175,8 @@ async fn sse_stream_delivers_one_chunk_per_token_then_usage_and_done() {
     assert_eq!(chunks[7]["usage"]["prompt_tokens"], 3);
 
     // Chat: a role chunk first, no usage chunk unless asked for.
-    let req =
-        json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "stream": true});
-    let (_, body) =
-        text(send(&sim, "POST", "/v1/chat/completions", Some(req.to_string())).await).await;
+    let req = json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "stream": true});
+    let (_, body) = text(send(&sim, "POST", "/v1/chat/completions", Some(req.to_string())).await).await;
     let data = sse_data(&body);
     assert_eq!(data.len(), 1 + 4 + 1, "{body}");
     let first: Value = serde_json::from_str(&data[0]).unwrap();
@@ -201,8 +191,7 @@ async fn sse_stream_delivers_one_chunk_per_token_then_usage_and_done() {
 async fn stream_is_incremental_and_disconnect_frees_the_request() {
     // Real step times (≈ 43 ms per token): 100 tokens take over 4 s, far longer than this test.
     let sim = start(ReplicaConfig::default()).await;
-    let req =
-        json!({"model": "qwq-32b", "prompt": "p".repeat(400), "max_tokens": 5000, "stream": true});
+    let req = json!({"model": "qwq-32b", "prompt": "p".repeat(400), "max_tokens": 5000, "stream": true});
     let mut ex = send(&sim, "POST", "/v1/completions", Some(req.to_string())).await;
     assert_eq!(ex.response.status(), StatusCode::OK);
     let mut events = 0;
@@ -251,10 +240,9 @@ async fn dropped_json_request_is_aborted() {
         let addr = sim.addr();
         async move {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             let req = Request::post("/v1/completions")
                 .header("host", addr.to_string())
                 .header("content-type", "application/json")
@@ -264,10 +252,7 @@ async fn dropped_json_request_is_aborted() {
             tokio::select! { _ = sender.send_request(req) => {}, _ = connection => {} }
         }
     });
-    eventually("the request to start running", || {
-        sim.engine_snapshot().running == 1
-    })
-    .await;
+    eventually("the request to start running", || sim.engine_snapshot().running == 1).await;
     ex.abort(); // drops the connection while the server is still generating
     eventually("the aborted request to leave the engine", || {
         sim.engine_snapshot().running == 0
@@ -295,12 +280,7 @@ async fn models_health_and_metrics() {
     assert_eq!(ids, ["qwq-32b", "sql-lora", "chat-lora"]);
     assert_eq!(models["data"][1]["parent"], "qwq-32b");
 
-    post_json(
-        &sim,
-        "/v1/completions",
-        json!({"prompt": "warm up", "max_tokens": 2}),
-    )
-    .await;
+    post_json(&sim, "/v1/completions", json!({"prompt": "warm up", "max_tokens": 2})).await;
     let ex = send(&sim, "GET", "/metrics", None).await;
     assert!(
         ex.response.headers()["content-type"]
@@ -319,14 +299,11 @@ async fn models_health_and_metrics() {
         "vllm:e2e_request_latency_seconds_count{model_name=\"qwq-32b\"} 1.0",
         "# TYPE vllm:num_preemptions_total counter",
     ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing {line:?} in\n{metrics}"
-        );
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
-    assert!(metrics.lines().any(|l| l.starts_with(
-        "vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"\",waiting_lora_adapters=\"\","
-    )));
+    assert!(metrics.lines().any(|l| {
+        l.starts_with("vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"\",waiting_lora_adapters=\"\",")
+    }));
     assert!(metrics.contains("vllm:cache_config_info{block_size=\"16\""));
 }
 
@@ -351,8 +328,7 @@ async fn bad_requests_get_openai_errors() {
         "{body}"
     );
 
-    let (status, body) =
-        text(send(&sim, "POST", "/v1/completions", Some("{not json".into())).await).await;
+    let (status, body) = text(send(&sim, "POST", "/v1/completions", Some("{not json".into())).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["type"], "BadRequestError");
@@ -360,12 +336,7 @@ async fn bad_requests_get_openai_errors() {
     let (status, _) = post_json(&sim, "/v1/chat/completions", json!({"model": "qwq-32b"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "messages are required");
 
-    let (status, body) = post_json(
-        &sim,
-        "/v1/completions",
-        json!({"model": "nope", "prompt": "hi"}),
-    )
-    .await;
+    let (status, body) = post_json(&sim, "/v1/completions", json!({"model": "nope", "prompt": "hi"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["message"], "The model `nope` does not exist.");
     assert_eq!(sim.stats().requests_rejected, 4);
@@ -380,10 +351,9 @@ async fn many_concurrent_requests_all_complete() {
         let addr = sim.addr();
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(connection);
             let body = json!({"prompt": format!("request {i}"), "max_tokens": 8}).to_string();
             let req = Request::post("/v1/completions")
@@ -425,10 +395,7 @@ async fn prefix_caching_reports_cached_tokens() {
         json!({"prompt": format!("{shared}second tail"), "max_tokens": 2}),
     )
     .await;
-    assert_eq!(
-        second["usage"]["prompt_tokens_details"]["cached_tokens"],
-        320
-    );
+    assert_eq!(second["usage"]["prompt_tokens_details"]["cached_tokens"], 320);
     let (_, metrics) = text(send(&sim, "GET", "/metrics", None).await).await;
     assert!(
         metrics.contains("vllm:prefix_cache_hits_total{model_name=\"qwq-32b\"} 320.0"),

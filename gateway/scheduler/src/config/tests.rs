@@ -28,12 +28,7 @@ fn scheduler(yaml: &str) -> Scheduler {
     Scheduler::new(&parse(yaml)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn route(
-    scheduler: &Scheduler,
-    request: &Request,
-    endpoints: &[Endpoint],
-    now: Instant,
-) -> Decision {
+fn route(scheduler: &Scheduler, request: &Request, endpoints: &[Endpoint], now: Instant) -> Decision {
     scheduler.schedule(request, endpoints, now, &mut SmallRng::seed_from_u64(5))
 }
 
@@ -74,29 +69,17 @@ fn the_documented_example_parses_into_typed_plugins() {
                 FilterConfig::LeastQueue {},
             ],
             scorers: vec![
-                ScorerConfig::Queue {
-                    weight: weight(2.0)
-                },
-                ScorerConfig::KvCache {
-                    weight: weight(2.5)
-                },
-                ScorerConfig::PrefixCache {
-                    weight: weight(1.0)
-                },
+                ScorerConfig::Queue { weight: weight(2.0) },
+                ScorerConfig::KvCache { weight: weight(2.5) },
+                ScorerConfig::PrefixCache { weight: weight(1.0) },
             ],
             picker: PickerConfig::WeightedRandom {},
         }))
     );
     let Some(ProfileConfig::DecisionTree(tree)) = config.profiles.get("strict-tree") else {
-        panic!(
-            "strict-tree is not a tree: {:?}",
-            config.profiles.get("strict-tree")
-        )
+        panic!("strict-tree is not a tree: {:?}", config.profiles.get("strict-tree"))
     };
-    assert_eq!(
-        (tree.has_capacity.queue_threshold, tree.low_queue.threshold),
-        (3, 64)
-    );
+    assert_eq!((tree.has_capacity.queue_threshold, tree.low_queue.threshold), (3, 64));
     assert_eq!(
         config.profile_names(),
         ["default", "decision-tree", "prefix-heavy", "strict-tree"]
@@ -158,14 +141,8 @@ fn unknown_fields_are_rejected_everywhere() {
 #[test]
 fn unknown_types_are_rejected_with_the_expected_ones() {
     for (yaml, expected) in [
-        (
-            "profiles: { p: { scorers: [ { type: latency } ] } }",
-            "kv-cache",
-        ),
-        (
-            "profiles: { p: { filters: [ { type: magic } ] } }",
-            "least-queue",
-        ),
+        ("profiles: { p: { scorers: [ { type: latency } ] } }", "kv-cache"),
+        ("profiles: { p: { filters: [ { type: magic } ] } }", "least-queue"),
         ("profiles: { p: { picker: { type: best } } }", "max-score"),
         ("profiles: { p: { type: tree } }", "decision-tree"),
     ] {
@@ -197,10 +174,7 @@ fn an_unknown_profile_name_lists_the_known_ones() {
 
 #[test]
 fn out_of_range_values_are_rejected() {
-    assert!(
-        error("saturation: { kvCacheThreshold: 80 }")
-            .contains("saturation.kvCacheThreshold must be within 0..=1")
-    );
+    assert!(error("saturation: { kvCacheThreshold: 80 }").contains("saturation.kvCacheThreshold must be within 0..=1"));
     assert!(error("prefix: { blockSizeChars: 0 }").contains("nonzero"));
     assert!(error("fallbacks: -1").contains("invalid u64"));
 }
@@ -209,18 +183,10 @@ fn out_of_range_values_are_rejected() {
 
 #[test]
 fn profile_selects_a_builtin_or_user_profile_and_a_user_profile_can_replace_a_builtin() {
-    assert_eq!(
-        scheduler("profile: decision-tree").profile_name(),
-        "decision-tree"
-    );
+    assert_eq!(scheduler("profile: decision-tree").profile_name(), "decision-tree");
     let now = Instant::now();
-    let pool = [
-        Endpoint::test("a", now).queue(9),
-        Endpoint::test("b", now).queue(9),
-    ];
-    let replaced = scheduler(
-        "profiles: { default: { scorers: [ { type: queue } ], picker: { type: random } } }",
-    );
+    let pool = [Endpoint::test("a", now).queue(9), Endpoint::test("b", now).queue(9)];
+    let replaced = scheduler("profiles: { default: { scorers: [ { type: queue } ], picker: { type: random } } }");
     let decision = route(&replaced, &Request::test("hi"), &pool, now);
     assert_eq!(decision.profile, "default");
     assert_eq!(decision.reason, "random pick among 2");
@@ -229,22 +195,13 @@ fn profile_selects_a_builtin_or_user_profile_and_a_user_profile_can_replace_a_bu
 #[test]
 fn fallbacks_sets_how_many_alternatives_are_returned() {
     let now = Instant::now();
-    let pool: Vec<Endpoint> = (0..5)
-        .map(|i| Endpoint::test(&format!("p{i}"), now))
-        .collect();
+    let pool: Vec<Endpoint> = (0..5).map(|i| Endpoint::test(&format!("p{i}"), now)).collect();
     for n in [0, 1, 3, 4, 9] {
-        let decision = route(
-            &scheduler(&format!("fallbacks: {n}")),
-            &Request::test("hi"),
-            &pool,
-            now,
-        );
+        let decision = route(&scheduler(&format!("fallbacks: {n}")), &Request::test("hi"), &pool, now);
         assert_eq!(decision.fallbacks.len(), n.min(4));
     }
     assert_eq!(
-        route(&scheduler(""), &Request::test("hi"), &pool, now)
-            .fallbacks
-            .len(),
+        route(&scheduler(""), &Request::test("hi"), &pool, now).fallbacks.len(),
         2
     );
 }
@@ -268,8 +225,7 @@ fn saturation_thresholds_decide_shedding() {
     assert_eq!(outcome(loose, scraped), Outcome::Routed);
     let later = scraped + Duration::from_millis(400);
     assert_eq!(outcome(loose, later), Outcome::Shed429);
-    let patient =
-        "saturation: { queueDepthThreshold: 6, kvCacheThreshold: 0.9, metricsStalenessMs: 500 }";
+    let patient = "saturation: { queueDepthThreshold: 6, kvCacheThreshold: 0.9, metricsStalenessMs: 500 }";
     assert_eq!(outcome(patient, later), Outcome::Routed);
 }
 
@@ -282,17 +238,11 @@ fn prefix_options_change_blocks_depth_and_memory() {
         let scheduler = scheduler(yaml);
         route(&scheduler, &Request::test(&prompt), &pool, now);
         let decision = route(&scheduler, &Request::test(&prompt), &pool, now);
-        (
-            decision.candidates[0].prefix_match_blocks,
-            scheduler.prefix_index_len(),
-        )
+        (decision.candidates[0].prefix_match_blocks, scheduler.prefix_index_len())
     };
     assert_eq!(matched(""), (15, 15));
     assert_eq!(matched("prefix: { blockSizeChars: 100 }"), (10, 10));
-    assert_eq!(
-        matched("prefix: { blockSizeChars: 10, maxBlocks: 40 }"),
-        (40, 40)
-    );
+    assert_eq!(matched("prefix: { blockSizeChars: 10, maxBlocks: 40 }"), (40, 40));
     assert_eq!(
         matched("prefix: { blockSizeChars: 10, lruCapacityPerEndpoint: 25 }"),
         (25, 25)
@@ -324,26 +274,14 @@ fn running_requests_and_lora_scorers_can_be_selected() {
         Endpoint::test("a", now).running(9).loras(&["x"], &[], 2),
         Endpoint::test("b", now).running(1).loras(&[], &[], 2),
     ];
-    let yaml = |scorer: &str| {
-        format!("profile: p\nprofiles: {{ p: {{ scorers: [ {{ type: {scorer} }} ] }} }}")
-    };
+    let yaml = |scorer: &str| format!("profile: p\nprofiles: {{ p: {{ scorers: [ {{ type: {scorer} }} ] }} }}");
     let request = Request::test("hi").lora("x");
     assert_eq!(
-        chosen(&route(
-            &scheduler(&yaml("running-requests")),
-            &request,
-            &pool,
-            now
-        )),
+        chosen(&route(&scheduler(&yaml("running-requests")), &request, &pool, now)),
         "b:8000"
     );
     assert_eq!(
-        chosen(&route(
-            &scheduler(&yaml("lora-affinity")),
-            &request,
-            &pool,
-            now
-        )),
+        chosen(&route(&scheduler(&yaml("lora-affinity")), &request, &pool, now)),
         "a:8000"
     );
 }
@@ -356,14 +294,11 @@ fn profile_filters_are_applied_in_order() {
         Endpoint::test("b", now).queue(1).kv(0.1),
         Endpoint::test("c", now).queue(8).kv(0.0),
     ];
-    let yaml = "profile: p\nprofiles: { p: { filters: [ { type: low-queue, threshold: 5 }, { type: least-kv-cache } ] } }";
+    let yaml =
+        "profile: p\nprofiles: { p: { filters: [ { type: low-queue, threshold: 5 }, { type: least-kv-cache } ] } }";
     let decision = route(&scheduler(yaml), &Request::test("hi"), &pool, now);
     assert_eq!(chosen(&decision), "b:8000");
-    let removed: Vec<Option<&str>> = decision
-        .candidates
-        .iter()
-        .map(|c| c.filtered_by.as_deref())
-        .collect();
+    let removed: Vec<Option<&str>> = decision.candidates.iter().map(|c| c.filtered_by.as_deref()).collect();
     assert_eq!(removed, [Some("least-kv-cache"), None, Some("low-queue")]);
 }
 
@@ -378,12 +313,7 @@ fn the_picker_is_applied() {
         let scheduler = scheduler(&yaml);
         (0..200)
             .filter(|&seed| {
-                let decision = scheduler.schedule(
-                    &Request::test("hi"),
-                    &pool,
-                    now,
-                    &mut SmallRng::seed_from_u64(seed),
-                );
+                let decision = scheduler.schedule(&Request::test("hi"), &pool, now, &mut SmallRng::seed_from_u64(seed));
                 chosen(&decision) == "a:8000"
             })
             .count()

@@ -28,20 +28,9 @@ impl Filter for FreshMetricsFilter {
 
     /// Fails open: when no endpoint is fresh (a scrape hiccup across the fleet), routing on old numbers
     /// beats refusing every request.
-    fn filter(
-        &self,
-        cycle: &Cycle<'_>,
-        candidates: &[usize],
-        _rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
         let staleness = Duration::from_millis(self.staleness_ms);
-        let fresh = retain(candidates, |idx| {
-            is_fresh(cycle.metrics(idx), cycle.now, staleness)
-        });
-        if fresh.is_empty() {
-            candidates.to_vec()
-        } else {
-            fresh
-        }
+        let fresh = retain(candidates, |idx| is_fresh(cycle.metrics(idx), cycle.now, staleness));
+        if fresh.is_empty() { candidates.to_vec() } else { fresh }
     }
 }

@@ -31,12 +31,7 @@ impl Filter for HasCapacityFilter {
         "has-capacity"
     }
 
-    fn filter(
-        &self,
-        cycle: &Cycle<'_>,
-        candidates: &[usize],
-        _rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
         retain(candidates, |idx| {
             let m = cycle.metrics(idx);
             m.waiting_queue <= self.queue_threshold && m.kv_cache_usage <= self.kv_cache_threshold

@@ -13,12 +13,7 @@ impl Filter for LeastKvCacheFilter {
         "least-kv-cache"
     }
 
-    fn filter(
-        &self,
-        cycle: &Cycle<'_>,
-        candidates: &[usize],
-        _rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
         lowest_band(candidates, |idx| cycle.metrics(idx).kv_cache_usage)
     }
 }

@@ -13,14 +13,7 @@ impl Filter for LeastQueueFilter {
         "least-queue"
     }
 
-    fn filter(
-        &self,
-        cycle: &Cycle<'_>,
-        candidates: &[usize],
-        _rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
-        lowest_band(candidates, |idx| {
-            f64::from(cycle.metrics(idx).waiting_queue)
-        })
+    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
+        lowest_band(candidates, |idx| f64::from(cycle.metrics(idx).waiting_queue))
     }
 }

@@ -16,20 +16,14 @@ impl Filter for LowCostLoraFilter {
     /// Upstream v0.3 `lowLoRACostPredicate`: the adapter is active, or fewer adapters are active than
     /// slots. Requests without an adapter pass everywhere (upstream would also drop pods whose slots are
     /// full, which says nothing about a base-model request); pods that report no LoRA state fail.
-    fn filter(
-        &self,
-        cycle: &Cycle<'_>,
-        candidates: &[usize],
-        _rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
         let Some(adapter) = cycle.request.lora_adapter.as_deref() else {
             return candidates.to_vec();
         };
         retain(candidates, |idx| {
             let m = cycle.metrics(idx);
             m.max_loras.is_some_and(|max_loras| {
-                m.active_loras.iter().any(|name| name == adapter)
-                    || m.active_loras.len() < max_loras as usize
+                m.active_loras.iter().any(|name| name == adapter) || m.active_loras.len() < max_loras as usize
             })
         })
     }

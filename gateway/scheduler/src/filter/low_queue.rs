@@ -26,14 +26,7 @@ impl Filter for LowQueueFilter {
         "low-queue"
     }
 
-    fn filter(
-        &self,
-        cycle: &Cycle<'_>,
-        candidates: &[usize],
-        _rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
-        retain(candidates, |idx| {
-            cycle.metrics(idx).waiting_queue < self.threshold
-        })
+    fn filter(&self, cycle: &Cycle<'_>, candidates: &[usize], _rng: &mut dyn RngCore) -> Vec<usize> {
+        retain(candidates, |idx| cycle.metrics(idx).waiting_queue < self.threshold)
     }
 }

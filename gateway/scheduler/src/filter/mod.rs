@@ -15,9 +15,9 @@ use rand::RngCore;
 use serde::Deserialize;
 
 pub use self::{
-    fresh_metrics::FreshMetricsFilter, has_capacity::HasCapacityFilter,
-    least_kv_cache::LeastKvCacheFilter, least_queue::LeastQueueFilter,
-    lora_affinity::LoraAffinityFilter, low_cost_lora::LowCostLoraFilter, low_queue::LowQueueFilter,
+    fresh_metrics::FreshMetricsFilter, has_capacity::HasCapacityFilter, least_kv_cache::LeastKvCacheFilter,
+    least_queue::LeastQueueFilter, lora_affinity::LoraAffinityFilter, low_cost_lora::LowCostLoraFilter,
+    low_queue::LowQueueFilter,
 };
 use crate::cycle::Cycle;
 
@@ -63,9 +63,7 @@ fn lowest_band(candidates: &[usize], value: impl Fn(usize) -> f64) -> Vec<usize>
     let (min, max) = candidates
         .iter()
         .map(|&idx| value(idx))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let ceiling = min + (max - min) / candidates.len() as f64;
     candidates
         .iter()
@@ -76,11 +74,7 @@ fn lowest_band(candidates: &[usize], value: impl Fn(usize) -> f64) -> Vec<usize>
 
 /// Keeps the candidates satisfying `keep`.
 fn retain(candidates: &[usize], keep: impl Fn(usize) -> bool) -> Vec<usize> {
-    candidates
-        .iter()
-        .copied()
-        .filter(|&idx| keep(idx))
-        .collect()
+    candidates.iter().copied().filter(|&idx| keep(idx)).collect()
 }
 
 #[cfg(test)]

@@ -9,11 +9,7 @@ use super::*;
 use crate::{Endpoint, Request, fixtures::CycleFixture};
 
 fn run(filter: &dyn Filter, fixture: &CycleFixture) -> Vec<usize> {
-    filter.filter(
-        &fixture.cycle(),
-        &fixture.all(),
-        &mut SmallRng::seed_from_u64(7),
-    )
+    filter.filter(&fixture.cycle(), &fixture.all(), &mut SmallRng::seed_from_u64(7))
 }
 
 fn pool(now: Instant, queues_and_kv: &[(u32, f64)]) -> Vec<Endpoint> {
@@ -47,11 +43,7 @@ fn least_queue_keeps_everyone_when_queues_are_equal() {
 fn least_kv_cache_keeps_the_lowest_band() {
     let now = Instant::now();
     // Range 0.1..=0.9 over 2 pods: the band is [0.1, 0.5].
-    let fixture = CycleFixture::new(
-        Request::test(""),
-        pool(now, &[(0, 0.9), (0, 0.5), (0, 0.1)]),
-        now,
-    );
+    let fixture = CycleFixture::new(Request::test(""), pool(now, &[(0, 0.9), (0, 0.5), (0, 0.1)]), now);
     assert_eq!(run(&LeastKvCacheFilter, &fixture), vec![2]);
     let fixture = CycleFixture::new(Request::test(""), pool(now, &[(0, 0.9), (0, 0.1)]), now);
     assert_eq!(run(&LeastKvCacheFilter, &fixture), vec![1]);
@@ -62,20 +54,13 @@ fn low_queue_is_a_strict_threshold() {
     let now = Instant::now();
     let fixture = CycleFixture::new(Request::test(""), pool(now, &[(127, 0.0), (128, 0.0)]), now);
     assert_eq!(run(&LowQueueFilter::default(), &fixture), vec![0]);
-    assert_eq!(
-        run(&LowQueueFilter { threshold: 129 }, &fixture),
-        vec![0, 1]
-    );
+    assert_eq!(run(&LowQueueFilter { threshold: 129 }, &fixture), vec![0, 1]);
 }
 
 #[test]
 fn has_capacity_needs_both_a_short_queue_and_free_kv_cache() {
     let now = Instant::now();
-    let fixture = CycleFixture::new(
-        Request::test(""),
-        pool(now, &[(5, 0.8), (6, 0.1), (0, 0.81)]),
-        now,
-    );
+    let fixture = CycleFixture::new(Request::test(""), pool(now, &[(5, 0.8), (6, 0.1), (0, 0.81)]), now);
     assert_eq!(run(&HasCapacityFilter::default(), &fixture), vec![0]);
 }
 
@@ -87,11 +72,7 @@ fn fresh_metrics_drops_stale_pods_but_fails_open() {
         Endpoint::test("b", scraped + Duration::from_millis(300)),
         Endpoint::test("c", scraped).scraped(None),
     ];
-    let fixture = CycleFixture::new(
-        Request::test(""),
-        endpoints,
-        scraped + Duration::from_millis(400),
-    );
+    let fixture = CycleFixture::new(Request::test(""), endpoints, scraped + Duration::from_millis(400));
     assert_eq!(run(&FreshMetricsFilter::default(), &fixture), vec![1]);
     let fixture = CycleFixture {
         now: scraped + Duration::from_secs(5),
@@ -115,10 +96,7 @@ fn lora_affinity_prefers_pods_with_the_adapter_active() {
     let fixture = CycleFixture::new(Request::test("").lora("x"), lora_pool(now), now);
     assert_eq!(run(&LoraAffinityFilter::default(), &fixture), vec![0]);
     // With threshold 0 the preference flips to pods with a free slot.
-    assert_eq!(
-        run(&LoraAffinityFilter { threshold: 0.0 }, &fixture),
-        vec![1]
-    );
+    assert_eq!(run(&LoraAffinityFilter { threshold: 0.0 }, &fixture), vec![1]);
 }
 
 #[test]
@@ -126,11 +104,7 @@ fn lora_affinity_falls_back_to_free_slots_then_to_everyone() {
     let now = Instant::now();
     let fixture = CycleFixture::new(Request::test("").lora("new"), lora_pool(now), now);
     assert_eq!(run(&LoraAffinityFilter::default(), &fixture), vec![0, 1]);
-    let fixture = CycleFixture::new(
-        Request::test("").lora("new"),
-        lora_pool(now)[2..].to_vec(),
-        now,
-    );
+    let fixture = CycleFixture::new(Request::test("").lora("new"), lora_pool(now)[2..].to_vec(), now);
     assert_eq!(run(&LoraAffinityFilter::default(), &fixture), vec![0, 1]);
 }
 
@@ -138,10 +112,7 @@ fn lora_affinity_falls_back_to_free_slots_then_to_everyone() {
 fn lora_filters_pass_requests_without_an_adapter() {
     let now = Instant::now();
     let fixture = CycleFixture::new(Request::test(""), lora_pool(now), now);
-    assert_eq!(
-        run(&LoraAffinityFilter::default(), &fixture),
-        vec![0, 1, 2, 3]
-    );
+    assert_eq!(run(&LoraAffinityFilter::default(), &fixture), vec![0, 1, 2, 3]);
     assert_eq!(run(&LowCostLoraFilter, &fixture), vec![0, 1, 2, 3]);
 }
 
@@ -165,15 +136,8 @@ fn all_filters() -> Vec<FilterConfig> {
 }
 
 fn arb_endpoint(now: Instant) -> impl Strategy<Value = Endpoint> {
-    (
-        0u32..10,
-        0.0..1.0f64,
-        any::<bool>(),
-        0usize..3,
-        0u32..3,
-        any::<bool>(),
-    )
-        .prop_map(move |(queue, kv, fresh, active, max, lora)| {
+    (0u32..10, 0.0..1.0f64, any::<bool>(), 0usize..3, 0u32..3, any::<bool>()).prop_map(
+        move |(queue, kv, fresh, active, max, lora)| {
             let mut endpoint = Endpoint::test("p", now).queue(queue).kv(kv);
             if !fresh {
                 endpoint = endpoint.scraped(None);
@@ -182,7 +146,8 @@ fn arb_endpoint(now: Instant) -> impl Strategy<Value = Endpoint> {
                 endpoint = endpoint.loras(&["x", "y", "z"][..active], &[], max);
             }
             endpoint
-        })
+        },
+    )
 }
 
 proptest! {

@@ -14,13 +14,7 @@ impl Picker for MaxScorePicker {
 
     /// Orders by total, then by a random draw, so equal totals come out in random order: without it the
     /// first endpoint of a tie would take every request between two scrapes.
-    fn rank(
-        &self,
-        candidates: &[usize],
-        totals: &[f64],
-        limit: usize,
-        rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn rank(&self, candidates: &[usize], totals: &[f64], limit: usize, rng: &mut dyn RngCore) -> Vec<usize> {
         let keyed = candidates
             .iter()
             .map(|&idx| (totals[idx], rng.next_u64(), idx))

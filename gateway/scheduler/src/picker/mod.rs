@@ -7,9 +7,7 @@ mod weighted_random;
 use rand::RngCore;
 use serde::Deserialize;
 
-pub use self::{
-    max_score::MaxScorePicker, random::RandomPicker, weighted_random::WeightedRandomPicker,
-};
+pub use self::{max_score::MaxScorePicker, random::RandomPicker, weighted_random::WeightedRandomPicker};
 
 /// The last step of a profile.
 pub trait Picker {
@@ -17,13 +15,7 @@ pub trait Picker {
 
     /// The best `limit` of `candidates` (all of them if fewer), best first: the pick, then the fallbacks.
     /// `totals` is indexed by endpoint, like the candidates.
-    fn rank(
-        &self,
-        candidates: &[usize],
-        totals: &[f64],
-        limit: usize,
-        rng: &mut dyn RngCore,
-    ) -> Vec<usize>;
+    fn rank(&self, candidates: &[usize], totals: &[f64], limit: usize, rng: &mut dyn RngCore) -> Vec<usize>;
 }
 
 /// The pickers a profile can name, as written in the config.
@@ -55,8 +47,7 @@ impl PickerConfig {
 /// 64 random bits), so an unstable selection is as fair as a stable sort and costs O(n) instead of
 /// O(n log n).
 fn top_by_key(mut keyed: Vec<(f64, u64, usize)>, limit: usize) -> Vec<usize> {
-    let order =
-        |a: &(f64, u64, usize), b: &(f64, u64, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
+    let order = |a: &(f64, u64, usize), b: &(f64, u64, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
     if limit == 0 {
         return Vec::new();
     }

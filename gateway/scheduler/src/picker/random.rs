@@ -12,13 +12,7 @@ impl Picker for RandomPicker {
         "random"
     }
 
-    fn rank(
-        &self,
-        candidates: &[usize],
-        _totals: &[f64],
-        limit: usize,
-        rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn rank(&self, candidates: &[usize], _totals: &[f64], limit: usize, rng: &mut dyn RngCore) -> Vec<usize> {
         let mut ranked = candidates.to_vec();
         let (sample, _) = ranked.partial_shuffle(rng, limit);
         sample.to_vec()

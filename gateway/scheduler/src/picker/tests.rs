@@ -23,12 +23,7 @@ fn max_score_ranks_by_total() {
 #[test]
 fn max_score_ranks_the_rest_by_score_for_fallbacks() {
     let totals = [0.5, 3.0, 1.0, 2.0, 2.5];
-    let ranked = MaxScorePicker.rank(
-        &[0, 1, 2, 3, 4],
-        &totals,
-        3,
-        &mut SmallRng::seed_from_u64(1),
-    );
+    let ranked = MaxScorePicker.rank(&[0, 1, 2, 3, 4], &totals, 3, &mut SmallRng::seed_from_u64(1));
     assert_eq!(ranked, vec![1, 4, 3]);
 }
 

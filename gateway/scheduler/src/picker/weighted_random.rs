@@ -16,13 +16,7 @@ impl Picker for WeightedRandomPicker {
     /// weighted sample without replacement, so the fallbacks are weighted too. The key is computed as
     /// `ln(u)/w` (same order, no underflow for small weights). A zero total never wins against a positive
     /// one; among zeros the order is uniform.
-    fn rank(
-        &self,
-        candidates: &[usize],
-        totals: &[f64],
-        limit: usize,
-        rng: &mut dyn RngCore,
-    ) -> Vec<usize> {
+    fn rank(&self, candidates: &[usize], totals: &[f64], limit: usize, rng: &mut dyn RngCore) -> Vec<usize> {
         let keyed = candidates
             .iter()
             .map(|&idx| {

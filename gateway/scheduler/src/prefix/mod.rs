@@ -88,11 +88,7 @@ impl PrefixConfig {
         let block_size = self.block_size_chars.get();
         hashes.reserve((prompt.len() / block_size).min(self.max_blocks.get()));
         let mut input = Vec::with_capacity(block_size + target_model.len().max(8));
-        for block in prompt
-            .as_bytes()
-            .chunks_exact(block_size)
-            .take(self.max_blocks.get())
-        {
+        for block in prompt.as_bytes().chunks_exact(block_size).take(self.max_blocks.get()) {
             input.clear();
             match hashes.last() {
                 None => {
@@ -171,8 +167,7 @@ impl PrefixIndex {
             return;
         }
         if !self.endpoints.contains_key(endpoint) {
-            self.endpoints
-                .insert(endpoint.clone(), BlockLru::new(self.capacity));
+            self.endpoints.insert(endpoint.clone(), BlockLru::new(self.capacity));
         }
         let Some(lru) = self.endpoints.get_mut(endpoint) else {
             return;

@@ -71,14 +71,8 @@ fn the_longest_match_stops_at_the_first_divergent_block() {
         index.longest_match(&id("a"), &hashes(&config, "m", "aaaaxbbbccccdddd")),
         1
     );
-    assert_eq!(
-        index.longest_match(&id("a"), &hashes(&config, "m", "zaaa")),
-        0
-    );
-    assert_eq!(
-        index.longest_match(&id("b"), &hashes(&config, "m", "aaaabbbb")),
-        0
-    );
+    assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "zaaa")), 0);
+    assert_eq!(index.longest_match(&id("b"), &hashes(&config, "m", "aaaabbbb")), 0);
 }
 
 #[test]
@@ -87,20 +81,11 @@ fn eviction_respects_capacity_and_drops_the_deepest_blocks_first() {
     let mut index = PrefixIndex::new(&config);
     index.insert(&id("a"), &hashes(&config, "m", "abcdefgh"));
     assert_eq!(index.len(), 5);
-    assert_eq!(
-        index.longest_match(&id("a"), &hashes(&config, "m", "abcdefgh")),
-        5
-    );
+    assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "abcdefgh")), 5);
     index.insert(&id("a"), &hashes(&config, "m", "xyz"));
     assert_eq!(index.len(), 5);
-    assert_eq!(
-        index.longest_match(&id("a"), &hashes(&config, "m", "abcdefgh")),
-        2
-    );
-    assert_eq!(
-        index.longest_match(&id("a"), &hashes(&config, "m", "xyz")),
-        3
-    );
+    assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "abcdefgh")), 2);
+    assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "xyz")), 3);
 }
 
 #[test]
@@ -110,14 +95,8 @@ fn retain_forgets_endpoints_that_left_the_pool() {
     index.insert(&id("a"), &hashes(&config, "m", "abc"));
     index.insert(&id("b"), &hashes(&config, "m", "abc"));
     index.retain(|endpoint| endpoint == &id("b"));
-    assert_eq!(
-        index.longest_match(&id("a"), &hashes(&config, "m", "abc")),
-        0
-    );
-    assert_eq!(
-        index.longest_match(&id("b"), &hashes(&config, "m", "abc")),
-        3
-    );
+    assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "abc")), 0);
+    assert_eq!(index.longest_match(&id("b"), &hashes(&config, "m", "abc")), 3);
     assert_eq!(index.len(), 3);
 }
 
@@ -135,16 +114,12 @@ fn a_full_endpoint_costs_about_fifty_bytes_per_entry() {
     assert_eq!(index.len(), capacity);
     let per_entry = index.heap_bytes() as f64 / capacity as f64;
     // 65 536 buckets × 17 bytes + 31 250 nodes × 16 bytes, over 31 250 entries: 51.7.
-    assert!(
-        (48.0..=56.0).contains(&per_entry),
-        "{per_entry:.1} bytes per entry"
-    );
+    assert!((48.0..=56.0).contains(&per_entry), "{per_entry:.1} bytes per entry");
 }
 
 fn arb_prompt() -> impl Strategy<Value = String> {
     // A small alphabet and one-byte blocks make shared prefixes common.
-    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'c']), 0..24)
-        .prop_map(String::from_iter)
+    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'c']), 0..24).prop_map(String::from_iter)
 }
 
 proptest! {

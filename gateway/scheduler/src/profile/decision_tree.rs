@@ -10,8 +10,8 @@ use crate::{
     Criticality,
     cycle::Cycle,
     filter::{
-        Filter, HasCapacityFilter, LeastKvCacheFilter, LeastQueueFilter, LoraAffinityFilter,
-        LowCostLoraFilter, LowQueueFilter,
+        Filter, HasCapacityFilter, LeastKvCacheFilter, LeastQueueFilter, LoraAffinityFilter, LowCostLoraFilter,
+        LowQueueFilter,
     },
     picker::{Picker, RandomPicker},
 };

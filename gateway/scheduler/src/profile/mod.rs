@@ -56,10 +56,7 @@ impl<'de> Deserialize<'de> for ProfileConfig {
             "pipeline" => Pipeline::deserialize(body).map(Self::Pipeline),
             "decision-tree" => DecisionTree::deserialize(body).map(Self::DecisionTree),
             _ => {
-                return Err(D::Error::unknown_variant(
-                    &kind,
-                    &["pipeline", "decision-tree"],
-                ));
+                return Err(D::Error::unknown_variant(&kind, &["pipeline", "decision-tree"]));
             }
         }
         .map_err(D::Error::custom)
@@ -122,10 +119,7 @@ pub(crate) struct Ratings {
 /// Appends "; 3 of 8 endpoints passed the filters" when filters removed any.
 fn note_filtered(reason: &mut String, survivors: usize, n_endpoints: usize) {
     if survivors < n_endpoints {
-        let _ = write!(
-            reason,
-            "; {survivors} of {n_endpoints} endpoints passed the filters"
-        );
+        let _ = write!(reason, "; {survivors} of {n_endpoints} endpoints passed the filters");
     }
 }
 

@@ -38,18 +38,10 @@ impl Default for Pipeline {
         Self {
             filters: vec![FilterConfig::FreshMetrics(FreshMetricsFilter::default())],
             scorers: vec![
-                ScorerConfig::Queue {
-                    weight: weight(2.0),
-                },
-                ScorerConfig::KvCache {
-                    weight: weight(2.0),
-                },
-                ScorerConfig::PrefixCache {
-                    weight: weight(3.0),
-                },
-                ScorerConfig::LoraAffinity {
-                    weight: weight(1.0),
-                },
+                ScorerConfig::Queue { weight: weight(2.0) },
+                ScorerConfig::KvCache { weight: weight(2.0) },
+                ScorerConfig::PrefixCache { weight: weight(3.0) },
+                ScorerConfig::LoraAffinity { weight: weight(1.0) },
             ],
             picker: PickerConfig::MaxScore {},
         }
@@ -100,11 +92,7 @@ impl Pipeline {
             let mut values = vec![0.0; n_endpoints];
             for (&idx, &raw) in survivors.iter().zip(&buffer) {
                 // A NaN (e.g. from a garbled scrape) must not poison the ordering.
-                let value = if raw.is_nan() {
-                    0.0
-                } else {
-                    raw.clamp(0.0, 1.0)
-                };
+                let value = if raw.is_nan() { 0.0 } else { raw.clamp(0.0, 1.0) };
                 values[idx] = value;
                 totals[idx] += weight * value;
             }
@@ -129,13 +117,7 @@ impl Pipeline {
     }
 
     /// "max score 6.40 of 8.00: queue 2.00, kv-cache 1.40, prefix-cache 3.00; 2 tied, random tie-break".
-    fn explain(
-        &self,
-        survivors: &[usize],
-        ranked: &[usize],
-        ratings: &[Ratings],
-        totals: &[f64],
-    ) -> String {
+    fn explain(&self, survivors: &[usize], ranked: &[usize], ratings: &[Ratings], totals: &[f64]) -> String {
         let Some(&winner) = ranked.first() else {
             return String::new();
         };
@@ -171,10 +153,7 @@ impl Pipeline {
             );
         }
         if matches!(self.picker, PickerConfig::MaxScore {}) {
-            let tied = survivors
-                .iter()
-                .filter(|&&idx| totals[idx] == totals[winner])
-                .count();
+            let tied = survivors.iter().filter(|&&idx| totals[idx] == totals[winner]).count();
             if tied > 1 {
                 let _ = write!(reason, "; {tied} tied, random tie-break");
             }

@@ -32,12 +32,8 @@ fn a_pipeline_weights_and_sums_clamped_ratings() {
     let pipeline = Pipeline {
         filters: Vec::new(),
         scorers: vec![
-            ScorerConfig::Queue {
-                weight: weight(2.0),
-            },
-            ScorerConfig::KvCache {
-                weight: weight(1.0),
-            },
+            ScorerConfig::Queue { weight: weight(2.0) },
+            ScorerConfig::KvCache { weight: weight(1.0) },
         ],
         picker: PickerConfig::MaxScore {},
     };
@@ -45,19 +41,13 @@ fn a_pipeline_weights_and_sums_clamped_ratings() {
     assert_eq!(run.totals, vec![2.5, 0.0]);
     assert_eq!(run.ranked, vec![0, 1]);
     assert_eq!(run.ratings[1].values, vec![0.5, 0.0]);
-    assert_eq!(
-        run.reason,
-        "max score 2.50 of 3.00: queue 2.00, kv-cache 0.50"
-    );
+    assert_eq!(run.reason, "max score 2.50 of 3.00: queue 2.00, kv-cache 0.50");
 }
 
 #[test]
 fn a_pipeline_records_which_filter_removed_whom_and_stops_when_none_are_left() {
     let now = Instant::now();
-    let endpoints = vec![
-        Endpoint::test("a", now).queue(1),
-        Endpoint::test("b", now).queue(9),
-    ];
+    let endpoints = vec![Endpoint::test("a", now).queue(1), Endpoint::test("b", now).queue(9)];
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     let pipeline = Pipeline {
         filters: vec![
@@ -72,10 +62,7 @@ fn a_pipeline_records_which_filter_removed_whom_and_stops_when_none_are_left() {
     };
     let run = run(&ProfileConfig::Pipeline(pipeline), &fixture, 1);
     assert!(run.ranked.is_empty());
-    assert_eq!(
-        run.filtered_by,
-        vec![Some("has-capacity"), Some("low-queue")]
-    );
+    assert_eq!(run.filtered_by, vec![Some("has-capacity"), Some("low-queue")]);
     assert_eq!(run.reason, "filter has-capacity removed every endpoint");
 }
 
@@ -90,17 +77,12 @@ fn max_score_reports_ties() {
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     let run = run(&ProfileConfig::Pipeline(Pipeline::default()), &fixture, 1);
     assert!(
-        run.reason.starts_with(
-            "max score 4.00 of 7.00: queue 2.00, kv-cache 2.00, prefix-cache 0.00; 2 tied"
-        ),
+        run.reason
+            .starts_with("max score 4.00 of 7.00: queue 2.00, kv-cache 2.00, prefix-cache 0.00; 2 tied"),
         "{}",
         run.reason
     );
-    assert!(
-        run.reason.ends_with("; 2 tied, random tie-break"),
-        "{}",
-        run.reason
-    );
+    assert!(run.reason.ends_with("; 2 tied, random tie-break"), "{}", run.reason);
 }
 
 fn tree() -> ProfileConfig {
@@ -126,30 +108,17 @@ fn a_critical_request_follows_lora_affinity_then_least_queue_and_kv_cache() {
     let now = Instant::now();
     let endpoints = vec![
         Endpoint::test("busy", now).queue(200).loras(&["x"], &[], 4),
-        Endpoint::test("warm", now)
-            .queue(3)
-            .kv(0.5)
-            .loras(&["x"], &[], 4),
+        Endpoint::test("warm", now).queue(3).kv(0.5).loras(&["x"], &[], 4),
         Endpoint::test("cold", now).queue(0).loras(&[], &[], 4),
-        Endpoint::test("warm-full", now)
-            .queue(3)
-            .kv(0.9)
-            .loras(&["x"], &[], 4),
+        Endpoint::test("warm-full", now).queue(3).kv(0.9).loras(&["x"], &[], 4),
     ];
-    let request = Request::test("")
-        .lora("x")
-        .criticality(Criticality::Critical);
+    let request = Request::test("").lora("x").criticality(Criticality::Critical);
     let fixture = CycleFixture::new(request, endpoints, now);
     let run = run(&tree(), &fixture, 3);
     assert_eq!(run.ranked, vec![1]);
     assert_eq!(
         run.filtered_by,
-        vec![
-            Some("low-queue"),
-            None,
-            Some("lora-affinity"),
-            Some("least-kv-cache")
-        ]
+        vec![Some("low-queue"), None, Some("lora-affinity"), Some("least-kv-cache")]
     );
     assert_eq!(
         run.reason,

@@ -11,13 +11,7 @@ fn scheduler() -> Scheduler {
     Scheduler::new(&SchedulerConfig::default()).unwrap_or_else(|e| panic!("default config: {e}"))
 }
 
-fn route(
-    scheduler: &Scheduler,
-    request: &Request,
-    endpoints: &[Endpoint],
-    now: Instant,
-    seed: u64,
-) -> Decision {
+fn route(scheduler: &Scheduler, request: &Request, endpoints: &[Endpoint], now: Instant, seed: u64) -> Decision {
     scheduler.schedule(request, endpoints, now, &mut SmallRng::seed_from_u64(seed))
 }
 
@@ -61,21 +55,14 @@ fn a_sheddable_request_is_shed_when_saturated_while_critical_and_standard_are_ro
     );
     assert_eq!(shed.outcome, Outcome::Shed429);
     assert!(
-        shed.reason
-            .starts_with("sheddable request shed: pool saturated"),
+        shed.reason.starts_with("sheddable request shed: pool saturated"),
         "{}",
         shed.reason
     );
     assert_eq!(shed.candidates.len(), 2);
     assert!(shed.endpoint.is_none());
     for criticality in [Criticality::Critical, Criticality::Standard] {
-        let routed = route(
-            &scheduler,
-            &Request::test("hi").criticality(criticality),
-            &pool,
-            now,
-            1,
-        );
+        let routed = route(&scheduler, &Request::test("hi").criticality(criticality), &pool, now, 1);
         assert_eq!(routed.outcome, Outcome::Routed);
         assert_eq!(chosen(&routed), "b:8000");
     }
@@ -101,18 +88,9 @@ fn a_sheddable_request_is_routed_while_one_pod_has_headroom() {
 #[test]
 fn stale_metrics_count_as_saturated() {
     let scraped = Instant::now();
-    let pool = [
-        Endpoint::test("a", scraped),
-        Endpoint::test("b", scraped).scraped(None),
-    ];
+    let pool = [Endpoint::test("a", scraped), Endpoint::test("b", scraped).scraped(None)];
     let request = Request::test("hi").criticality(Criticality::Sheddable);
-    let decision = route(
-        &scheduler(),
-        &request,
-        &pool,
-        scraped + Duration::from_millis(250),
-        1,
-    );
+    let decision = route(&scheduler(), &request, &pool, scraped + Duration::from_millis(250), 1);
     assert_eq!(decision.outcome, Outcome::Shed429);
     assert_eq!(decision.candidates[0].metrics_age_ms, Some(250));
     assert_eq!(decision.candidates[1].metrics_age_ms, None);
@@ -126,16 +104,10 @@ fn filters_that_leave_nothing_give_a_503_naming_the_filter() {
     .unwrap_or_else(|e| panic!("{e}"));
     let scheduler = Scheduler::new(&config).unwrap_or_else(|e| panic!("{e}"));
     let now = Instant::now();
-    let pool = [
-        Endpoint::test("a", now).queue(1),
-        Endpoint::test("b", now).queue(2),
-    ];
+    let pool = [Endpoint::test("a", now).queue(1), Endpoint::test("b", now).queue(2)];
     let decision = route(&scheduler, &Request::test("hi"), &pool, now, 1);
     assert_eq!(decision.outcome, Outcome::NoCapacity503);
-    assert_eq!(
-        decision.reason,
-        "filter has-capacity removed every endpoint"
-    );
+    assert_eq!(decision.reason, "filter has-capacity removed every endpoint");
     assert!(
         decision
             .candidates
@@ -173,10 +145,7 @@ fn the_same_prefix_follows_the_pod_it_was_sent_to() {
         let (b, total) = (&decision.candidates[1], follow_up.len() / 64);
         let expected = if seed == 0 { prompt.len() / 64 } else { total };
         assert_eq!(b.prefix_match_blocks as usize, expected);
-        assert_eq!(
-            b.scores.get("prefix-cache"),
-            Some(&(expected as f64 / total as f64))
-        );
+        assert_eq!(b.scores.get("prefix-cache"), Some(&(expected as f64 / total as f64)));
         assert_eq!(decision.candidates[0].prefix_match_blocks, 0);
     }
 
@@ -184,12 +153,7 @@ fn the_same_prefix_follows_the_pod_it_was_sent_to() {
     let mut other_model = Request::test(&follow_up);
     other_model.target_model = "other".into();
     let decision = route(&scheduler, &other_model, &equal, now, 1);
-    assert!(
-        decision
-            .candidates
-            .iter()
-            .all(|c| c.prefix_match_blocks == 0)
-    );
+    assert!(decision.candidates.iter().all(|c| c.prefix_match_blocks == 0));
 }
 
 #[test]
@@ -242,16 +206,10 @@ fn an_adapter_request_prefers_the_pod_with_the_adapter_active() {
         assert_eq!(chosen(&decision), "active:8000");
         assert_eq!(
             decision.fallbacks,
-            vec![
-                EndpointId("free:8000".into()),
-                EndpointId("none:8000".into())
-            ]
+            vec![EndpointId("free:8000".into()), EndpointId("none:8000".into())]
         );
         let states: Vec<LoraState> = decision.candidates.iter().map(|c| c.lora_state).collect();
-        assert_eq!(
-            states,
-            vec![LoraState::NoSlot, LoraState::FreeSlot, LoraState::Active]
-        );
+        assert_eq!(states, vec![LoraState::NoSlot, LoraState::FreeSlot, LoraState::Active]);
     }
 }
 
@@ -270,10 +228,7 @@ fn a_routed_decision_is_filled_in() {
     let decision = route(&scheduler(), &request, &pool, now, 1);
     assert_eq!(decision.outcome, Outcome::Routed);
     assert_eq!(decision.profile, "default");
-    assert_eq!(
-        (decision.model.as_str(), decision.target_model.as_str()),
-        ("chat", "m")
-    );
+    assert_eq!((decision.model.as_str(), decision.target_model.as_str()), ("chat", "m"));
     assert_eq!(
         (
             decision.request_id.as_str(),
@@ -291,10 +246,7 @@ fn a_routed_decision_is_filled_in() {
     assert!(decision.status.is_none() && decision.ttft_ms.is_none());
 
     let a = &decision.candidates[0];
-    assert_eq!(
-        (a.pod.0.as_str(), a.endpoint.0.as_str()),
-        ("ns/a", "a:8000")
-    );
+    assert_eq!((a.pod.0.as_str(), a.endpoint.0.as_str()), ("ns/a", "a:8000"));
     assert_eq!(
         (a.queue, a.running, a.kv_usage, a.metrics_age_ms),
         (2, 7, 0.25, Some(0))
@@ -338,10 +290,7 @@ fn the_decision_tree_profile_routes_without_scores() {
     let scheduler = Scheduler::new(&config).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(scheduler.profile_name(), "decision-tree");
     let now = Instant::now();
-    let pool = [
-        Endpoint::test("a", now).queue(9),
-        Endpoint::test("b", now).queue(40),
-    ];
+    let pool = [Endpoint::test("a", now).queue(9), Endpoint::test("b", now).queue(40)];
     let decision = route(&scheduler, &Request::test("hi"), &pool, now, 1);
     assert_eq!(decision.outcome, Outcome::Routed);
     assert_eq!(chosen(&decision), "a:8000");
@@ -352,10 +301,7 @@ fn the_decision_tree_profile_routes_without_scores() {
             .iter()
             .all(|c| c.scores.is_empty() && c.total == 0.0)
     );
-    assert_eq!(
-        decision.candidates[1].filtered_by.as_deref(),
-        Some("least-queue")
-    );
+    assert_eq!(decision.candidates[1].filtered_by.as_deref(), Some("least-queue"));
     assert!(decision.fallbacks.is_empty());
 }
 
@@ -385,9 +331,7 @@ fn retain_endpoints_forgets_pods_that_left() {
 fn concurrent_schedules_share_the_prefix_index() {
     let now = Instant::now();
     let scheduler = scheduler();
-    let pool: Vec<Endpoint> = (0..8)
-        .map(|i| Endpoint::test(&format!("p{i}"), now))
-        .collect();
+    let pool: Vec<Endpoint> = (0..8).map(|i| Endpoint::test(&format!("p{i}"), now)).collect();
     std::thread::scope(|scope| {
         for thread in 0..4u64 {
             let (scheduler, pool) = (&scheduler, &pool);

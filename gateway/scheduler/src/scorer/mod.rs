@@ -9,8 +9,8 @@ mod running_requests;
 use serde::Deserialize;
 
 pub use self::{
-    kv_cache::KvCacheScorer, lora_affinity::LoraAffinityScorer, prefix_cache::PrefixCacheScorer,
-    queue::QueueScorer, running_requests::RunningRequestsScorer,
+    kv_cache::KvCacheScorer, lora_affinity::LoraAffinityScorer, prefix_cache::PrefixCacheScorer, queue::QueueScorer,
+    running_requests::RunningRequestsScorer,
 };
 use crate::cycle::Cycle;
 

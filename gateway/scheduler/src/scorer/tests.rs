@@ -19,9 +19,7 @@ fn run(scorer: &dyn Scorer, fixture: &CycleFixture) -> Vec<f64> {
 #[test]
 fn queue_is_min_max_normalised() {
     let now = Instant::now();
-    let endpoints = [2, 4, 10]
-        .map(|q| Endpoint::test("p", now).queue(q))
-        .to_vec();
+    let endpoints = [2, 4, 10].map(|q| Endpoint::test("p", now).queue(q)).to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     assert_eq!(run(&QueueScorer, &fixture), vec![1.0, 0.75, 0.0]);
 }
@@ -37,9 +35,7 @@ fn equal_queues_all_score_one() {
 #[test]
 fn running_requests_is_min_max_normalised() {
     let now = Instant::now();
-    let endpoints = [0, 5, 10]
-        .map(|r| Endpoint::test("p", now).running(r))
-        .to_vec();
+    let endpoints = [0, 5, 10].map(|r| Endpoint::test("p", now).running(r)).to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     assert_eq!(run(&RunningRequestsScorer, &fixture), vec![1.0, 0.5, 0.0]);
 }
@@ -47,9 +43,7 @@ fn running_requests_is_min_max_normalised() {
 #[test]
 fn kv_cache_scores_free_cache() {
     let now = Instant::now();
-    let endpoints = [0.0, 0.25, 1.0]
-        .map(|kv| Endpoint::test("p", now).kv(kv))
-        .to_vec();
+    let endpoints = [0.0, 0.25, 1.0].map(|kv| Endpoint::test("p", now).kv(kv)).to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     assert_eq!(run(&KvCacheScorer, &fixture), vec![1.0, 0.75, 0.0]);
 }
@@ -69,8 +63,7 @@ fn prefix_cache_scores_the_matched_fraction() {
 #[test]
 fn prefix_cache_scores_zero_for_prompts_shorter_than_a_block() {
     let now = Instant::now();
-    let fixture =
-        CycleFixture::new(Request::test(""), vec![Endpoint::test("a", now)], now).prefix(0, &[0]);
+    let fixture = CycleFixture::new(Request::test(""), vec![Endpoint::test("a", now)], now).prefix(0, &[0]);
     assert_eq!(run(&PrefixCacheScorer, &fixture), vec![0.0]);
 }
 
@@ -85,10 +78,7 @@ fn lora_affinity_follows_the_ladder() {
         Endpoint::test("silent", now),
     ];
     let fixture = CycleFixture::new(Request::test("").lora("x"), endpoints.clone(), now);
-    assert_eq!(
-        run(&LoraAffinityScorer, &fixture),
-        vec![1.0, 0.8, 0.6, 0.0, 1.0]
-    );
+    assert_eq!(run(&LoraAffinityScorer, &fixture), vec![1.0, 0.8, 0.6, 0.0, 1.0]);
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     let mut scores = [f64::NAN; 5];
     assert!(

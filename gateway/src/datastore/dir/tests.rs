@@ -15,8 +15,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(test: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("switchyard-dir-{test}-{}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("switchyard-dir-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -54,12 +53,7 @@ async fn scan_into(provider: &mut DirProvider, datastore: &Datastore) {
 fn weights(snapshot: &Snapshot) -> Vec<(String, Option<u32>)> {
     snapshot
         .model("qwq")
-        .map(|m| {
-            m.targets
-                .iter()
-                .map(|t| (t.name.clone(), t.weight))
-                .collect()
-        })
+        .map(|m| m.targets.iter().map(|t| (t.name.clone(), t.weight)).collect())
         .unwrap_or_default()
 }
 
@@ -94,10 +88,7 @@ fn empty_documents_and_directives_are_ignored() {
 
 #[test]
 fn wrong_type_names_the_field_and_line() {
-    let text = format!(
-        "{SEED_POOL}---\n{}",
-        SEED_MODEL.replace("weight: 100", "weight: lots")
-    );
+    let text = format!("{SEED_POOL}---\n{}", SEED_MODEL.replace("weight: 100", "weight: lots"));
     let err = parse_error(&text);
     assert_eq!(err.field.as_deref(), Some("spec.targetModels[0].weight"));
     assert_eq!(err.line, Some(27));
@@ -110,10 +101,7 @@ fn later_sequence_items_are_indexed() {
         "    weight: 100\n",
         "    weight: 50\n  - name: qwq-32b-canary\n    weight: nope\n",
     );
-    assert_eq!(
-        parse_error(&text).field.as_deref(),
-        Some("spec.targetModels[1].weight")
-    );
+    assert_eq!(parse_error(&text).field.as_deref(), Some("spec.targetModels[1].weight"));
 }
 
 #[test]
@@ -122,9 +110,7 @@ fn missing_required_field_is_named_with_its_parent() {
     assert_eq!(err.field.as_deref(), Some("spec.selector"));
     assert!(err.message.contains("selector"), "{err}");
 
-    let err = parse_error(
-        &SEED_MODEL.replace("  - name: qwq-32b\n    weight: 100\n", "  - weight: 100\n"),
-    );
+    let err = parse_error(&SEED_MODEL.replace("  - name: qwq-32b\n    weight: 100\n", "  - weight: 100\n"));
     assert_eq!(err.field.as_deref(), Some("spec.targetModels[0].name"));
 }
 
@@ -156,17 +142,14 @@ fn documents_must_say_what_they_are() {
         Some("apiVersion")
     );
     assert_eq!(
-        parse_error("apiVersion: v1\nmetadata:\n  name: x\n")
-            .field
-            .as_deref(),
+        parse_error("apiVersion: v1\nmetadata:\n  name: x\n").field.as_deref(),
         Some("kind")
     );
 }
 
 #[test]
 fn unknown_kinds_are_skipped() {
-    let text =
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: qwq\nspec:\n  ports: [{port: 8000}]\n";
+    let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: qwq\nspec:\n  ports: [{port: 8000}]\n";
     assert_eq!(parse_documents(text).unwrap(), []);
 }
 
@@ -183,10 +166,7 @@ fn error_display_reads_like_a_compiler_message() {
         field: Some("spec.selector".into()),
         message: "missing field `selector`".into(),
     };
-    assert_eq!(
-        err.to_string(),
-        "line 7: spec.selector: missing field `selector`"
-    );
+    assert_eq!(err.to_string(), "line 7: spec.selector: missing field `selector`");
 }
 
 // === provider ===
@@ -211,15 +191,8 @@ async fn seed_directory_is_served_and_synced() {
         .unwrap()
         .unwrap();
     let snapshot = datastore.snapshot();
-    let ids: Vec<&str> = snapshot
-        .endpoints()
-        .iter()
-        .map(|e| e.id.0.as_str())
-        .collect();
-    assert_eq!(
-        ids,
-        ["127.0.0.11:8000", "127.0.0.12:8000", "127.0.0.13:8000"]
-    );
+    let ids: Vec<&str> = snapshot.endpoints().iter().map(|e| e.id.0.as_str()).collect();
+    assert_eq!(ids, ["127.0.0.11:8000", "127.0.0.12:8000", "127.0.0.13:8000"]);
     assert_eq!(weights(&snapshot), [("qwq-32b".to_string(), Some(100))]);
     assert!(datastore.is_synced());
 
@@ -242,10 +215,7 @@ async fn a_missing_directory_fails_fast_naming_the_path() {
     )
     .await
     .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!("{} is not a directory", file.display())
-    );
+    assert_eq!(err.to_string(), format!("{} is not a directory", file.display()));
 }
 
 #[tokio::test]
@@ -256,10 +226,7 @@ async fn a_broken_file_keeps_its_last_good_objects() {
     let datastore = Datastore::new(None);
     let mut provider = DirProvider::open(&dir.0, DEFAULT_POLL).unwrap();
     scan_into(&mut provider, &datastore).await;
-    assert_eq!(
-        weights(&datastore.snapshot()),
-        [("qwq-32b".to_string(), Some(100))]
-    );
+    assert_eq!(weights(&datastore.snapshot()), [("qwq-32b".to_string(), Some(100))]);
 
     // A second, valid document in the same file must not get in either: the file is taken whole or not at all.
     let canary = SEED_MODEL
@@ -267,37 +234,22 @@ async fn a_broken_file_keeps_its_last_good_objects() {
         .replace("modelName: qwq", "modelName: qwq-canary");
     dir.write(
         "model.yaml",
-        &format!(
-            "{}---\n{canary}",
-            SEED_MODEL.replace("weight: 100", "weight: x")
-        ),
+        &format!("{}---\n{canary}", SEED_MODEL.replace("weight: 100", "weight: x")),
     );
     assert_eq!(provider.scan().await, []);
-    assert_eq!(
-        weights(&datastore.snapshot()),
-        [("qwq-32b".to_string(), Some(100))]
-    );
+    assert_eq!(weights(&datastore.snapshot()), [("qwq-32b".to_string(), Some(100))]);
     assert!(datastore.snapshot().model("qwq-canary").is_none());
 
-    dir.write(
-        "model.yaml",
-        &SEED_MODEL.replace("weight: 100", "weight: 7"),
-    );
+    dir.write("model.yaml", &SEED_MODEL.replace("weight: 100", "weight: 7"));
     scan_into(&mut provider, &datastore).await;
-    assert_eq!(
-        weights(&datastore.snapshot()),
-        [("qwq-32b".to_string(), Some(7))]
-    );
+    assert_eq!(weights(&datastore.snapshot()), [("qwq-32b".to_string(), Some(7))]);
 }
 
 #[tokio::test]
 async fn a_file_broken_from_the_start_contributes_nothing() {
     let dir = TempDir::new("broken-start");
     dir.write("pool.yaml", SEED_POOL);
-    dir.write(
-        "model.yaml",
-        &SEED_MODEL.replace("modelName: qwq", "modelName: \"\""),
-    );
+    dir.write("model.yaml", &SEED_MODEL.replace("modelName: qwq", "modelName: \"\""));
     let datastore = Datastore::new(None);
     let mut provider = DirProvider::open(&dir.0, DEFAULT_POLL).unwrap();
     scan_into(&mut provider, &datastore).await;
@@ -327,9 +279,9 @@ async fn deleting_a_file_deletes_its_objects() {
     let events = provider.scan().await;
     assert_eq!(events.len(), 2);
     assert!(
-        events.iter().all(
-            |e| matches!(e, Event::Delete(key) if key.kind == super::super::ResourceKind::Pod)
-        )
+        events
+            .iter()
+            .all(|e| matches!(e, Event::Delete(key) if key.kind == super::super::ResourceKind::Pod))
     );
     datastore.apply(events);
     assert!(datastore.snapshot().endpoints().is_empty());
@@ -414,13 +366,10 @@ async fn a_weight_edit_is_seen_by_the_running_provider() {
         Duration::from_millis(20),
     ));
     let mut rx = datastore.subscribe();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        rx.wait_for(|s| s.model("qwq").is_some()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.model("qwq").is_some()))
+        .await
+        .unwrap()
+        .unwrap();
 
     // The canary release: same file, new split.
     let canary = seed_file().replace(
@@ -428,11 +377,7 @@ async fn a_weight_edit_is_seen_by_the_running_provider() {
         "    weight: 90\n  - name: qwq-32b-canary\n    weight: 10\n",
     );
     dir.write("seed.yaml", &canary);
-    let seen = tokio::time::timeout(
-        Duration::from_secs(5),
-        rx.wait_for(|s| weights(s).len() == 2),
-    )
-    .await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| weights(s).len() == 2)).await;
     assert!(seen.is_ok(), "weight change not seen within the deadline");
     assert_eq!(
         weights(&datastore.snapshot()),
