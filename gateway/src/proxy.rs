@@ -238,7 +238,7 @@ fn stream_back(
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let usage = UsageObserver::new(content_type);
     parts.headers.retain_forwardable();
-    if let Ok(value) = HeaderValue::from_str(&endpoint.0) {
+    if let Ok(value) = HeaderValue::from_str(endpoint.as_str()) {
         parts.headers.insert(SERVED_HEADER, value);
     }
     if let Ok(value) = HeaderValue::from_str(&plan.decision.request_id) {

@@ -229,7 +229,9 @@ impl Director {
             {
                 self.metrics
                     .routed_to_pod
-                    .get_or_create(&PodLabels { pod: pod.pod.0.clone() })
+                    .get_or_create(&PodLabels {
+                        pod: pod.pod.as_str().to_owned(),
+                    })
                     .inc();
             }
             for (kind, count) in [

@@ -31,7 +31,7 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
     .unwrap();
     std::fs::write(dir.join("pods.yaml"), pods_yaml(&ips)).unwrap();
     let gw = start_gateway(&dir, &[]).await;
-    let ids: Vec<EndpointId> = sims.iter().map(|s| EndpointId(s.addr().to_string())).collect();
+    let ids: Vec<EndpointId> = sims.iter().map(|s| EndpointId::new(s.addr().to_string())).collect();
     wait_scraped(&gw, &ids).await;
     let base = format!("http://{}", gw.proxy_addr.unwrap());
 

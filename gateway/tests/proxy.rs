@@ -36,7 +36,7 @@ async fn setup(name: &str, block: u8, n: u8, extra: &[&str]) -> Setup {
     .unwrap();
     std::fs::write(dir.join("pods.yaml"), pods_yaml(&ips)).unwrap();
     let gw = start_gateway(&dir, extra).await;
-    let ids: Vec<EndpointId> = pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
+    let ids: Vec<EndpointId> = pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
     wait_scraped(&gw, &ids).await;
     let base = format!("http://{}", gw.proxy_addr.unwrap());
     let admin = format!("http://{}", gw.admin_addr);
@@ -131,7 +131,7 @@ async fn routes_to_the_least_loaded_pod_and_rewrites_the_model() {
     s.pods[0].set(4, 0.7);
     s.pods[1].set(0, 0.1);
     s.pods[2].set(3, 0.5);
-    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
+    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
     wait_scraped(&s.gw, &ids).await;
     // Metrics may still show the previous values for one scrape interval, so poll the scraped value.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -196,7 +196,7 @@ async fn sheddable_is_shed_under_saturation_while_critical_is_routed() {
     for pod in &s.pods {
         pod.set(50, 0.99);
     }
-    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
+    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while ids
         .iter()
@@ -289,7 +289,7 @@ async fn a_refused_connection_is_retried_on_the_next_best_pod() {
     let s = setup("retry", 37, 2, &["--scheduler-config", config.to_str().unwrap()]).await;
     s.pods[0].set(0, 0.0);
     s.pods[1].set(4, 0.6);
-    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId(p.addr.to_string())).collect();
+    let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while s.gw.director.metrics_store.get(&ids[1]).waiting_queue != 4 {
         assert!(tokio::time::Instant::now() < deadline);

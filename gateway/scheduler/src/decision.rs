@@ -1,6 +1,8 @@
 //! The routing decision: what every pick produces and what the audit stores (DESIGN.md §5).
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, fmt};
+
+use serde::{Deserializer, Serializer, de::MapAccess, ser::SerializeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,13 +43,13 @@ pub struct Candidate {
     pub lora_state: LoraState,
     /// Age of the metrics at decision time; `None` when never scraped.
     pub metrics_age_ms: Option<u64>,
-    /// Per-scorer value in 0..=1 before weighting, keyed by scorer name.
-    pub scores: BTreeMap<String, f64>,
+    /// Per-scorer value in 0..=1 before weighting, keyed by scorer name, in profile order.
+    pub scores: Scores,
     /// Weighted sum of `scores` (0 for profiles without scorers).
     pub total: f64,
     /// Name of the filter that removed this candidate, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filtered_by: Option<String>,
+    pub filtered_by: Option<Cow<'static, str>>,
 }
 
 /// Everything known about one routing decision; the response fields are filled in by the adapter later.
@@ -73,4 +75,89 @@ pub struct Decision {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
+}
+
+/// Scorer name → value, serialised as a JSON object. A small vector rather than a map: it is built for
+/// every candidate of every decision, and borrowed names plus one allocation keep that cheap.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scores(Vec<(Cow<'static, str>, f64)>);
+
+impl Scores {
+    pub fn with_capacity(n: usize) -> Scores {
+        Scores(Vec::with_capacity(n))
+    }
+
+    pub fn push(&mut self, scorer: impl Into<Cow<'static, str>>, value: f64) {
+        self.0.push((scorer.into(), value));
+    }
+
+    pub fn get(&self, scorer: &str) -> Option<&f64> {
+        self.0.iter().find(|(name, _)| name == scorer).map(|(_, value)| value)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(name, value)| (name.as_ref(), *value))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Scores {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Scores {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Scores, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Scores;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of scorer name to score")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Scores, A::Error> {
+                let mut scores = Scores::with_capacity(access.size_hint().unwrap_or(4));
+                while let Some((name, value)) = access.next_entry::<String, f64>()? {
+                    scores.push(name, value);
+                }
+                Ok(scores)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_round_trip_as_a_json_object_in_order() {
+        let mut scores = Scores::with_capacity(2);
+        scores.push("queue", 1.0);
+        scores.push("kv-cache", 0.5);
+        let json = serde_json::to_string(&scores).unwrap();
+        assert_eq!(json, r#"{"queue":1.0,"kv-cache":0.5}"#);
+        let back: Scores = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, scores);
+        assert_eq!(back.get("kv-cache"), Some(&0.5));
+        assert_eq!(back.keys().collect::<Vec<_>>(), ["queue", "kv-cache"]);
+    }
 }

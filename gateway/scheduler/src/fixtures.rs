@@ -11,8 +11,8 @@ impl Endpoint {
     /// A pod `ns/<name>` at `<name>:8000`, scraped at `now`, idle.
     pub(crate) fn test(name: &str, now: Instant) -> Self {
         Self {
-            id: EndpointId(format!("{name}:8000")),
-            pod: PodName(format!("ns/{name}")),
+            id: EndpointId::new(format!("{name}:8000")),
+            pod: PodName::new(format!("ns/{name}")),
             metrics: EndpointMetrics {
                 updated_at: Some(now),
                 ..Default::default()

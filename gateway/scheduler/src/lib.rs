@@ -22,7 +22,7 @@ mod scheduler;
 mod fixtures;
 
 pub use config::{ConfigError, SchedulerConfig};
-pub use decision::{Candidate, Decision, LoraState, Outcome};
+pub use decision::{Candidate, Decision, LoraState, Outcome, Scores};
 pub use endpoint::{Endpoint, EndpointId, EndpointMetrics, PodName};
 pub use request::{Criticality, Request};
 pub use scheduler::Scheduler;

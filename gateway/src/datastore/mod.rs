@@ -425,7 +425,7 @@ impl Index {
                 let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
                 Some(EndpointView {
                     id: endpoint_id(ip, pool.target_port),
-                    pod: PodName(format!("{namespace}/{name}")),
+                    pod: PodName::new(format!("{namespace}/{name}")),
                 })
             })
             .collect()
@@ -525,8 +525,8 @@ fn is_ready(pod: &Pod) -> bool {
 
 fn endpoint_id(ip: &str, port: u16) -> EndpointId {
     match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V6(ip)) => EndpointId(format!("[{ip}]:{port}")),
-        _ => EndpointId(format!("{ip}:{port}")),
+        Ok(IpAddr::V6(ip)) => EndpointId::new(format!("[{ip}]:{port}")),
+        _ => EndpointId::new(format!("{ip}:{port}")),
     }
 }
 

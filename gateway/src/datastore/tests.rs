@@ -101,7 +101,7 @@ fn endpoint_ids(snapshot: &Snapshot) -> Vec<(String, String)> {
     snapshot
         .endpoints()
         .iter()
-        .map(|e| (e.id.0.clone(), e.pod.0.clone()))
+        .map(|e| (e.id.as_str().to_owned(), e.pod.as_str().to_owned()))
         .collect()
 }
 
@@ -212,7 +212,7 @@ fn pods_follow_readiness_changes_and_deletes() {
 fn ipv6_pod_ips_are_bracketed() {
     let datastore = Datastore::new(None);
     apply_yaml(&datastore, &[SEED_POOL, &pod("v6", "\"fd00::11\"").yaml()]);
-    assert_eq!(datastore.snapshot().endpoints()[0].id.0, "[fd00::11]:8000");
+    assert_eq!(datastore.snapshot().endpoints()[0].id.as_str(), "[fd00::11]:8000");
 }
 
 #[test]

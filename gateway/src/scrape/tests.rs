@@ -81,7 +81,7 @@ impl FakePod {
     }
 
     fn endpoint(&self) -> EndpointId {
-        EndpointId(self.addr.to_string())
+        EndpointId::new(self.addr.to_string())
     }
 
     fn set(&self, status: u16, body: &str) {

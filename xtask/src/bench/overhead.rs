@@ -27,6 +27,9 @@ pub(crate) struct OverheadArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     pub(crate) concurrency: usize,
+    /// Only time the scheduler (no processes are started).
+    #[arg(long)]
+    pub(crate) decisions_only: bool,
 }
 
 pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
@@ -43,6 +46,11 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
         summary.insert(format!("decision_p99_us_{n}_endpoints"), p99.into());
     }
 
+    if args.decisions_only {
+        let path = super::write_summary("overhead", summary)?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     let (direct, proxied) = proxy_vs_direct(&args).await?;
     println!(
         "\nproxy vs direct to one zero-delay simulator, {} clients, {} s each",
@@ -83,8 +91,8 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
     let now = std::time::Instant::now();
     let endpoints: Vec<Endpoint> = (0..n)
         .map(|i| Endpoint {
-            id: EndpointId(format!("10.0.{}.{}:8000", i / 250, i % 250)),
-            pod: PodName(format!("default/vllm-{i}")),
+            id: EndpointId::new(format!("10.0.{}.{}:8000", i / 250, i % 250)),
+            pod: PodName::new(format!("default/vllm-{i}")),
             metrics: EndpointMetrics {
                 waiting_queue: rng.random_range(0..6),
                 running: rng.random_range(0..20),

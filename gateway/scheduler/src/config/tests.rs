@@ -33,7 +33,7 @@ fn route(scheduler: &Scheduler, request: &Request, endpoints: &[Endpoint], now: 
 }
 
 fn chosen(decision: &Decision) -> &str {
-    decision.endpoint.as_ref().map_or("-", |id| id.0.as_str())
+    decision.endpoint.as_ref().map_or("-", |id| id.as_str())
 }
 
 const EXAMPLE: &str = "

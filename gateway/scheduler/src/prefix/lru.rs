@@ -6,7 +6,7 @@ use std::{
     mem,
 };
 
-/// Block hashes are xxh64 outputs already; hashing them again would only cost time.
+/// Block hashes are xxh3 outputs already; hashing them again would only cost time.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct IdentityHasher(u64);
 

@@ -5,7 +5,7 @@
 //! The prompt's bytes are cut into blocks of `blockSizeChars` (64 by default: vLLM's 16-token KV block at
 //! roughly 4 characters a token), at most `maxBlocks` of them; a trailing partial block is ignored.
 //! Hashes are chained, so a block's hash stands for the whole prefix up to it:
-//! `h0 = xxh64(target_model ‖ block0)`, `h_i = xxh64(block_i ‖ le_u64(h_{i−1}))`. Working on bytes
+//! `h0 = xxh3(block0, seed = xxh3(target_model))`, `h_i = xxh3(block_i, seed = h_{i−1})`. Working on bytes
 //! rather than characters means a block may end inside a UTF-8 sequence, which is harmless for hashing.
 //!
 //! # Index
@@ -38,7 +38,10 @@ use std::{
 };
 
 use serde::Deserialize;
-use xxhash_rust::xxh64::xxh64;
+use xxhash_rust::{
+    xxh3::{xxh3_64, xxh3_64_with_seed},
+    xxh64::xxh64,
+};
 
 use self::lru::BlockLru;
 use crate::EndpointId;
@@ -87,20 +90,13 @@ impl PrefixConfig {
         hashes.clear();
         let block_size = self.block_size_chars.get();
         hashes.reserve((prompt.len() / block_size).min(self.max_blocks.get()));
-        let mut input = Vec::with_capacity(block_size + target_model.len().max(8));
+        // Each block is hashed with its parent's hash as the seed, which chains the blocks like
+        // upstream's `xxh64(block ‖ parent)` without copying every block into a scratch buffer; the
+        // chain starts from the target model, so two models never share cache entries.
+        let mut parent = xxh3_64(target_model.as_bytes());
         for block in prompt.as_bytes().chunks_exact(block_size).take(self.max_blocks.get()) {
-            input.clear();
-            match hashes.last() {
-                None => {
-                    input.extend_from_slice(target_model.as_bytes());
-                    input.extend_from_slice(block);
-                }
-                Some(parent) => {
-                    input.extend_from_slice(block);
-                    input.extend_from_slice(&parent.to_le_bytes());
-                }
-            }
-            hashes.push(xxh64(&input, 0));
+            parent = xxh3_64_with_seed(block, parent);
+            hashes.push(parent);
         }
     }
 }

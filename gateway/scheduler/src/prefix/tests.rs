@@ -22,7 +22,7 @@ fn hashes(config: &PrefixConfig, model: &str, prompt: &str) -> Vec<u64> {
 }
 
 fn id(name: &str) -> EndpointId {
-    EndpointId(name.into())
+    EndpointId::new(name)
 }
 
 #[test]
@@ -37,10 +37,8 @@ fn prompts_are_cut_into_whole_blocks_up_to_the_limit() {
 fn hashes_are_chained_and_seeded_with_the_model() {
     let config = config(4, 10, 100);
     let a = hashes(&config, "m", "aaaabbbbcccc");
-    assert_eq!(a[0], xxh64(b"maaaa", 0));
-    let mut second = b"bbbb".to_vec();
-    second.extend_from_slice(&a[0].to_le_bytes());
-    assert_eq!(a[1], xxh64(&second, 0));
+    assert_eq!(a[0], xxh3_64_with_seed(b"aaaa", xxh3_64(b"m")));
+    assert_eq!(a[1], xxh3_64_with_seed(b"bbbb", a[0]));
     // Same text, other model: nothing shared. Same first block, other second block: only h0 shared.
     assert_ne!(hashes(&config, "n", "aaaabbbbcccc")[0], a[0]);
     let b = hashes(&config, "m", "aaaaxxxxcccc");

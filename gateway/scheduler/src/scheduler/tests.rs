@@ -16,7 +16,7 @@ fn route(scheduler: &Scheduler, request: &Request, endpoints: &[Endpoint], now: 
 }
 
 fn chosen(decision: &Decision) -> &str {
-    decision.endpoint.as_ref().map_or("-", |id| id.0.as_str())
+    decision.endpoint.as_ref().map_or("-", |id| id.as_str())
 }
 
 /// About 13 KB, the prompt size of the speed target.
@@ -206,7 +206,7 @@ fn an_adapter_request_prefers_the_pod_with_the_adapter_active() {
         assert_eq!(chosen(&decision), "active:8000");
         assert_eq!(
             decision.fallbacks,
-            vec![EndpointId("free:8000".into()), EndpointId("none:8000".into())]
+            vec![EndpointId::new("free:8000"), EndpointId::new("none:8000")]
         );
         let states: Vec<LoraState> = decision.candidates.iter().map(|c| c.lora_state).collect();
         assert_eq!(states, vec![LoraState::NoSlot, LoraState::FreeSlot, LoraState::Active]);
@@ -240,21 +240,21 @@ fn a_routed_decision_is_filled_in() {
     assert_eq!(chosen(&decision), "b:8000");
     assert_eq!(
         decision.fallbacks,
-        vec![EndpointId("c:8000".into()), EndpointId("a:8000".into())]
+        vec![EndpointId::new("c:8000"), EndpointId::new("a:8000")]
     );
     assert_eq!(decision.scheduler_micros, 0);
     assert!(decision.status.is_none() && decision.ttft_ms.is_none());
 
     let a = &decision.candidates[0];
-    assert_eq!((a.pod.0.as_str(), a.endpoint.0.as_str()), ("ns/a", "a:8000"));
+    assert_eq!((a.pod.as_str(), a.endpoint.as_str()), ("ns/a", "a:8000"));
     assert_eq!(
         (a.queue, a.running, a.kv_usage, a.metrics_age_ms),
         (2, 7, 0.25, Some(0))
     );
     assert_eq!(a.lora_state, LoraState::NotApplicable);
     assert_eq!(
-        a.scores.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["kv-cache", "prefix-cache", "queue"]
+        a.scores.keys().collect::<Vec<_>>(),
+        ["queue", "kv-cache", "prefix-cache"]
     );
     assert_eq!(a.total, 2.0 * 0.0 + 2.0 * 0.75 + 3.0 * 0.0);
     let b = &decision.candidates[1];
@@ -278,7 +278,7 @@ fn fallbacks_are_distinct_endpoints() {
     ];
     let decision = route(&scheduler(), &Request::test("hi"), &pool, now, 1);
     assert_eq!(chosen(&decision), "a:8000");
-    assert_eq!(decision.fallbacks, vec![EndpointId("b:8000".into())]);
+    assert_eq!(decision.fallbacks, vec![EndpointId::new("b:8000")]);
 }
 
 #[test]

@@ -191,7 +191,7 @@ async fn seed_directory_is_served_and_synced() {
         .unwrap()
         .unwrap();
     let snapshot = datastore.snapshot();
-    let ids: Vec<&str> = snapshot.endpoints().iter().map(|e| e.id.0.as_str()).collect();
+    let ids: Vec<&str> = snapshot.endpoints().iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["127.0.0.11:8000", "127.0.0.12:8000", "127.0.0.13:8000"]);
     assert_eq!(weights(&snapshot), [("qwq-32b".to_string(), Some(100))]);
     assert!(datastore.is_synced());
@@ -308,7 +308,7 @@ async fn removing_a_document_deletes_only_that_object() {
         .snapshot()
         .endpoints()
         .iter()
-        .map(|e| e.pod.0.clone())
+        .map(|e| e.pod.as_str().to_owned())
         .collect();
     assert_eq!(pods, ["default/qwq-0", "default/qwq-2"]);
 }
