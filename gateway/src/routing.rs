@@ -95,7 +95,7 @@ impl Director {
         let record = |model: &str, err: RouteError| {
             let mut decision = empty_decision(&request_id, received_at_ms, model, &pool_name, &err);
             decision.profile = self.scheduler.profile_name().to_owned();
-            self.record(&decision);
+            self.record(decision);
             err
         };
 
@@ -171,7 +171,7 @@ impl Director {
                 };
                 decision.outcome = err.outcome();
                 decision.status = Some(err.http_status().as_u16());
-                self.record(&decision);
+                self.record(decision);
                 Err(err)
             }
         }
@@ -199,10 +199,10 @@ impl Director {
             decision.completion_tokens = Some(usage.completion_tokens);
             decision.cached_tokens = usage.cached_tokens;
         }
-        self.record(&decision);
+        self.record(decision);
     }
 
-    fn record(&self, decision: &Decision) {
+    fn record(&self, decision: Decision) {
         let labels = ModelLabels {
             model: decision.model.clone(),
             target_model: decision.target_model.clone(),
@@ -248,7 +248,7 @@ impl Director {
                 }
             }
         }
-        self.decisions.push(decision.clone());
+        self.decisions.push(decision);
     }
 }
 

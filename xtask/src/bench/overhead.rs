@@ -51,30 +51,37 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
         return Ok(());
     }
-    let (direct, proxied) = proxy_vs_direct(&args).await?;
+    let rows = proxy_vs_direct(&args).await?;
     println!(
-        "\nproxy vs direct to one zero-delay simulator, {} clients, {} s each",
-        args.concurrency, args.seconds
+        "\nproxy vs direct to one zero-delay simulator, {} s per row",
+        args.seconds
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>8}",
-        "path", "req/s", "p50 ms", "p99 ms", "errors"
+        "{:>8} {:>8} {:>10} {:>10} {:>10} {:>8}",
+        "path", "clients", "req/s", "p50 ms", "p99 ms", "errors"
     );
-    for (name, r) in [("direct", &direct), ("proxy", &proxied)] {
+    for (name, clients, r) in &rows {
         println!(
-            "{name:>8} {:>10.0} {:>10.3} {:>10.3} {:>8}",
+            "{name:>8} {clients:>8} {:>10.0} {:>10.3} {:>10.3} {:>8}",
             r.rps, r.p50_ms, r.p99_ms, r.errors
         );
-        summary.insert(format!("{name}_rps"), r.rps.into());
-        summary.insert(format!("{name}_p50_ms"), r.p50_ms.into());
-        summary.insert(format!("{name}_p99_ms"), r.p99_ms.into());
-        summary.insert(format!("{name}_errors"), r.errors.into());
+        let key = format!("{name}_c{clients}");
+        summary.insert(format!("{key}_rps"), r.rps.into());
+        summary.insert(format!("{key}_p50_ms"), r.p50_ms.into());
+        summary.insert(format!("{key}_p99_ms"), r.p99_ms.into());
+        summary.insert(format!("{key}_errors"), r.errors.into());
     }
+    let [(_, _, direct), (_, _, proxied), (_, _, direct1), (_, _, proxied1)] = &rows[..] else {
+        anyhow::bail!("expected four load rows");
+    };
     let ratio = proxied.rps / direct.rps;
+    let added_us = (proxied1.p50_ms - direct1.p50_ms) * 1e3;
     println!(
-        "proxy/direct throughput ratio: {ratio:.2} (target ≥ 0.80); added p50 {:.3} ms",
-        proxied.p50_ms - direct.p50_ms
+        "proxy/direct throughput ratio at {} clients: {ratio:.2} (target ≥ 0.80)",
+        args.concurrency
     );
+    println!("latency the proxy adds to one request (p50, 1 client): {added_us:.0} µs");
+    summary.insert("added_p50_us_c1".into(), added_us.into());
     summary.insert("proxy_rps_ratio_vs_direct".into(), ratio.into());
     let path = super::write_summary("overhead", summary)?;
     println!("wrote {}", path.display());
@@ -147,7 +154,7 @@ struct LoadResult {
     errors: usize,
 }
 
-async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, LoadResult)> {
+async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<Vec<(&'static str, usize, LoadResult)>> {
     let bin = procs::build_bins(true, &["gateway", "vllm-sim"])?;
     let work = procs::workspace_root().join("target/bench/overhead");
     let config = work.join("config");
@@ -218,20 +225,30 @@ async fn proxy_vs_direct(args: &OverheadArgs) -> anyhow::Result<(LoadResult, Loa
     )
     .await;
 
-    let measure = |base: String, model: &'static str| {
+    let measure = |base: String, model: &'static str, clients: usize| {
         let client = client.clone();
         let requests = make(model);
         async move {
             let started = Instant::now();
-            let samples = load::closed_loop(&client, &base, requests, args.concurrency, window, None).await;
+            let samples = load::closed_loop(&client, &base, requests, clients, window, None).await;
             summarize(&samples, started.elapsed())
         }
     };
-    let direct = measure(format!("http://{pod}:8000"), "qwq-32b").await;
-    let proxied = measure("http://127.0.0.1:18081".into(), "qwq").await;
+    let direct_base = format!("http://{pod}:8000");
+    let proxy_base = "http://127.0.0.1:18081".to_owned();
+    let mut rows = Vec::new();
+    // Saturated throughput first, then the latency a single request pays, each side by side.
+    for clients in [args.concurrency, 1] {
+        rows.push((
+            "direct",
+            clients,
+            measure(direct_base.clone(), "qwq-32b", clients).await,
+        ));
+        rows.push(("proxy", clients, measure(proxy_base.clone(), "qwq", clients).await));
+    }
     gateway.stop(Duration::from_secs(5)).await;
     sim.stop(Duration::from_secs(5)).await;
-    Ok((direct, proxied))
+    Ok(rows)
 }
 
 fn summarize(samples: &[load::Sample], elapsed: Duration) -> LoadResult {
