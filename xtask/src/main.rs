@@ -5,6 +5,7 @@ mod ci;
 mod demo;
 mod load;
 mod procs;
+mod workload;
 
 use clap::{Parser, Subcommand};
 

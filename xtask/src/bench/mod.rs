@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: benchmarks that print a table and write `target/bench/<name>/summary.json`.
 
 mod overhead;
+mod routing;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -19,6 +20,8 @@ pub(crate) struct BenchArgs {
 pub(crate) enum Which {
     /// Scheduler decision time at 8/64/256 endpoints, and proxy vs direct-to-simulator throughput and latency.
     Overhead(overhead::OverheadArgs),
+    /// The seed's experiment and other workloads: random, round-robin and Switchyard's profiles on five simulated pods.
+    Routing(routing::RoutingArgs),
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -36,6 +39,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     match args.which {
         Which::Overhead(args) => overhead::run(args).await,
+        Which::Routing(args) => routing::run(args).await,
     }
 }
 
