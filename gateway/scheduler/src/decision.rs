@@ -38,6 +38,9 @@ pub struct Candidate {
     pub endpoint: EndpointId,
     pub queue: u32,
     pub running: u32,
+    /// Requests this gateway had in flight to the endpoint at decision time.
+    #[serde(default)]
+    pub inflight: u32,
     pub kv_usage: f64,
     pub prefix_match_blocks: u32,
     pub lora_state: LoraState,

@@ -90,4 +90,6 @@ pub struct Endpoint {
     pub id: EndpointId,
     pub pod: PodName,
     pub metrics: EndpointMetrics,
+    /// Requests this gateway routed here that have not finished: exact and current, unlike scraped metrics.
+    pub inflight: u32,
 }

@@ -17,11 +17,17 @@ impl Endpoint {
                 updated_at: Some(now),
                 ..Default::default()
             },
+            inflight: 0,
         }
     }
 
     pub(crate) fn queue(mut self, waiting: u32) -> Self {
         self.metrics.waiting_queue = waiting;
+        self
+    }
+
+    pub(crate) fn inflight(mut self, inflight: u32) -> Self {
+        self.inflight = inflight;
         self
     }
 

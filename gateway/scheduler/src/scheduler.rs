@@ -192,6 +192,7 @@ fn candidate(cycle: &Cycle<'_>, idx: usize, run: Option<&Run>) -> Candidate {
         endpoint: endpoint.id.clone(),
         queue: metrics.waiting_queue,
         running: metrics.running,
+        inflight: endpoint.inflight,
         kv_usage: metrics.kv_cache_usage,
         prefix_match_blocks: cycle.prefix_matches[idx],
         lora_state: cycle.lora[idx],

@@ -110,6 +110,7 @@ fn the_default_profile_weights_queue_kv_prefix_and_lora() {
             ("queue", 2.0),
             ("kv-cache", 2.0),
             ("prefix-cache", 3.0),
+            ("inflight", 4.0),
             ("lora-affinity", 1.0)
         ]
     );

@@ -29,8 +29,12 @@ pub struct Pipeline {
 /// Weights start from upstream v1.4's built-in default (queue 2, kv-cache 2, prefix-cache 3): prefix
 /// affinity weighs most because a warm prefix saves prefill, the dominant TTFT cost for long prompts,
 /// while the two load scorers together (worth up to 4) still outvote a full match when the warm pod has
-/// both the longest queue and a much fuller KV cache. `lora-affinity` 1 only counts for adapter requests
-/// (it abstains otherwise). Stale pods are filtered out first, failing open, so a pod whose scrapes
+/// both the longest queue and a much fuller KV cache. `inflight` 4 adds the gateway's own count of
+/// unfinished requests per pod (a quarter of its weight per request above the least loaded): scraped
+/// numbers lag a scrape interval behind, and without it a burst (the seed's 60 requests at t=0) lands on
+/// whichever pod won the first pick. A full prefix match (3) holds its pod until it carries three more
+/// requests than the least loaded one. `lora-affinity` 1 only
+/// counts for adapter requests (it abstains otherwise). Stale pods are filtered out first, failing open, so a pod whose scrapes
 /// stopped stops attracting traffic on its last good numbers.
 impl Default for Pipeline {
     fn default() -> Self {
@@ -41,6 +45,7 @@ impl Default for Pipeline {
                 ScorerConfig::Queue { weight: weight(2.0) },
                 ScorerConfig::KvCache { weight: weight(2.0) },
                 ScorerConfig::PrefixCache { weight: weight(3.0) },
+                ScorerConfig::Inflight { weight: weight(4.0) },
                 ScorerConfig::LoraAffinity { weight: weight(1.0) },
             ],
             picker: PickerConfig::MaxScore {},

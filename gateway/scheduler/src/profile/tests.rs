@@ -77,8 +77,9 @@ fn max_score_reports_ties() {
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
     let run = run(&ProfileConfig::Pipeline(Pipeline::default()), &fixture, 1);
     assert!(
-        run.reason
-            .starts_with("max score 4.00 of 7.00: queue 2.00, kv-cache 2.00, prefix-cache 0.00; 2 tied"),
+        run.reason.starts_with(
+            "max score 8.00 of 11.00: queue 2.00, kv-cache 2.00, prefix-cache 0.00, inflight 4.00; 2 tied"
+        ),
         "{}",
         run.reason
     );

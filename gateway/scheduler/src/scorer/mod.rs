@@ -1,5 +1,6 @@
 //! Scorers: each rates every surviving candidate in `0..=1`; the profile weights and sums the ratings.
 
+mod inflight;
 mod kv_cache;
 mod lora_affinity;
 mod prefix_cache;
@@ -9,8 +10,8 @@ mod running_requests;
 use serde::Deserialize;
 
 pub use self::{
-    kv_cache::KvCacheScorer, lora_affinity::LoraAffinityScorer, prefix_cache::PrefixCacheScorer, queue::QueueScorer,
-    running_requests::RunningRequestsScorer,
+    inflight::InflightScorer, kv_cache::KvCacheScorer, lora_affinity::LoraAffinityScorer,
+    prefix_cache::PrefixCacheScorer, queue::QueueScorer, running_requests::RunningRequestsScorer,
 };
 use crate::cycle::Cycle;
 
@@ -49,6 +50,10 @@ pub enum ScorerConfig {
         #[serde(default)]
         weight: Weight,
     },
+    Inflight {
+        #[serde(default)]
+        weight: Weight,
+    },
 }
 
 impl ScorerConfig {
@@ -59,6 +64,7 @@ impl ScorerConfig {
             Self::PrefixCache { .. } => &PrefixCacheScorer,
             Self::LoraAffinity { .. } => &LoraAffinityScorer,
             Self::RunningRequests { .. } => &RunningRequestsScorer,
+            Self::Inflight { .. } => &InflightScorer,
         }
     }
 
@@ -68,7 +74,8 @@ impl ScorerConfig {
             | Self::KvCache { weight }
             | Self::PrefixCache { weight }
             | Self::LoraAffinity { weight }
-            | Self::RunningRequests { weight } => weight.0,
+            | Self::RunningRequests { weight }
+            | Self::Inflight { weight } => weight.0,
         }
     }
 }

@@ -41,6 +41,14 @@ fn running_requests_is_min_max_normalised() {
 }
 
 #[test]
+fn inflight_falls_a_quarter_per_request_above_the_least_loaded() {
+    let now = Instant::now();
+    let endpoints = [1, 2, 3, 9].map(|n| Endpoint::test("p", now).inflight(n)).to_vec();
+    let fixture = CycleFixture::new(Request::test(""), endpoints, now);
+    assert_eq!(run(&InflightScorer, &fixture), vec![1.0, 0.75, 0.5, 0.0]);
+}
+
+#[test]
 fn kv_cache_scores_free_cache() {
     let now = Instant::now();
     let endpoints = [0.0, 0.25, 1.0].map(|kv| Endpoint::test("p", now).kv(kv)).to_vec();
