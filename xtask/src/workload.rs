@@ -60,7 +60,9 @@ fn text(tokens: usize, salt: u64) -> String {
     let mut out = String::with_capacity(tokens * CHARS_PER_TOKEN);
     let mut word = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for _ in 0..tokens {
-        word = word.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        word = word
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         // Three letters and a space: four characters, one token.
         for shift in [40, 48, 56] {
             out.push(char::from(b'a' + ((word >> shift) % 26) as u8));
@@ -106,10 +108,16 @@ pub(crate) fn generate(workload: Workload, n: usize, seed: u64) -> Vec<BenchRequ
             .map(|_| {
                 if rng.random_bool(0.2) {
                     let input = rng.random_range(5_000..=7_000);
-                    BenchRequest { prompt: text(input, rng.random()), output_tokens: 300 }
+                    BenchRequest {
+                        prompt: text(input, rng.random()),
+                        output_tokens: 300,
+                    }
                 } else {
                     let input = rng.random_range(60..=400);
-                    BenchRequest { prompt: text(input, rng.random()), output_tokens: rng.random_range(50..=350) }
+                    BenchRequest {
+                        prompt: text(input, rng.random()),
+                        output_tokens: rng.random_range(50..=350),
+                    }
                 }
             })
             .collect(),
@@ -137,7 +145,10 @@ mod tests {
     fn seed_workload_matches_vllm_0_7_random_dataset() {
         let reqs = generate(Workload::Seed, 500, 0);
         let prefix = &reqs[0].prompt[..4_000];
-        assert!(reqs.iter().all(|r| r.prompt.starts_with(prefix)), "one prefix shared by every prompt");
+        assert!(
+            reqs.iter().all(|r| r.prompt.starts_with(prefix)),
+            "one prefix shared by every prompt"
+        );
         assert!(reqs.iter().all(|r| (1_800..=5_000).contains(&r.prompt_tokens())));
         assert!(reqs.iter().all(|r| (600..=3_000).contains(&r.output_tokens)));
         let mean = reqs.iter().map(|r| r.prompt_tokens()).sum::<usize>() as f64 / 500.0;

@@ -156,11 +156,20 @@ impl RunResult {
 
 pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     let workload = args.workload;
-    let requests_per_run = args
-        .requests
-        .unwrap_or(if args.quick { workload.default_requests() / 10 } else { workload.default_requests() });
-    let seeds = args.seeds.clone().unwrap_or(if args.quick { vec![0] } else { vec![0, 1, 2] });
-    let blocks = args.blocks.clone().unwrap_or(if args.quick { vec![5_000] } else { vec![4_400, 5_000, 5_600] });
+    let requests_per_run = args.requests.unwrap_or(if args.quick {
+        workload.default_requests() / 10
+    } else {
+        workload.default_requests()
+    });
+    let seeds = args
+        .seeds
+        .clone()
+        .unwrap_or(if args.quick { vec![0] } else { vec![0, 1, 2] });
+    let blocks = args.blocks.clone().unwrap_or(if args.quick {
+        vec![5_000]
+    } else {
+        vec![4_400, 5_000, 5_600]
+    });
     let routers = args.routers.clone().unwrap_or(vec![
         RouterKind::Random,
         RouterKind::RoundRobin,
@@ -171,7 +180,9 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     anyhow::ensure!(requests_per_run > 0, "--requests must be positive");
 
     let bin = procs::build_bins(true, &["gateway", "vllm-sim"])?;
-    let out = procs::workspace_root().join("target/bench/routing").join(workload.name());
+    let out = procs::workspace_root()
+        .join("target/bench/routing")
+        .join(workload.name());
     std::fs::create_dir_all(&out)?;
     let runs = blocks.len() * seeds.len() * routers.len();
     println!(
@@ -221,7 +232,10 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
         if let Some(random) = results.get(&(*num_blocks, RouterKind::Random)) {
             for key in ["ttft_mean_ms", "ttft_p99_ms", "output_tok_s"] {
                 let ratio = mean(runs, key) / mean(random, key);
-                summary.insert(format!("{}_{num_blocks}_{key}_ratio_vs_random", router.name()), ratio.into());
+                summary.insert(
+                    format!("{}_{num_blocks}_{key}_ratio_vs_random", router.name()),
+                    ratio.into(),
+                );
             }
         }
     }
@@ -262,9 +276,19 @@ async fn one_run(
     if args.workload.prefix_caching() {
         sim_args.push("--prefix-caching".into());
     }
-    let mut sim = Proc::spawn("vllm-sim", &bin.join("vllm-sim"), &sim_args, Some(&out.join("vllm-sim.log")))?;
+    let mut sim = Proc::spawn(
+        "vllm-sim",
+        &bin.join("vllm-sim"),
+        &sim_args,
+        Some(&out.join("vllm-sim.log")),
+    )?;
     for pod in &pods {
-        procs::wait_ready(&format!("http://{pod}/health"), Duration::from_secs(30), &mut [&mut sim]).await?;
+        procs::wait_ready(
+            &format!("http://{pod}/health"),
+            Duration::from_secs(30),
+            &mut [&mut sim],
+        )
+        .await?;
     }
     let mut gateway = None;
     let (model, bases) = match router.profile() {
@@ -275,13 +299,19 @@ async fn one_run(
             std::fs::write(config.join("model.yaml"), demo::SEED_MODEL)?;
             let pod_ips: String = demo::pod_documents(PODS);
             let pod_ips = (0..PODS).fold(pod_ips, |text, i| {
-                text.replace(&format!("podIP: 127.0.0.{}\n", 11 + i), &format!("podIP: 127.0.0.{}\n", FIRST_POD + i))
+                text.replace(
+                    &format!("podIP: 127.0.0.{}\n", 11 + i),
+                    &format!("podIP: 127.0.0.{}\n", FIRST_POD + i),
+                )
             });
             std::fs::write(config.join("pods.yaml"), pod_ips)?;
             // The gateway must see metrics as fresh as on real hardware, so its intervals shrink with time.
             let staleness_ms = (200.0 / scale).ceil().max(1.0);
             let scheduler = out.join("scheduler.yaml");
-            std::fs::write(&scheduler, format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n"))?;
+            std::fs::write(
+                &scheduler,
+                format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n"),
+            )?;
             let scrape = format!("{}ms", (50.0 / scale).max(1.0));
             let mut proc = Proc::spawn(
                 "gateway",
@@ -302,8 +332,12 @@ async fn one_run(
                 ],
                 Some(&out.join("gateway.log")),
             )?;
-            procs::wait_ready(&format!("http://{ADMIN}/readyz"), Duration::from_secs(30), &mut [&mut proc, &mut sim])
-                .await?;
+            procs::wait_ready(
+                &format!("http://{ADMIN}/readyz"),
+                Duration::from_secs(30),
+                &mut [&mut proc, &mut sim],
+            )
+            .await?;
             gateway = Some(proc);
             ("qwq", vec![format!("http://{PROXY}")])
         }
@@ -314,19 +348,38 @@ async fn one_run(
     let kv: Arc<Mutex<BTreeMap<String, Vec<(f64, f64)>>>> = Arc::default();
     let run_started = Instant::now();
     let sampler = tokio::spawn(sample_kv(client.clone(), pods.clone(), kv.clone(), run_started));
-    let measured = closed_loop(&client, router, model, &bases, dataset, args.workload.concurrency(), seed, bar).await;
+    let measured = closed_loop(
+        &client,
+        router,
+        model,
+        &bases,
+        dataset,
+        args.workload.concurrency(),
+        seed,
+        bar,
+    )
+    .await;
     let wall = run_started.elapsed().as_secs_f64();
     sampler.abort();
     let mut preemptions = 0.0;
     for pod in &pods {
-        preemptions += demo::scrape_gauge(&client, pod, "vllm:num_preemptions_total").await.unwrap_or(0.0);
+        preemptions += demo::scrape_gauge(&client, pod, "vllm:num_preemptions_total")
+            .await
+            .unwrap_or(0.0);
     }
     if let Some(proc) = gateway {
         proc.stop(Duration::from_secs(5)).await;
     }
     sim.stop(Duration::from_secs(5)).await;
     let kv_series = kv.lock().await.clone();
-    Ok(summarize(measured, wall, scale, args.workload.concurrency(), preemptions, kv_series))
+    Ok(summarize(
+        measured,
+        wall,
+        scale,
+        args.workload.concurrency(),
+        preemptions,
+        kv_series,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -347,8 +400,14 @@ async fn closed_loop(
     let mut workers = tokio::task::JoinSet::new();
     // All clients start at once, like benchmark_serving with --max-concurrency: the seed's t=0 burst.
     for _ in 0..concurrency {
-        let (client, next, rng, dataset, bases, bar) =
-            (client.clone(), next.clone(), rng.clone(), dataset.clone(), bases.clone(), bar.clone());
+        let (client, next, rng, dataset, bases, bar) = (
+            client.clone(),
+            next.clone(),
+            rng.clone(),
+            dataset.clone(),
+            bases.clone(),
+            bar.clone(),
+        );
         let model = model.to_owned();
         workers.spawn(async move {
             let mut out = Vec::new();
@@ -387,7 +446,10 @@ async fn stream_one(client: &HttpClient, base: &str, model: &str, request: &Benc
         "temperature": 0,
         "ignore_eos": true,
     });
-    let mut measured = Measured { index, ..Measured::default() };
+    let mut measured = Measured {
+        index,
+        ..Measured::default()
+    };
     let started = Instant::now();
     let Ok(http_request) = http::Request::post(format!("{base}/v1/completions"))
         .header("content-type", "application/json")
@@ -429,7 +491,10 @@ async fn stream_one(client: &HttpClient, base: &str, model: &str, request: &Benc
         Some(())
     };
     // Bounded: no request may hang a benchmark, even if a component wedges.
-    measured.ok = matches!(tokio::time::timeout(Duration::from_secs(900), attempt).await, Ok(Some(())));
+    measured.ok = matches!(
+        tokio::time::timeout(Duration::from_secs(900), attempt).await,
+        Ok(Some(()))
+    );
     measured
 }
 
@@ -474,7 +539,13 @@ fn summarize(
     for v in [&mut ttfts, &mut late, &mut itls] {
         v.sort_by(f64::total_cmp);
     }
-    let avg = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let avg = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
     // Spread: at each sampling instant, the most loaded pod's KV use minus the least loaded one's, averaged.
     let samples = kv_series.values().map(Vec::len).min().unwrap_or(0);
     let spread = avg(&(0..samples)
@@ -510,7 +581,9 @@ fn report(
     wall: Duration,
 ) -> String {
     let mut md = String::new();
-    let command = std::iter::once("cargo xtask".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>();
+    let command = std::iter::once("cargo xtask".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>();
     let _ = writeln!(md, "# Routing benchmark: workload `{}`\n", workload.name());
     let _ = writeln!(
         md,
@@ -521,7 +594,10 @@ fn report(
         wall.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    let _ = writeln!(md, "Simulated QwQ-32B on 4×A10 (vllm-sim, V0 scheduler); times in simulated ms; means over seeds.\n");
+    let _ = writeln!(
+        md,
+        "Simulated QwQ-32B on 4×A10 (vllm-sim, V0 scheduler); times in simulated ms; means over seeds.\n"
+    );
     let mut last_blocks = None;
     for ((blocks, router), runs) in results {
         if last_blocks != Some(*blocks) {
@@ -540,7 +616,11 @@ fn report(
         let _ = write!(md, "| {} |", router.name());
         for (key, _) in FIELDS {
             let value = mean(runs, key);
-            let _ = if key == "kv_spread" { write!(md, " {value:.3} |") } else { write!(md, " {value:.0} |") };
+            let _ = if key == "kv_spread" {
+                write!(md, " {value:.3} |")
+            } else {
+                write!(md, " {value:.0} |")
+            };
         }
         let ratio = results
             .get(&(*blocks, RouterKind::Random))
@@ -568,17 +648,28 @@ fn write_charts(out: &Path, blocks: u32, results: &BTreeMap<(u32, RouterKind), V
             && let Some(first) = runs.first()
         {
             let n = first.ttfts_ms.len().max(1) as f64;
-            let points = first.ttfts_ms.iter().enumerate().map(|(i, &t)| (t / 1e3, (i + 1) as f64 / n)).collect();
+            let points = first
+                .ttfts_ms
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| (t / 1e3, (i + 1) as f64 / n))
+                .collect();
             cdf.push((router.name().to_owned(), points));
         }
     }
-    std::fs::write(out.join("ttft_cdf.svg"), svg_lines("TTFT CDF (first seed)", "TTFT s", "fraction", &cdf, &colors, true))?;
+    std::fs::write(
+        out.join("ttft_cdf.svg"),
+        svg_lines("TTFT CDF (first seed)", "TTFT s", "fraction", &cdf, &colors, true),
+    )?;
     for ((b, router), runs) in results {
         if *b == blocks
             && let Some(first) = runs.first()
         {
-            let series: Vec<(String, Vec<(f64, f64)>)> =
-                first.kv_series.iter().map(|(pod, s)| (pod.clone(), s.clone())).collect();
+            let series: Vec<(String, Vec<(f64, f64)>)> = first
+                .kv_series
+                .iter()
+                .map(|(pod, s)| (pod.clone(), s.clone()))
+                .collect();
             let title = format!("KV-cache use per pod, {} (first seed)", router.name());
             let path: PathBuf = out.join(format!("kv_{}.svg", router.name()));
             std::fs::write(path, svg_lines(&title, "wall s", "KV use", &series, &colors, false))?;
@@ -599,7 +690,11 @@ fn svg_lines(
     let fx = |x: f64| if log_x { x.max(1e-3).log10() } else { x };
     let xs = series.iter().flat_map(|(_, p)| p.iter().map(|&(x, _)| fx(x)));
     let (x_min, x_max) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let y_max = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y)).fold(0.0f64, f64::max).max(1e-9);
+    let y_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
     let span = (x_max - x_min).max(1e-9);
     let px = |x: f64| pad + (fx(x) - x_min) / span * (w - 2.0 * pad);
     let py = |y: f64| h - pad - y / y_max * (h - 2.0 * pad);
@@ -607,14 +702,15 @@ fn svg_lines(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"{pad}\" y=\"20\" font-size=\"14\">{title}</text>\
          <line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>\
-         <text x=\"{}\" y=\"{}\">{x_label}{}</text><text x=\"5\" y=\"{pad}\">{y_label}</text>",
+         <text x=\"{}\" y=\"{}\">{x_label}{}</text><text x=\"5\" y=\"{}\">{y_label}</text>",
         h - pad,
         w - pad,
         h - pad,
         h - pad,
         w / 2.0,
         h - 15.0,
-        if log_x { " (log)" } else { "" }
+        if log_x { " (log)" } else { "" },
+        pad - 14.0
     );
     let _ = write!(
         svg,
@@ -629,8 +725,14 @@ fn svg_lines(
     );
     for (i, (name, points)) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
-        let path: String = points.iter().map(|&(x, y)| format!("{:.1},{:.1} ", px(x), py(y))).collect();
-        let _ = write!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{path}\"/>");
+        let path: String = points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1} ", px(x), py(y)))
+            .collect();
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{path}\"/>"
+        );
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
