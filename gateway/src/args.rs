@@ -2,18 +2,25 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgGroup, Parser, ValueEnum};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "gateway",
     version,
-    about = "Switchyard inference gateway: endpoint picker and OpenAI-compatible proxy"
+    about = "Switchyard inference gateway: endpoint picker and OpenAI-compatible proxy",
+    // Exactly one provider feeds the datastore.
+    group(ArgGroup::new("provider").required(true).args(["dir", "kube"]))
 )]
 pub struct Args {
     /// Directory of Kubernetes YAML (InferencePool, InferenceModel, Pods) to serve from; watched for changes.
     #[arg(long, env = "SWITCHYARD_DIR")]
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
+
+    /// Watch InferencePools, InferenceModels and Pods through the Kubernetes API (in-cluster config or
+    /// KUBECONFIG); with `--pool namespace/name` only that namespace is watched.
+    #[arg(long, env = "SWITCHYARD_KUBE")]
+    pub kube: bool,
 
     /// InferencePool to serve; may be omitted when the directory holds exactly one.
     #[arg(long, env = "SWITCHYARD_POOL")]
@@ -35,6 +42,23 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
 
+    /// Envoy ext_proc endpoint picker (gRPC `envoy.service.ext_proc.v3.ExternalProcessor`).
+    #[arg(long, env = "SWITCHYARD_EXTPROC_LISTEN", default_value = "0.0.0.0:9002")]
+    pub extproc_listen: SocketAddr,
+
+    /// gRPC health (`liveness`, `readiness`, the ExternalProcessor service) for probes; ready once synced.
+    #[arg(long, env = "SWITCHYARD_HEALTH_LISTEN", default_value = "0.0.0.0:9003")]
+    pub health_listen: SocketAddr,
+
+    /// Largest request body the ext_proc picker buffers; larger ones get 413.
+    #[arg(long, env = "SWITCHYARD_MAX_EXTPROC_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_extproc_body_bytes: usize,
+
+    /// Fallback endpoints the ext_proc picker appends to `x-gateway-destination-endpoint` (comma-separated, for
+    /// Envoy retries); 0 sends only the pick, as upstream does by default.
+    #[arg(long, env = "SWITCHYARD_EXTPROC_FALLBACKS", default_value_t = 0)]
+    pub extproc_fallbacks: usize,
+
     /// How often each pod's /metrics is scraped (e.g. `50ms`, `1s`).
     #[arg(long, env = "SWITCHYARD_SCRAPE_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub scrape_interval: Duration,
@@ -54,6 +78,14 @@ pub struct Args {
     /// How many finished decisions /debug/decisions keeps.
     #[arg(long, env = "SWITCHYARD_DECISIONS_KEPT", default_value_t = 1000)]
     pub decisions_kept: usize,
+
+    /// Ship every decision and a per-pod sample each second to this dashboard (e.g. `http://127.0.0.1:8088`).
+    #[arg(long, env = "SWITCHYARD_DASHBOARD_URL", requires = "dashboard_token")]
+    pub dashboard_url: Option<String>,
+
+    /// The dashboard's ingest token (its `--ingest-token`), sent as a bearer token.
+    #[arg(long, env = "SWITCHYARD_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub dashboard_token: Option<String>,
 
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -98,6 +130,17 @@ mod tests {
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
         assert!(parse_duration("5h").unwrap_err().contains("unknown duration unit"));
+    }
+
+    #[test]
+    fn exactly_one_provider_is_required() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["gateway"], args].concat());
+        let dir = parse(&["--dir", "config"]).unwrap();
+        assert_eq!((dir.dir, dir.kube), (Some(PathBuf::from("config")), false));
+        let kube = parse(&["--kube", "--pool", "default/reasoning-pool"]).unwrap();
+        assert_eq!((kube.dir, kube.kube), (None, true));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--dir", "config", "--kube"]).is_err());
     }
 
     #[test]

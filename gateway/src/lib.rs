@@ -6,10 +6,13 @@ pub mod args;
 pub mod datastore;
 pub mod decisions;
 pub mod error;
+pub mod ext_proc;
+pub mod health;
 pub mod openai;
 pub mod proxy;
 pub mod routing;
 pub mod scrape;
+pub mod shipper;
 pub mod telemetry;
 pub mod usage;
 
@@ -25,6 +28,8 @@ use crate::{args::Args, decisions::DecisionLog, routing::Director};
 pub struct Gateway {
     pub admin_addr: SocketAddr,
     pub proxy_addr: Option<SocketAddr>,
+    pub extproc_addr: SocketAddr,
+    pub health_addr: SocketAddr,
     pub director: Arc<Director>,
     cancel: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -46,9 +51,25 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let datastore = datastore::Datastore::new(args.pool.clone());
-    let provider = datastore::dir::DirProvider::open(&args.dir, args.dir_poll)
-        .with_context(|| format!("opening --dir {}", args.dir.display()))?;
-    tasks.spawn(provider.run(datastore.clone(), cancel.clone()));
+    match &args.dir {
+        Some(dir) => {
+            let provider = datastore::dir::DirProvider::open(dir, args.dir_poll)
+                .with_context(|| format!("opening --dir {}", dir.display()))?;
+            tasks.spawn(provider.run(datastore.clone(), cancel.clone()));
+        }
+        // clap requires exactly one of --dir and --kube.
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+            let namespace = args
+                .pool
+                .as_deref()
+                .and_then(|p| datastore::PoolName::parse(p).namespace);
+            let provider = datastore::KubeProvider::new(client, namespace);
+            tasks.spawn(provider.run(datastore.clone(), cancel.clone()));
+        }
+    }
 
     let metrics_store = Arc::new(scrape::MetricsStore::default());
     tasks.spawn({
@@ -74,6 +95,32 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
     tasks.spawn(serve(admin, admin::router(director.clone()), cancel.clone()));
     tracing::info!(addr = %admin_addr, "admin listening");
 
+    if let (Some(url), Some(token)) = (&args.dashboard_url, &args.dashboard_token) {
+        let config = shipper::ShipperConfig {
+            url: url.clone(),
+            token: token.clone(),
+        };
+        let (shipper, drain) = shipper::spawn(config, director.metrics.shipper.clone(), cancel.clone())?;
+        // Set once, before any listener accepts a request.
+        let _ = director.shipper.set(shipper.clone());
+        tasks.spawn(async move {
+            let _ = drain.await;
+            Ok(())
+        });
+        tasks.spawn({
+            let (datastore, store, cancel) = (
+                director.datastore.clone(),
+                director.metrics_store.clone(),
+                cancel.clone(),
+            );
+            async move {
+                shipper::run_sampler(datastore, store, shipper, cancel).await;
+                Ok(())
+            }
+        });
+        tracing::info!(url = %url, "shipping decisions and pod samples to the dashboard");
+    }
+
     let proxy_addr = match args.proxy_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -90,9 +137,42 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
         None => None,
     };
+
+    let health = health::Health::new().await;
+    tasks.spawn({
+        let (health, director, cancel) = (health.clone(), director.clone(), cancel.clone());
+        async move {
+            health.track(director, cancel).await;
+            Ok(())
+        }
+    });
+    let listener = TcpListener::bind(args.health_listen)
+        .await
+        .with_context(|| format!("binding --health-listen {}", args.health_listen))?;
+    let health_addr = listener.local_addr()?;
+    tasks.spawn(health::serve(listener, health.clone(), cancel.clone()));
+    tracing::info!(addr = %health_addr, "grpc health listening");
+
+    let listener = TcpListener::bind(args.extproc_listen)
+        .await
+        .with_context(|| format!("binding --extproc-listen {}", args.extproc_listen))?;
+    let extproc_addr = listener.local_addr()?;
+    let picker = ext_proc::Picker::new(
+        director.clone(),
+        ext_proc::ExtProcConfig {
+            max_body_bytes: args.max_extproc_body_bytes,
+            fallbacks: args.extproc_fallbacks,
+        },
+        cancel.clone(),
+    );
+    tasks.spawn(ext_proc::serve(listener, picker, health, cancel.clone()));
+    tracing::info!(addr = %extproc_addr, "ext_proc listening");
+
     Ok(Gateway {
         admin_addr,
         proxy_addr,
+        extproc_addr,
+        health_addr,
         director,
         cancel,
         tasks,

@@ -54,6 +54,10 @@ pub struct Director {
     pub decisions: DecisionLog,
     pub metrics: Metrics,
     next_id: AtomicU64,
+    /// Set when `--dashboard-url` is given: every finished decision is also queued for the dashboard.
+    pub shipper: std::sync::OnceLock<crate::shipper::Shipper>,
+    /// Requests routed to each endpoint and not yet finished; fed to the scheduler's `inflight` scorer.
+    endpoint_inflight: std::sync::Mutex<std::collections::HashMap<EndpointId, u32>>,
 }
 
 impl Director {
@@ -70,6 +74,8 @@ impl Director {
             scheduler,
             decisions,
             next_id: AtomicU64::new(0),
+            shipper: std::sync::OnceLock::new(),
+            endpoint_inflight: Default::default(),
         }
     }
 
@@ -85,6 +91,18 @@ impl Director {
 
     /// Routes one request. Errors are recorded as finished decisions here; a plan must be passed to `finish`.
     pub fn route(&self, kind: ApiKind, raw: Bytes, request_id: String) -> Result<RoutePlan, RouteError> {
+        self.route_in_subset(kind, raw, request_id, None)
+    }
+
+    /// [`Director::route`] restricted to the pods whose IP is in `subset` (`ip` or `ip:port` entries), as Envoy's
+    /// `envoy.lb.subset_hint` asks; an empty or non-matching subset is a 503 like upstream's.
+    pub fn route_in_subset(
+        &self,
+        kind: ApiKind,
+        raw: Bytes,
+        request_id: String,
+        subset: Option<&[String]>,
+    ) -> Result<RoutePlan, RouteError> {
         let started = Instant::now();
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -120,15 +138,24 @@ impl Director {
         };
         let target = target.to_owned();
 
+        // Held until the pick is counted, so two concurrent requests never both see a pod as idle: the
+        // critical section is one scheduling decision, microseconds long.
+        let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
         let endpoints: Vec<Endpoint> = snapshot
             .endpoints()
             .iter()
+            .filter(|e| subset.is_none_or(|subset| in_subset(subset, &e.id)))
             .map(|e| Endpoint {
                 id: e.id.clone(),
                 pod: e.pod.clone(),
                 metrics: self.metrics_store.get(&e.id),
+                inflight: inflight.get(&e.id).copied().unwrap_or(0),
             })
             .collect();
+        if subset.is_some() && endpoints.is_empty() {
+            let err = RouteError::NoCapacity("failed to find candidate pods for serving the request".into());
+            return Err(record(&parsed.model, err));
+        }
         let lora_adapter = endpoints
             .iter()
             .any(|e| e.metrics.active_loras.contains(&target) || e.metrics.waiting_loras.contains(&target))
@@ -152,6 +179,8 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
+                *inflight.entry(endpoint.clone()).or_default() += 1;
+                drop(inflight);
                 Ok(RoutePlan {
                     body: parsed.body_for_target(raw, &target),
                     stream: parsed.stream,
@@ -177,9 +206,31 @@ impl Director {
         }
     }
 
+    /// Any ready endpoint of the pool, drawn at random: upstream's answer to a request without a body (a GET),
+    /// which has no model to schedule for. `None` when the pool has no ready pod.
+    pub fn pick_any(&self) -> Option<EndpointId> {
+        use rand::seq::IndexedRandom as _;
+        let snapshot = self.datastore.snapshot();
+        snapshot.endpoints().choose(&mut rand::rng()).map(|e| e.id.clone())
+    }
+
+    /// Requests routed and not yet finished (each plan is counted until it is passed to [`Director::finish`]).
+    pub fn inflight(&self) -> i64 {
+        self.metrics.inflight.get()
+    }
+
     /// Completes a routed request's decision with what the response showed, and records it.
     pub fn finish(&self, plan: RoutePlan, endpoint: EndpointId, stats: ResponseStats) {
         self.metrics.inflight.dec();
+        {
+            let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = inflight.get_mut(&plan.endpoint) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    inflight.remove(&plan.endpoint);
+                }
+            }
+        }
         let mut decision = plan.decision;
         if stats.served_by_fallback {
             decision.reason = format!(
@@ -248,8 +299,27 @@ impl Director {
                 }
             }
         }
+        if let Some(shipper) = self.shipper.get() {
+            // Never waits: a full queue drops the copy and counts it.
+            shipper.ship_decision(decision.clone());
+        }
         self.decisions.push(decision);
     }
+}
+
+/// Whether `endpoint` (`ip:port`) is named by a subset entry (`ip` or `ip:port`; IPv6 bracketed with a port).
+fn in_subset(subset: &[String], endpoint: &EndpointId) -> bool {
+    fn host(s: &str) -> Option<std::net::IpAddr> {
+        let s = s.trim();
+        s.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| s.trim_start_matches('[').trim_end_matches(']').parse())
+            .ok()
+    }
+    let Some(wanted) = host(endpoint.as_str()) else {
+        return false;
+    };
+    subset.iter().any(|entry| host(entry) == Some(wanted))
 }
 
 fn empty_decision(request_id: &str, received_at_ms: u64, model: &str, pool: &str, err: &RouteError) -> Decision {

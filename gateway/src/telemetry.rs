@@ -48,13 +48,15 @@ pub struct Metrics {
     pub routed_to_pod: Family<PodLabels, Counter>,
     pub decision_seconds: Histogram,
     pub inflight: Gauge,
+    pub shipper: crate::shipper::ShipperCounters,
 }
 
 impl Metrics {
-    /// Registers the gateway's metrics and the scraper's counters.
-    pub fn new(scrape: &crate::scrape::MetricsStore) -> Metrics {
+    /// Registers the gateway's metrics, the scraper's counters and the per-pod gauges read from the scraped store.
+    pub fn new(scrape: &std::sync::Arc<crate::scrape::MetricsStore>) -> Metrics {
         let mut registry = Registry::with_prefix("switchyard");
         scrape.register_metrics(&mut registry);
+        registry.register_collector(Box::new(PodGauges(scrape.clone())));
         let requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "requests",
@@ -95,7 +97,19 @@ impl Metrics {
             "Requests being proxied right now",
             inflight.clone(),
         );
+        let shipper = crate::shipper::ShipperCounters::default();
+        registry.register(
+            "dashboard_shipped_records",
+            "Decisions and pod samples delivered to the dashboard",
+            shipper.shipped.clone(),
+        );
+        registry.register(
+            "dashboard_dropped_records",
+            "Decisions and pod samples dropped (dashboard queue full, unreachable or refusing)",
+            shipper.dropped.clone(),
+        );
         Metrics {
+            shipper,
             registry,
             requests,
             ttft,
@@ -113,5 +127,50 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Per-pod gauges (`pod_queue_size`, `pod_running_requests`, `pod_kv_cache_usage`, `pod_metrics_age_seconds`),
+/// read from the scraped store at encode time so a pod that leaves the pool leaves the output with it.
+#[derive(Debug)]
+struct PodGauges(std::sync::Arc<crate::scrape::MetricsStore>);
+
+impl prometheus_client::collector::Collector for PodGauges {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> std::fmt::Result {
+        use prometheus_client::{encoding::EncodeMetric as _, metrics::MetricType};
+        let mut pods = self.0.all();
+        pods.sort_by(|a, b| a.0.cmp(&b.0));
+        type Read = fn(&scheduler::EndpointMetrics) -> f64;
+        let gauges: [(&str, &str, Read); 4] = [
+            (
+                "pod_queue_size",
+                "Requests waiting on the model server, as last scraped",
+                |m| f64::from(m.waiting_queue),
+            ),
+            (
+                "pod_running_requests",
+                "Requests running on the model server, as last scraped",
+                |m| f64::from(m.running),
+            ),
+            (
+                "pod_kv_cache_usage",
+                "KV-cache utilisation of the model server (0..1), as last scraped",
+                |m| m.kv_cache_usage,
+            ),
+            (
+                "pod_metrics_age_seconds",
+                "Age of the pod's last successful scrape",
+                |m| m.updated_at.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()),
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (endpoint, metrics) in &pods {
+                let labels = [("endpoint", endpoint.as_str())];
+                prometheus_client::metrics::gauge::ConstGauge::new(read(metrics))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }

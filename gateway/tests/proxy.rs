@@ -336,3 +336,45 @@ async fn metrics_count_requests_per_model_and_target() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     s.gw.stop().await;
 }
+
+/// Sends `n` concurrent streamed completions with `prompt` and returns how many each pod received.
+async fn burst(s: &Setup, n: usize, prompt: &str) -> Vec<usize> {
+    let body = format!(r#"{{"model":"qwq","stream":true,"prompt":"{prompt}"}}"#);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (url, body) = (format!("{}/v1/completions", s.base), body.clone());
+        tasks.spawn(async move { client().post(&url, body).await.status });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(s.gw.director.inflight(), 0, "every request finished");
+    s.pods.iter().map(FakePod::received).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_spread_before_any_scrape_can_see_it() {
+    // Equal metrics everywhere and nothing to share: scraped numbers cannot tell the pods apart during a burst
+    // (each streamed response lasts 150 ms, so all six overlap); the gateway's own in-flight counts can.
+    let s = setup("burst", 39, 3, &[]).await;
+    assert_eq!(burst(&s, 6, "hi").await, [2, 2, 2]);
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_prefix_holds_its_pod_only_a_few_requests_past_the_others() {
+    let s = setup("burst-prefix", 41, 3, &[]).await;
+    let prompt = "shared system prompt ".repeat(40);
+    // A full prefix match (weight 3) outweighs up to two extra requests in flight (a quarter of 4 each).
+    let mut first = burst(&s, 3, &prompt).await;
+    first.sort_unstable();
+    assert_eq!(first, [0, 0, 3], "the warm pod keeps a small burst");
+    // A larger burst spills over: once the warm pod carries three more than the others they tie, the prefix
+    // spreads, and the load evens out instead of piling onto one pod (which would take all twelve).
+    let before: Vec<usize> = s.pods.iter().map(FakePod::received).collect();
+    let after = burst(&s, 12, &prompt).await;
+    let got: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(got.iter().all(|&n| n >= 1), "every pod took part: {got:?}");
+    assert!(got.iter().all(|&n| n <= 6), "no pile-up: {got:?}");
+    s.gw.stop().await;
+}

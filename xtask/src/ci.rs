@@ -9,6 +9,7 @@ use crate::procs::{run, workspace_root};
 pub(crate) fn run_ci() -> anyhow::Result<()> {
     tidy(&workspace_root())?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
+    crate::codegen::check()?;
     run(
         "cargo",
         &[
@@ -22,6 +23,9 @@ pub(crate) fn run_ci() -> anyhow::Result<()> {
         ],
     )?;
     run("cargo", &["test", "--workspace", "--locked"])?;
+    // The dashboard's real-browser test (headless Chromium over WebDriver) is not part of `cargo test` because it
+    // needs Debian's chromium and chromium-driver, which .ci/run installs.
+    run("cargo", &["test", "--locked", "-p", "dashboard", "--test", "browser"])?;
     eprintln!("ci: all checks passed");
     Ok(())
 }

@@ -39,6 +39,9 @@ pub(crate) struct DemoArgs {
     /// Address of the gateway's admin listener (/metrics, /debug/decisions).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub(crate) admin_listen: String,
+    /// Address of the dashboard (routing audit, releases, pod history); its database is target/demo/switchyard.db.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    pub(crate) dashboard_listen: String,
 }
 
 pub(crate) const SEED_POOL: &str = "\
@@ -105,9 +108,42 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let root = procs::workspace_root();
     let work = root.join("target/demo");
     let config = work.join("config");
-    eprintln!("building gateway and vllm-sim …");
-    let bin = procs::build_bins(false, &["gateway", "vllm-sim"])?;
+    eprintln!("building gateway, dashboard and vllm-sim …");
+    let bin = procs::build_bins(false, &["gateway", "vllm-sim", "dashboard"])?;
     write_config(&config, args.replicas)?;
+    // Fresh tokens per run: the login token is printed for the person at the keyboard, the ingest token only
+    // travels from the dashboard's to the gateway's command line.
+    let token = || {
+        use rand::Rng as _;
+        let bytes: [u8; 12] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let (login_token, ingest_token) = (token(), token());
+    let mut dashboard = Proc::spawn(
+        "dashboard",
+        &bin.join("dashboard"),
+        &[
+            "--db".into(),
+            work.join("switchyard.db").display().to_string(),
+            "--listen".into(),
+            args.dashboard_listen.clone(),
+            "--dir".into(),
+            config.display().to_string(),
+            "--login-token".into(),
+            login_token.clone(),
+            "--ingest-token".into(),
+            ingest_token.clone(),
+        ],
+        Some(&work.join("dashboard.log")),
+    )?;
+    let dashboard_url = format!("http://{}", args.dashboard_listen);
+    procs::wait_ready(
+        &format!("{dashboard_url}/readyz"),
+        Duration::from_secs(30),
+        &mut [&mut dashboard],
+    )
+    .await
+    .context("waiting for the dashboard (see target/demo/dashboard.log)")?;
 
     let mut sim = Proc::spawn(
         "vllm-sim",
@@ -133,6 +169,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.proxy_listen.clone(),
             "--admin-listen".into(),
             args.admin_listen.clone(),
+            "--dashboard-url".into(),
+            dashboard_url.clone(),
+            "--dashboard-token".into(),
+            ingest_token,
         ],
         Some(&work.join("gateway.log")),
     )?;
@@ -188,6 +228,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Why each request went where it went:  curl -s {admin}/debug/decisions?limit=5");
     println!("Gateway metrics:                      curl -s {admin}/metrics");
+    println!("Dashboard (audit, releases, pods):    {dashboard_url}   log in with token {login_token}");
     println!(
         "Config (edit weights live):           {}",
         config.join("model.yaml").display()
@@ -216,6 +257,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 _ = watch.tick() => {
                     gateway.check_alive()?;
                     sim.check_alive()?;
+                    dashboard.check_alive()?;
                 }
             }
         }
@@ -224,6 +266,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("stopping …");
     gateway.stop(Duration::from_secs(5)).await;
     sim.stop(Duration::from_secs(5)).await;
+    dashboard.stop(Duration::from_secs(5)).await;
     outcome
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod ci;
+mod codegen;
 mod demo;
 mod load;
 mod procs;
@@ -24,6 +25,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks; each prints a table and writes target/bench/<name>/summary.json.
     Bench(bench::BenchArgs),
+    /// Writes the CRD YAML generated from controller/api into deploy/crds/ (`--check`: fail on drift instead).
+    Codegen(codegen::CodegenArgs),
 }
 
 #[tokio::main]
@@ -33,6 +36,7 @@ async fn main() -> std::process::ExitCode {
         Command::Ci => ci::run_ci(),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Codegen(args) => codegen::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
 //! CRD types and shared wire types; this crate holds data only and never touches the network.
 
+pub mod conditions;
+pub mod v1;
 pub mod v1alpha1;
 pub mod validate;
 
@@ -8,5 +10,18 @@ pub use k8s_openapi::api::core::v1::Pod;
 /// The API group of the seed-era CRDs.
 pub const GROUP_X_K8S: &str = "inference.networking.x-k8s.io";
 
+/// The API group of the GA `v1` InferencePool.
+pub const GROUP_K8S: &str = "inference.networking.k8s.io";
+
 /// Annotation on an InferencePool naming the Gateway listener it serves (`name:` and `port:` lines of YAML).
 pub const ATTACH_TO_ANNOTATION: &str = "inference.networking.x-k8s.io/attach-to";
+
+/// Every CRD this crate defines, in the order `cargo xtask codegen` writes them to `deploy/crds/`.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![
+        v1alpha1::InferencePool::crd(),
+        v1alpha1::InferenceModel::crd(),
+        v1::InferencePool::crd(),
+    ]
+}

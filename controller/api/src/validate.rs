@@ -246,6 +246,7 @@ mod tests {
                 target_port_number: 8000,
                 extension_ref: None,
             },
+            status: None,
         }
     }
 
@@ -271,6 +272,7 @@ mod tests {
                     })
                     .collect(),
             },
+            status: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! `tokio::sync::watch` channel, so the request path reads an `Arc<Snapshot>` and never waits on a writer.
 
 pub mod dir;
+pub mod kube;
 
 use std::{
     collections::{BTreeMap, btree_map::Entry},
@@ -26,6 +27,7 @@ use scheduler::{Criticality, EndpointId, PodName, TargetWeight};
 use tokio::sync::watch;
 
 pub use self::dir::{DirError, DirProvider, run_dir_provider};
+pub use self::kube::KubeProvider;
 
 /// Namespace of an object whose metadata names none, as `kubectl apply` would place it.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -26,6 +26,9 @@ pub struct PodState {
     pub waiting: u32,
     pub running: u32,
     pub kv: f64,
+    /// LoRA adapters reported as running; the `vllm:lora_requests_info` series is served only when `max_lora > 0`.
+    pub lora_running: Vec<String>,
+    pub max_lora: u32,
     /// Request bodies received, in order.
     pub bodies: Vec<serde_json::Value>,
 }
@@ -42,6 +45,13 @@ impl FakePod {
         let mut state = self.state.lock().unwrap();
         state.waiting = waiting;
         state.kv = kv;
+    }
+
+    /// Reports `running` LoRA adapters with `max` slots.
+    pub fn set_lora(&self, running: &[&str], max: u32) {
+        let mut state = self.state.lock().unwrap();
+        state.lora_running = running.iter().map(|s| s.to_string()).collect();
+        state.max_lora = max;
     }
 
     /// Stops accepting connections, so new connections to the pod are refused.
@@ -75,6 +85,15 @@ pub async fn bind_same_port(block: u8, n: u8) -> (u16, Vec<TcpListener>) {
 
 async fn metrics(State(state): State<Arc<Mutex<PodState>>>) -> String {
     let s = state.lock().unwrap();
+    let lora = if s.max_lora > 0 {
+        format!(
+            "vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"\"}} 1\n",
+            s.max_lora,
+            s.lora_running.join(",")
+        )
+    } else {
+        String::new()
+    };
     format!(
         "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
          # TYPE vllm:num_requests_waiting gauge\n\
@@ -82,7 +101,7 @@ async fn metrics(State(state): State<Arc<Mutex<PodState>>>) -> String {
          vllm:num_requests_running{{model_name=\"m\"}} {}\n\
          vllm:kv_cache_usage_perc{{model_name=\"m\"}} {}\n",
         s.waiting, s.running, s.kv
-    )
+    ) + &lora
 }
 
 async fn complete(State(state): State<Arc<Mutex<PodState>>>, body: Bytes) -> Response {
@@ -180,6 +199,10 @@ pub async fn start_gateway(dir: &std::path::Path, extra: &[&str]) -> gateway::Ga
         "--proxy-listen".into(),
         "127.0.0.1:0".into(),
         "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--extproc-listen".into(),
+        "127.0.0.1:0".into(),
+        "--health-listen".into(),
         "127.0.0.1:0".into(),
         "--dir-poll".into(),
         "50ms".into(),

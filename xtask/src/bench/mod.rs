@@ -1,5 +1,7 @@
 //! `cargo xtask bench <name>`: benchmarks that print a table and write `target/bench/<name>/summary.json`.
 
+mod dashboard;
+mod extproc;
 mod overhead;
 mod routing;
 
@@ -22,6 +24,10 @@ pub(crate) enum Which {
     Overhead(overhead::OverheadArgs),
     /// The seed's experiment and other workloads: random, round-robin and Switchyard's profiles on five simulated pods.
     Routing(routing::RoutingArgs),
+    /// Dashboard ingest rate over HTTP and filtered audit-page latency with 5 million stored decisions.
+    Dashboard(dashboard::DashboardArgs),
+    /// Latency the ext_proc picker adds (first message → routing answer) by body size, mode and concurrency.
+    Extproc(extproc::ExtprocArgs),
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -39,6 +45,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     match args.which {
         Which::Overhead(args) => overhead::run(args).await,
+        Which::Dashboard(args) => dashboard::run(args).await,
+        Which::Extproc(args) => extproc::run(args).await,
         Which::Routing(args) => routing::run(args).await,
     }
 }

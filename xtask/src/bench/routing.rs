@@ -89,6 +89,9 @@ impl RouterKind {
     }
 }
 
+/// KV-cache use per pod over the run: `(wall seconds, usage 0..=1)` samples.
+type KvSeries = BTreeMap<String, Vec<(f64, f64)>>;
+
 /// What one streamed request measured, in wall time.
 #[derive(Clone, Debug, Default)]
 struct Measured {
@@ -345,7 +348,7 @@ async fn one_run(
     };
 
     let client = load::http_client();
-    let kv: Arc<Mutex<BTreeMap<String, Vec<(f64, f64)>>>> = Arc::default();
+    let kv: Arc<Mutex<KvSeries>> = Arc::default();
     let run_started = Instant::now();
     let sampler = tokio::spawn(sample_kv(client.clone(), pods.clone(), kv.clone(), run_started));
     let measured = closed_loop(
@@ -498,12 +501,7 @@ async fn stream_one(client: &HttpClient, base: &str, model: &str, request: &Benc
     measured
 }
 
-async fn sample_kv(
-    client: HttpClient,
-    pods: Vec<String>,
-    series: Arc<Mutex<BTreeMap<String, Vec<(f64, f64)>>>>,
-    started: Instant,
-) {
+async fn sample_kv(client: HttpClient, pods: Vec<String>, series: Arc<Mutex<KvSeries>>, started: Instant) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

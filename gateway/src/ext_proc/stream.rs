@@ -1,0 +1,387 @@
+//! The state machine of one ext_proc stream (one HTTP request through Envoy): collect the request body, ask the
+//! [`Director`] for a pod, answer in the order Envoy's processing mode requires, then watch the response go by.
+//!
+//! It is synchronous and does no I/O: [`Stream::handle`] takes one message and appends the answers, so the gRPC
+//! task around it stays a loop and the protocol can be tested message by message.
+
+use std::{sync::Arc, time::Instant};
+
+use envoy_types::pb::envoy::{
+    config::core::v3::HeaderValueOption,
+    extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
+    service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, processing_request},
+};
+use tonic::Status;
+
+use super::{
+    ExtProcConfig,
+    body::BodyBuffer,
+    convert::{self, DESTINATION_KEY},
+};
+use crate::{
+    error::RouteError,
+    openai::ApiKind,
+    routing::{Director, ResponseStats, RoutePlan},
+    usage::UsageObserver,
+};
+
+/// Whether the stream goes on after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// A local reply was sent; Envoy ends the request, so the stream is closed.
+    Close,
+}
+
+/// How Envoy sends the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestMode {
+    /// Chunks as they arrive; the header answer is held until the body is complete, and the body is sent back.
+    FullDuplex,
+    /// The whole body in one message after the headers were answered; the decision rides on the body answer.
+    Buffered,
+    /// No body is sent: the request is routed like a body-less one.
+    NoBody,
+}
+
+/// How Envoy sends the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseMode {
+    /// Each chunk must be sent back (echoed unchanged).
+    FullDuplex,
+    /// Each message is answered with "continue"; Envoy keeps the bytes.
+    Continue,
+    /// No body is sent: the response headers end what the picker sees.
+    NoBody,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    RequestHeaders,
+    RequestBody,
+    /// Routed (or passed through): the response is expected.
+    Upstream,
+}
+
+/// A routed request whose response is being watched.
+struct Routed {
+    plan: RoutePlan,
+    status: Option<u16>,
+    first_byte: Option<Instant>,
+    usage: Option<UsageObserver>,
+    served: Option<String>,
+}
+
+/// One ext_proc stream.
+pub struct Stream {
+    director: Arc<Director>,
+    config: Arc<ExtProcConfig>,
+    started: Instant,
+    phase: Phase,
+    request_mode: RequestMode,
+    response_mode: ResponseMode,
+    kind: ApiKind,
+    request_id: String,
+    generated_request_id: bool,
+    subset: Option<Vec<String>>,
+    body: Option<BodyBuffer>,
+    routed: Option<Routed>,
+}
+
+impl Stream {
+    /// `started` is when the first message arrived: TTFT is measured from there, as the client sees it.
+    pub fn new(director: Arc<Director>, config: Arc<ExtProcConfig>, started: Instant) -> Stream {
+        Stream {
+            director,
+            config,
+            started,
+            phase: Phase::RequestHeaders,
+            request_mode: RequestMode::FullDuplex,
+            response_mode: ResponseMode::FullDuplex,
+            kind: ApiKind::Completions,
+            request_id: String::new(),
+            generated_request_id: false,
+            subset: None,
+            body: None,
+            routed: None,
+        }
+    }
+
+    /// Handles one message from Envoy, appending the answers to `out`. A `Status` is an internal fault (a message
+    /// out of order, an unsupported mode): the stream fails and the pool's failure mode decides in Envoy.
+    pub fn handle(&mut self, message: ProcessingRequest, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
+        if let Some(config) = message.protocol_config {
+            self.set_modes(config.request_body_mode, config.response_body_mode)?;
+        }
+        if let Some(subset) = convert::subset_hint(message.metadata_context.as_ref()) {
+            self.subset = Some(subset);
+        }
+        if let Some(routed) = self.routed.as_mut()
+            && let Some(served) = convert::served_endpoint(message.metadata_context.as_ref())
+        {
+            routed.served = Some(served);
+        }
+        let Some(request) = message.request else {
+            return Ok(Flow::Continue);
+        };
+        match request {
+            processing_request::Request::RequestHeaders(headers) => self.request_headers(headers, out),
+            processing_request::Request::RequestBody(body) => self.request_body(body, out),
+            processing_request::Request::RequestTrailers(_) => {
+                let flow = match self.phase {
+                    // HTTP/2 trailers end a body whose last chunk did not carry end_of_stream.
+                    Phase::RequestBody => self.route(out)?,
+                    Phase::Upstream => Flow::Continue,
+                    Phase::RequestHeaders => return Err(out_of_order("request trailers before request headers")),
+                };
+                if flow == Flow::Continue {
+                    out.push(convert::request_trailers());
+                }
+                Ok(flow)
+            }
+            processing_request::Request::ResponseHeaders(headers) => self.response_headers(headers, out),
+            processing_request::Request::ResponseBody(body) => self.response_body(body, out),
+            processing_request::Request::ResponseTrailers(_) => {
+                self.require_upstream("response trailers")?;
+                self.complete();
+                out.push(convert::response_trailers());
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn set_modes(&mut self, request: i32, response: i32) -> Result<(), Status> {
+        self.request_mode = match BodySendMode::try_from(request) {
+            Ok(BodySendMode::FullDuplexStreamed) => RequestMode::FullDuplex,
+            Ok(BodySendMode::Buffered) => RequestMode::Buffered,
+            Ok(BodySendMode::None) => RequestMode::NoBody,
+            // The route must be chosen after the body was read, which STREAMED and BUFFERED_PARTIAL cannot express.
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "request_body_mode {other:?} is not supported; use FULL_DUPLEX_STREAMED or BUFFERED"
+                )));
+            }
+        };
+        self.response_mode = match BodySendMode::try_from(response) {
+            Ok(BodySendMode::FullDuplexStreamed) => ResponseMode::FullDuplex,
+            Ok(BodySendMode::None) => ResponseMode::NoBody,
+            _ => ResponseMode::Continue,
+        };
+        Ok(())
+    }
+
+    fn request_headers(&mut self, headers: HttpHeaders, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
+        if self.phase != Phase::RequestHeaders {
+            return Err(out_of_order("request headers twice"));
+        }
+        let map = headers.headers.as_ref();
+        // Upstream's default when the path says nothing: the completions API.
+        self.kind = convert::header(map, ":path")
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .and_then(ApiKind::from_path)
+            .unwrap_or(ApiKind::Completions);
+        match convert::header(map, "x-request-id").filter(|v| !v.is_empty() && v.len() <= 128) {
+            Some(id) => self.request_id = id.to_owned(),
+            None => {
+                self.request_id = self.director.new_request_id();
+                self.generated_request_id = true;
+            }
+        }
+        if headers.end_of_stream || self.request_mode == RequestMode::NoBody {
+            return Ok(self.route_without_body(out));
+        }
+        let content_length = convert::header(map, "content-length").and_then(|v| v.trim().parse().ok());
+        match BodyBuffer::new(self.config.max_body_bytes, content_length) {
+            Ok(body) => self.body = Some(body),
+            Err(too_large) => return Ok(self.reject(&RouteError::PayloadTooLarge { limit: too_large.limit }, out)),
+        }
+        self.phase = Phase::RequestBody;
+        if self.request_mode == RequestMode::Buffered {
+            out.push(convert::request_headers_continue());
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn request_body(&mut self, body: HttpBody, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
+        if self.phase != Phase::RequestBody {
+            return Err(out_of_order("request body outside the request-body phase"));
+        }
+        let buffer = self
+            .body
+            .as_mut()
+            .ok_or_else(|| Status::internal("request body buffer missing"))?;
+        if let Err(too_large) = buffer.push(body.body) {
+            return Ok(self.reject(&RouteError::PayloadTooLarge { limit: too_large.limit }, out));
+        }
+        // In BUFFERED mode the single message is the whole body, whatever its flag says.
+        if body.end_of_stream || self.request_mode == RequestMode::Buffered {
+            return self.route(out);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The body is complete: route it and answer the headers and body.
+    fn route(&mut self, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
+        let raw = self.body.take().map(|mut b| b.take()).unwrap_or_default();
+        let request_id = self.request_id.clone();
+        let mut plan = match self
+            .director
+            .route_in_subset(self.kind, raw, request_id, self.subset.as_deref())
+        {
+            Ok(plan) => plan,
+            Err(RouteError::Internal(message)) => return Err(Status::internal(message)),
+            Err(err) => return Ok(self.reject(&err, out)),
+        };
+        let destination = std::iter::once(&plan.endpoint)
+            .chain(plan.fallbacks.iter().take(self.config.fallbacks))
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let rewritten = plan.decision.target_model != plan.decision.model;
+        // The body goes back to Envoy now; the plan lives as long as the response, so it must not keep a copy.
+        let body = std::mem::take(&mut plan.body);
+        let mut headers = self.route_headers(&destination);
+        match self.request_mode {
+            RequestMode::FullDuplex | RequestMode::NoBody => {
+                headers.push(convert::set_header("content-length", &body.len().to_string()));
+                out.push(convert::request_headers_routed(headers, &destination));
+                convert::request_body_streamed(&body, out);
+            }
+            RequestMode::Buffered => {
+                let new_body = rewritten.then(|| {
+                    headers.push(convert::set_header("content-length", &body.len().to_string()));
+                    Vec::from(body)
+                });
+                out.push(convert::request_body_buffered_routed(headers, new_body, &destination));
+            }
+        }
+        self.routed = Some(Routed {
+            plan,
+            status: None,
+            first_byte: None,
+            usage: None,
+            served: None,
+        });
+        self.phase = Phase::Upstream;
+        Ok(Flow::Continue)
+    }
+
+    /// A request without a body (a GET) has no model to schedule for; like upstream it goes to any ready pod.
+    fn route_without_body(&mut self, out: &mut Vec<ProcessingResponse>) -> Flow {
+        let Some(endpoint) = self.director.pick_any() else {
+            return self.reject(&RouteError::Internal("no pods available in datastore".into()), out);
+        };
+        let headers = self.route_headers(endpoint.as_str());
+        out.push(convert::request_headers_routed(headers, endpoint.as_str()));
+        self.phase = Phase::Upstream;
+        Flow::Continue
+    }
+
+    fn route_headers(&self, destination: &str) -> Vec<HeaderValueOption> {
+        let mut headers = vec![convert::set_header(DESTINATION_KEY, destination)];
+        if self.generated_request_id {
+            headers.push(convert::set_header("x-request-id", &self.request_id));
+        }
+        headers
+    }
+
+    fn reject(&mut self, err: &RouteError, out: &mut Vec<ProcessingResponse>) -> Flow {
+        if matches!(err, RouteError::PayloadTooLarge { .. } | RouteError::Internal(_)) {
+            // The director never saw this request, so nothing recorded it yet.
+            tracing::debug!(request_id = %self.request_id, error = %err, "ext_proc request rejected");
+        }
+        self.body = None;
+        out.push(convert::immediate(err));
+        Flow::Close
+    }
+
+    fn require_upstream(&self, what: &str) -> Result<(), Status> {
+        if self.phase != Phase::Upstream {
+            return Err(out_of_order(&format!("{what} before the request was routed")));
+        }
+        Ok(())
+    }
+
+    fn response_headers(&mut self, headers: HttpHeaders, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
+        self.require_upstream("response headers")?;
+        if let Some(routed) = self.routed.as_mut() {
+            let map = headers.headers.as_ref();
+            // Real Envoy sends `:status`; upstream's tests send `status`.
+            routed.status = convert::header(map, ":status")
+                .or_else(|| convert::header(map, "status"))
+                .and_then(|s| s.parse().ok());
+            routed.usage = Some(UsageObserver::new(convert::header(map, "content-type")));
+        }
+        out.push(convert::response_headers_continue());
+        if headers.end_of_stream || self.response_mode == ResponseMode::NoBody {
+            self.complete();
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn response_body(&mut self, body: HttpBody, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
+        self.require_upstream("response body")?;
+        if let Some(routed) = self.routed.as_mut() {
+            if !body.body.is_empty() {
+                routed.first_byte.get_or_insert_with(Instant::now);
+            }
+            routed
+                .usage
+                .get_or_insert_with(|| UsageObserver::new(None))
+                .observe(&body.body);
+        }
+        let end = body.end_of_stream;
+        out.push(match self.response_mode {
+            ResponseMode::FullDuplex => convert::response_body_streamed(body.body, end),
+            ResponseMode::Continue | ResponseMode::NoBody => convert::response_body_continue(),
+        });
+        if end {
+            self.complete();
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Finishes the decision record with what the response showed (once).
+    fn complete(&mut self) {
+        let Some(mut routed) = self.routed.take() else {
+            return;
+        };
+        let usage = routed.usage.as_mut().and_then(UsageObserver::finish);
+        let ttft_ms = routed
+            .first_byte
+            .map(|t| t.saturating_duration_since(self.started).as_secs_f64() * 1e3);
+        let served = routed
+            .served
+            .as_deref()
+            .map(scheduler::EndpointId::from)
+            .unwrap_or_else(|| routed.plan.endpoint.clone());
+        let stats = ResponseStats {
+            status: routed.status,
+            ttft_ms,
+            usage,
+            served_by_fallback: served != routed.plan.endpoint,
+        };
+        self.director.finish(routed.plan, served, stats);
+    }
+}
+
+impl Drop for Stream {
+    /// Envoy cancelled the stream (client gone, timeout) or it broke: the decision is still finished, so the
+    /// in-flight count returns to zero and the record says what happened.
+    fn drop(&mut self) {
+        if let Some(routed) = self.routed.as_mut() {
+            routed
+                .plan
+                .decision
+                .reason
+                .push_str("; ext_proc stream ended before the response did");
+            // 499 as nginx logs a client that went away: not a server error, so the outcome stays Routed.
+            routed.status.get_or_insert(499);
+        }
+        self.complete();
+    }
+}
+
+fn out_of_order(what: &str) -> Status {
+    Status::failed_precondition(format!("ext_proc protocol violation: {what}"))
+}

@@ -1,0 +1,428 @@
+//! Ships decisions and per-pod samples to the dashboard (`POST /api/v1/ingest`, NDJSON, bearer token).
+//!
+//! The request path only calls [`Shipper::ship`], which puts the record on a bounded channel with `try_send`: when
+//! the channel is full (the dashboard is slow or down) the record is dropped and counted, and the request never
+//! waits. One background task drains the channel into batches of up to [`MAX_BATCH`] records or [`FLUSH_EVERY`],
+//! whichever comes first, and POSTs them with bounded retries; a batch that still fails is dropped and counted.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::Full;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use prometheus_client::metrics::counter::Counter;
+use scheduler::Decision;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{datastore::Datastore, scrape::MetricsStore};
+
+/// Records waiting to be shipped; beyond this they are dropped rather than held in memory.
+pub const QUEUE_CAPACITY: usize = 20_000;
+/// Records per POST.
+pub const MAX_BATCH: usize = 1_000;
+/// A partial batch is sent after this long, so the dashboard is at most this far behind.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Attempts per batch before it is dropped; with the back-off below a batch is retried for about 3 s.
+const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Bound on one POST.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often per-pod samples are taken.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// One record of the ingest stream.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    Decision(Box<Decision>),
+    Sample(Sample),
+}
+
+/// Queue, running requests and KV-cache use of one pod at one time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    /// `namespace/name`.
+    pub pod: String,
+    pub pool: String,
+    /// `ip:port`.
+    pub endpoint: String,
+    pub at_ms: u64,
+    pub queue: u32,
+    pub running: u32,
+    pub kv_usage: f64,
+}
+
+/// Where and how to ship.
+#[derive(Clone, Debug)]
+pub struct ShipperConfig {
+    /// Base URL of the dashboard, e.g. `http://127.0.0.1:8088`.
+    pub url: String,
+    pub token: String,
+}
+
+/// Counters of what happened to shipped records (registered on the gateway's `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct ShipperCounters {
+    pub shipped: Counter,
+    pub dropped: Counter,
+}
+
+/// The sending half, held by the [`crate::routing::Director`]; cheap to call from the request path.
+#[derive(Clone, Debug)]
+pub struct Shipper {
+    tx: mpsc::Sender<Record>,
+    counters: ShipperCounters,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipperError {
+    #[error("invalid --dashboard-url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+}
+
+impl Shipper {
+    /// Queues a record; never waits. A full queue drops it and counts the drop.
+    pub fn ship(&self, record: Record) {
+        if self.tx.try_send(record).is_err() {
+            self.counters.dropped.inc();
+        }
+    }
+
+    pub fn ship_decision(&self, decision: Decision) {
+        self.ship(Record::Decision(Box::new(decision)));
+    }
+}
+
+/// Creates the shipper and the task that drains it; the task ends when `cancel` fires, after one last flush.
+pub fn spawn(
+    config: ShipperConfig,
+    counters: ShipperCounters,
+    cancel: CancellationToken,
+) -> Result<(Shipper, tokio::task::JoinHandle<()>), ShipperError> {
+    let base = config.url.trim_end_matches('/');
+    let uri: Uri = format!("{base}/api/v1/ingest")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ShipperError::Url {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        })?;
+    if uri.scheme_str() != Some("http") {
+        return Err(ShipperError::Url {
+            url: config.url.clone(),
+            reason: "only http:// is supported (put TLS in front of the dashboard's Service)".into(),
+        });
+    }
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let sender = Sender {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        uri,
+        authorization: format!("Bearer {}", config.token),
+        counters: counters.clone(),
+    };
+    let task = tokio::spawn(drain(rx, sender, cancel));
+    Ok((Shipper { tx, counters }, task))
+}
+
+struct Sender {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    authorization: String,
+    counters: ShipperCounters,
+}
+
+enum Failure {
+    /// Worth another try (connection refused, timeout, 5xx, 429).
+    Transient(String),
+    /// The dashboard refused the batch itself (401, 413, 422): retrying cannot help.
+    Permanent(String),
+}
+
+impl Sender {
+    async fn post(&self, body: Bytes) -> Result<(), Failure> {
+        let request = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .header(header::AUTHORIZATION, &self.authorization)
+            .body(Full::new(body))
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let response = tokio::time::timeout(POST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| Failure::Transient(format!("timed out after {POST_TIMEOUT:?}")))?
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Err(Failure::Transient(s.to_string())),
+            s => Err(Failure::Permanent(s.to_string())),
+        }
+    }
+
+    /// Sends one batch with bounded retries; counts it as shipped or dropped.
+    async fn send(&self, batch: &mut Vec<Record>, cancel: &CancellationToken) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let mut body = Vec::with_capacity(batch.len() * 1024);
+        for record in batch.drain(..) {
+            // Serialising plain data into a Vec cannot fail.
+            if serde_json::to_writer(&mut body, &record).is_ok() {
+                body.push(b'\n');
+            }
+        }
+        let body = Bytes::from(body);
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            match self.post(body.clone()).await {
+                Ok(()) => {
+                    self.counters.shipped.inc_by(n);
+                    return;
+                }
+                Err(Failure::Permanent(why)) => {
+                    tracing::warn!(records = n, error = why, "dashboard refused a batch; dropped");
+                    break;
+                }
+                Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
+                    tracing::debug!(
+                        records = n,
+                        attempt,
+                        error = why,
+                        "shipping to the dashboard failed; retrying"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = cancel.cancelled() => break,
+                    }
+                    backoff *= 2;
+                }
+                Err(Failure::Transient(why)) => {
+                    tracing::warn!(records = n, error = why, "dashboard unreachable; batch dropped");
+                }
+            }
+        }
+        self.counters.dropped.inc_by(n);
+    }
+}
+
+async fn drain(mut rx: mpsc::Receiver<Record>, sender: Sender, cancel: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            received = rx.recv() => match received {
+                Some(record) => {
+                    batch.push(record);
+                    if batch.len() >= MAX_BATCH {
+                        sender.send(&mut batch, &cancel).await;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => sender.send(&mut batch, &cancel).await,
+        }
+    }
+    // Whatever is already queued gets one attempt, without retries, so stopping stays quick.
+    let stopping = CancellationToken::new();
+    stopping.cancel();
+    while let Ok(record) = rx.try_recv() {
+        batch.push(record);
+        if batch.len() >= MAX_BATCH {
+            sender.send(&mut batch, &stopping).await;
+        }
+    }
+    sender.send(&mut batch, &stopping).await;
+}
+
+/// Every [`SAMPLE_EVERY`], ships the last scraped queue, running requests and KV-cache use of each pod of the pool.
+pub async fn run_sampler(
+    datastore: Datastore,
+    metrics: std::sync::Arc<MetricsStore>,
+    shipper: Shipper,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot = datastore.snapshot();
+        let pool = snapshot.pool().map(|p| p.name.clone()).unwrap_or_default();
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for endpoint in snapshot.endpoints() {
+            let m = metrics.get(&endpoint.id);
+            if m.updated_at.is_none() {
+                continue;
+            }
+            shipper.ship(Record::Sample(Sample {
+                pod: endpoint.pod.as_str().to_owned(),
+                pool: pool.clone(),
+                endpoint: endpoint.id.as_str().to_owned(),
+                at_ms,
+                queue: m.waiting_queue,
+                running: m.running,
+                kv_usage: m.kv_cache_usage.clamp(0.0, 1.0),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{Router, body::Bytes as AxumBytes, http::HeaderMap, routing::post};
+
+    use super::*;
+
+    fn sample(i: u64) -> Record {
+        Record::Sample(Sample {
+            pod: format!("default/p{i}"),
+            pool: "pool".into(),
+            endpoint: "127.0.0.11:8000".into(),
+            at_ms: i,
+            queue: 1,
+            running: 2,
+            kv_usage: 0.5,
+        })
+    }
+
+    /// A fake dashboard that answers `status` and keeps the bodies it accepted.
+    async fn fake_dashboard(status: StatusCode) -> (String, Arc<Mutex<Vec<String>>>) {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = Router::new().route(
+            "/api/v1/ingest",
+            post(move |headers: HeaderMap, body: AxumBytes| {
+                let kept = kept.clone();
+                async move {
+                    assert_eq!(headers[header::AUTHORIZATION], "Bearer t0ken");
+                    if status.is_success() {
+                        kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    }
+                    status
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, bodies)
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn records_arrive_as_ndjson_batches() {
+        let (url, bodies) = fake_dashboard(StatusCode::OK).await;
+        let counters = ShipperCounters::default();
+        let cancel = CancellationToken::new();
+        let config = ShipperConfig {
+            url,
+            token: "t0ken".into(),
+        };
+        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).unwrap();
+        for i in 0..2500 {
+            shipper.ship(sample(i));
+        }
+        wait_for("2500 shipped", || counters.shipped.get() == 2500).await;
+        let lines: usize = bodies.lock().unwrap().iter().map(|b| b.lines().count()).sum();
+        assert_eq!(lines, 2500);
+        let first = bodies.lock().unwrap()[0].lines().next().unwrap().to_owned();
+        assert!(first.starts_with(r#"{"sample":{"pod":"default/p0""#), "{first}");
+        assert!(bodies.lock().unwrap().iter().all(|b| b.lines().count() <= MAX_BATCH));
+        assert_eq!(counters.dropped.get(), 0);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_dropped_and_counted_without_retries() {
+        let (url, _) = fake_dashboard(StatusCode::UNAUTHORIZED).await;
+        let counters = ShipperCounters::default();
+        let cancel = CancellationToken::new();
+        let (shipper, task) = spawn(
+            ShipperConfig {
+                url,
+                token: "t0ken".into(),
+            },
+            counters.clone(),
+            cancel.clone(),
+        )
+        .unwrap();
+        for i in 0..10 {
+            shipper.ship(sample(i));
+        }
+        wait_for("10 dropped", || counters.dropped.get() == 10).await;
+        assert_eq!(counters.shipped.get(), 0);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_instead_of_blocking() {
+        // Nothing listens on this port: every POST fails, so the queue fills and overflow is counted.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let counters = ShipperCounters::default();
+        let cancel = CancellationToken::new();
+        let (shipper, task) = spawn(
+            ShipperConfig {
+                url,
+                token: "t0ken".into(),
+            },
+            counters.clone(),
+            cancel.clone(),
+        )
+        .unwrap();
+        let extra = 500;
+        let started = std::time::Instant::now();
+        for i in 0..(QUEUE_CAPACITY + MAX_BATCH + extra) as u64 {
+            shipper.ship(sample(i));
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "ship() must never wait");
+        assert!(
+            counters.dropped.get() >= extra as u64,
+            "dropped {}",
+            counters.dropped.get()
+        );
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(counters.shipped.get(), 0);
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = |url: &str| ShipperConfig {
+                url: url.into(),
+                token: "t".into(),
+            };
+            let cancel = CancellationToken::new();
+            assert!(spawn(config("https://x"), ShipperCounters::default(), cancel.clone()).is_err());
+            assert!(spawn(config("not a url"), ShipperCounters::default(), cancel.clone()).is_err());
+            assert!(spawn(config("http://127.0.0.1:1/"), ShipperCounters::default(), cancel).is_ok());
+        });
+    }
+}
