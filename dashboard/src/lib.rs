@@ -30,7 +30,7 @@ use crate::{
     args::Args,
     auth::{Secret, Sessions},
     db::Db,
-    releases::{ReleaseStore, dir::DirReleaseStore},
+    releases::{ReleaseStore, dir::DirReleaseStore, kube::KubeReleaseStore},
 };
 
 /// Everything a handler needs, shared by all requests. One context rather than many extensions, so a handler's
@@ -118,10 +118,12 @@ pub async fn start(args: Args) -> anyhow::Result<Dashboard> {
         .with_context(|| format!("opening database {}", args.db))?;
     let releases: Arc<dyn ReleaseStore> = match (&args.dir, args.kube) {
         (Some(dir), false) => Arc::new(DirReleaseStore::new(dir)),
-        (None, true) => anyhow::bail!(
-            "--kube is not available yet: the dashboard needs the kube client (server-side apply of InferenceModels); \
-             use --dir"
-        ),
+        (None, true) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the kubernetes api for --kube")?;
+            Arc::new(KubeReleaseStore::new(client))
+        }
         (None, false) => {
             tracing::warn!("neither --dir nor --kube given: the releases pages stay empty");
             Arc::new(releases::NoReleaseStore)

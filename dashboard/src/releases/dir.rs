@@ -13,8 +13,6 @@ use tokio::sync::Mutex;
 
 use super::{ModelKey, ModelState, ReleaseStore, StoreError, Target};
 
-const DEFAULT_NAMESPACE: &str = "default";
-
 /// InferenceModels read from and written to YAML files in one directory.
 #[derive(Debug)]
 pub struct DirReleaseStore {
@@ -92,43 +90,7 @@ fn state(found: &Found) -> Result<ModelState, StoreError> {
         path: found.path.display().to_string(),
         message: e.to_string(),
     })?;
-    let namespace = model
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-    let targets = if model.spec.target_models.is_empty() {
-        // A model without targetModels serves itself, as the gateway treats it.
-        vec![Target {
-            name: model.spec.model_name.clone(),
-            weight: None,
-        }]
-    } else {
-        model
-            .spec
-            .target_models
-            .iter()
-            .map(|t| Target {
-                name: t.name.clone(),
-                weight: t.weight.and_then(|w| u32::try_from(w).ok()),
-            })
-            .collect()
-    };
-    Ok(ModelState {
-        key: ModelKey {
-            namespace,
-            name: model.metadata.name.clone().unwrap_or_default(),
-        },
-        criticality: model
-            .spec
-            .criticality
-            .map(|c| format!("{c:?}"))
-            .unwrap_or_else(|| "Standard".into()),
-        pool: model.spec.pool_ref.name.clone(),
-        model_name: model.spec.model_name,
-        targets,
-        source: found.path.display().to_string(),
-    })
+    Ok(ModelState::from_model(&model, found.path.display().to_string()))
 }
 
 impl ReleaseStore for DirReleaseStore {

@@ -1,11 +1,12 @@
-//! Canary releases: where InferenceModels live ([`ReleaseStore`]: a directory of YAML or, later, the Kubernetes
-//! API), the validation of a weight change, and the apply/rollback flow that records each change in the history.
+//! Canary releases: where InferenceModels live ([`ReleaseStore`]: a directory of YAML or the Kubernetes API), the
+//! validation of a weight change, and the apply/rollback flow that records each change in the history.
 
 pub mod dir;
+pub mod kube;
 
 use std::{collections::BTreeMap, fmt};
 
-use api::validate::FieldError;
+use api::{v1alpha1::InferenceModel, validate::FieldError};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,42 @@ pub struct ModelState {
 }
 
 impl ModelState {
+    /// The page's view of an InferenceModel; objects without a namespace are in `default`.
+    pub fn from_model(model: &InferenceModel, source: String) -> ModelState {
+        let targets = if model.spec.target_models.is_empty() {
+            // A model without targetModels serves itself, as the gateway treats it.
+            vec![Target {
+                name: model.spec.model_name.clone(),
+                weight: None,
+            }]
+        } else {
+            model
+                .spec
+                .target_models
+                .iter()
+                .map(|t| Target {
+                    name: t.name.clone(),
+                    weight: t.weight.and_then(|w| u32::try_from(w).ok()),
+                })
+                .collect()
+        };
+        ModelState {
+            key: ModelKey {
+                namespace: model.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+                name: model.metadata.name.clone().unwrap_or_default(),
+            },
+            model_name: model.spec.model_name.clone(),
+            criticality: model
+                .spec
+                .criticality
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_else(|| "Standard".into()),
+            pool: model.spec.pool_ref.name.clone(),
+            targets,
+            source,
+        }
+    }
+
     /// Each target's share of traffic in percent (equal shares when unweighted).
     pub fn shares(&self) -> Vec<f64> {
         shares(&self.targets)
