@@ -141,7 +141,7 @@ impl ReleaseStore for NoReleaseStore {
     }
 
     fn describe(&self) -> String {
-        "nowhere: start the dashboard with --dir to edit releases".into()
+        "nowhere: start the dashboard with --dir or --kube to edit releases".into()
     }
 }
 
