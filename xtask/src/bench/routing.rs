@@ -56,7 +56,14 @@ pub(crate) struct RoutingArgs {
     /// Simulated seconds per wall second; metric scrape and staleness intervals scale with it.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) time_scale: f64,
+    /// Also race the peer routers (installs `smg` from PyPI into a venv under target/bench/).
+    #[arg(long)]
+    pub(crate) peers: bool,
 }
+
+/// The peer router raced with `--peers`, pinned so reports stay comparable.
+const SMG_PACKAGE: &str = "smg==1.13.0";
+const PEER_LISTEN: (&str, u16) = ("127.0.0.1", 18381);
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum RouterKind {
@@ -68,6 +75,10 @@ pub(crate) enum RouterKind {
     DecisionTree,
     /// Switchyard with its default profile.
     Default,
+    /// Shepherd Model Gateway (`smg`), `--policy cache_aware`.
+    SmgCacheAware,
+    /// Shepherd Model Gateway (`smg`), `--policy round_robin`.
+    SmgRoundRobin,
 }
 
 impl RouterKind {
@@ -77,6 +88,16 @@ impl RouterKind {
             RouterKind::RoundRobin => "round-robin",
             RouterKind::DecisionTree => "decision-tree",
             RouterKind::Default => "default",
+            RouterKind::SmgCacheAware => "smg-cache-aware",
+            RouterKind::SmgRoundRobin => "smg-round-robin",
+        }
+    }
+
+    fn smg_policy(self) -> Option<&'static str> {
+        match self {
+            RouterKind::SmgCacheAware => Some("cache_aware"),
+            RouterKind::SmgRoundRobin => Some("round_robin"),
+            _ => None,
         }
     }
 
@@ -84,7 +105,7 @@ impl RouterKind {
         match self {
             RouterKind::DecisionTree => Some("decision-tree"),
             RouterKind::Default => Some("default"),
-            RouterKind::Random | RouterKind::RoundRobin => None,
+            _ => None,
         }
     }
 }
@@ -173,12 +194,24 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     } else {
         vec![4_400, 5_000, 5_600]
     });
-    let routers = args.routers.clone().unwrap_or(vec![
+    let mut routers = args.routers.clone().unwrap_or(vec![
         RouterKind::Random,
         RouterKind::RoundRobin,
         RouterKind::DecisionTree,
         RouterKind::Default,
     ]);
+    if args.peers {
+        for peer in [RouterKind::SmgCacheAware, RouterKind::SmgRoundRobin] {
+            if !routers.contains(&peer) {
+                routers.push(peer);
+            }
+        }
+    }
+    let smg = if routers.iter().any(|r| r.smg_policy().is_some()) {
+        Some(install_smg()?)
+    } else {
+        None
+    };
     anyhow::ensure!(args.time_scale > 0.0, "--time-scale must be positive");
     anyhow::ensure!(requests_per_run > 0, "--requests must be positive");
 
@@ -207,9 +240,19 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
             let dataset = workload::generate(workload, requests_per_run, seed);
             for &router in &routers {
                 bar.set_message(format!("{} blocks={num_blocks} seed={seed}", router.name()));
-                let result = one_run(&bin, &out, &args, router, num_blocks, seed, &dataset, &bar)
-                    .await
-                    .with_context(|| format!("{} run, blocks {num_blocks}, seed {seed}", router.name()))?;
+                let result = one_run(
+                    &bin,
+                    smg.as_deref(),
+                    &out,
+                    &args,
+                    router,
+                    num_blocks,
+                    seed,
+                    &dataset,
+                    &bar,
+                )
+                .await
+                .with_context(|| format!("{} run, blocks {num_blocks}, seed {seed}", router.name()))?;
                 results.entry((num_blocks, router)).or_default().push(result);
             }
         }
@@ -254,6 +297,7 @@ fn mean(runs: &[RunResult], key: &str) -> f64 {
 #[allow(clippy::too_many_arguments)]
 async fn one_run(
     bin: &Path,
+    smg: Option<&Path>,
     out: &Path,
     args: &RoutingArgs,
     router: RouterKind,
@@ -344,7 +388,32 @@ async fn one_run(
             gateway = Some(proc);
             ("qwq", vec![format!("http://{PROXY}")])
         }
-        None => ("qwq-32b", pods.iter().map(|p| format!("http://{p}")).collect()),
+        None => match (router.smg_policy(), smg) {
+            (Some(policy), Some(smg)) => {
+                let (host, port) = PEER_LISTEN;
+                let mut peer_args: Vec<String> = vec!["launch".into(), "--host".into(), host.into()];
+                peer_args.extend(["--port".into(), port.to_string(), "--policy".into(), policy.into()]);
+                peer_args.extend([
+                    "--log-level".into(),
+                    "warn".into(),
+                    "--prometheus-host".into(),
+                    host.into(),
+                ]);
+                peer_args.extend([
+                    "--prometheus-port".into(),
+                    (port + 1000).to_string(),
+                    "--worker-urls".into(),
+                ]);
+                peer_args.extend(pods.iter().map(|p| format!("http://{p}")));
+                let mut proc = Proc::spawn("smg", smg, &peer_args, Some(&out.join("smg.log")))?;
+                let health = format!("http://{host}:{port}/health");
+                procs::wait_ready(&health, Duration::from_secs(60), &mut [&mut proc, &mut sim]).await?;
+                gateway = Some(proc);
+                // The peer forwards the model name untouched, so clients ask for the served name.
+                ("qwq-32b", vec![format!("http://{host}:{port}")])
+            }
+            _ => ("qwq-32b", pods.iter().map(|p| format!("http://{p}")).collect()),
+        },
     };
 
     let client = load::http_client();
@@ -596,6 +665,14 @@ fn report(
         md,
         "Simulated QwQ-32B on 4×A10 (vllm-sim, V0 scheduler); times in simulated ms; means over seeds.\n"
     );
+    if results.keys().any(|(_, r)| r.smg_policy().is_some()) {
+        let _ = writeln!(
+            md,
+            "Peers: `{SMG_PACKAGE}` (`smg launch --policy cache_aware|round_robin --worker-urls <5 pods>`, defaults \
+             otherwise). Not raced: `vllm-router`, whose cache-aware policy posts `/v1/completions/render` or \
+             `/tokenize` to every worker per request, which vllm-sim does not serve yet.\n"
+        );
+    }
     let mut last_blocks = None;
     for ((blocks, router), runs) in results {
         if last_blocks != Some(*blocks) {
@@ -740,4 +817,21 @@ fn svg_lines(
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// Installs the pinned `smg` into a venv under target/bench (once) and returns its launcher.
+fn install_smg() -> anyhow::Result<PathBuf> {
+    let venv = procs::workspace_root().join("target/bench/peers-venv");
+    let smg = venv.join("bin/smg");
+    if !smg.exists() {
+        let venv_str = venv.display().to_string();
+        procs::run("python3", &["-m", "venv", &venv_str])?;
+        let pip = venv.join("bin/pip").display().to_string();
+        procs::run(
+            &pip,
+            &["install", "--quiet", "--disable-pip-version-check", SMG_PACKAGE],
+        )
+        .context("installing the peer router smg from PyPI")?;
+    }
+    Ok(smg)
 }
