@@ -477,7 +477,14 @@ async fn a_canary_release_in_the_browser_moves_ten_percent_of_traffic() {
     browser.wait_text("table.decisions", "qwq-32b-v2").await;
     screenshots.push(browser.screenshot("06-decisions").await);
     browser.click("table.decisions tbody tr td a").await;
-    browser.wait_text("#why", "scored").await;
+    // The sentence depends on the pick: a clear lead, a broken tie, or a single survivor of the filters.
+    let why = browser.wait_text("#why", "qwq-").await;
+    assert!(
+        ["against", "the picker broke the tie", "only candidate"]
+            .iter()
+            .any(|form| why.contains(form)),
+        "the decision page does not say why: {why}"
+    );
     screenshots.push(browser.screenshot("07-decision").await);
     browser.goto(&format!("{ui}/pods/default/qwq-0")).await;
     browser.wait_text("#chart-note", "points").await;
