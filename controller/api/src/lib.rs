@@ -1,5 +1,6 @@
 //! CRD types and shared wire types; this crate holds data only and never touches the network.
 
+pub mod canary;
 pub mod conditions;
 pub mod v1;
 pub mod v1alpha1;
@@ -23,5 +24,6 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         v1alpha1::InferencePool::crd(),
         v1alpha1::InferenceModel::crd(),
         v1::InferencePool::crd(),
+        canary::CanaryRelease::crd(),
     ]
 }
