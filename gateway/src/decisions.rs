@@ -64,6 +64,7 @@ mod tests {
             prompt_tokens: None,
             completion_tokens: None,
             cached_tokens: None,
+            mirror_of: None,
         }
     }
 

@@ -343,5 +343,6 @@ fn empty_decision(request_id: &str, received_at_ms: u64, model: &str, pool: &str
         prompt_tokens: None,
         completion_tokens: None,
         cached_tokens: None,
+        mirror_of: None,
     }
 }

@@ -213,6 +213,8 @@ impl FullRow {
                 prompt_tokens: s.prompt_tokens.map(unsigned),
                 completion_tokens: s.completion_tokens.map(unsigned),
                 cached_tokens: s.cached_tokens.map(unsigned),
+                // Not stored yet: the audit column for mirrored traffic comes with its migration.
+                mirror_of: None,
             },
         ))
     }

@@ -78,6 +78,10 @@ pub struct Decision {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
+    /// Set on the decision of a mirrored copy: the request id of the client request it copies. A mirrored
+    /// response is recorded and discarded; the client never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_of: Option<String>,
 }
 
 /// Scorer name → value, serialised as a JSON object. A small vector rather than a map: it is built for

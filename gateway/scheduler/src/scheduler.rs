@@ -165,6 +165,7 @@ impl Scheduler {
             prompt_tokens: None,
             completion_tokens: None,
             cached_tokens: None,
+            mirror_of: None,
         }
     }
 }
