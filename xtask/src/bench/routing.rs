@@ -59,6 +59,10 @@ pub(crate) struct RoutingArgs {
     /// Also race the peer routers (installs `smg` from PyPI into a venv under target/bench/).
     #[arg(long)]
     pub(crate) peers: bool,
+    /// Extra scheduler config for the gateway routers, for tuning: its `profiles` (a profile named `default`
+    /// replaces the built-in) and `prefix` keys are used; `profile` and `saturation` are set by the benchmark.
+    #[arg(long)]
+    pub(crate) scheduler_config: Option<PathBuf>,
 }
 
 /// The peer router raced with `--peers`, pinned so reports stay comparable.
@@ -271,6 +275,9 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     summary.insert("requests_per_run".into(), requests_per_run.into());
     summary.insert("time_scale".into(), args.time_scale.into());
     summary.insert("wall_duration_s".into(), wall.as_secs_f64().into());
+    if let Some(path) = &args.scheduler_config {
+        summary.insert("scheduler_config".into(), Value::from(path.display().to_string()));
+    }
     for ((num_blocks, router), runs) in &results {
         for (key, _) in FIELDS {
             summary.insert(format!("{}_{num_blocks}_{key}", router.name()), mean(runs, key).into());
@@ -355,9 +362,14 @@ async fn one_run(
             // The gateway must see metrics as fresh as on real hardware, so its intervals shrink with time.
             let staleness_ms = (200.0 / scale).ceil().max(1.0);
             let scheduler = out.join("scheduler.yaml");
+            let extra = match &args.scheduler_config {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --scheduler-config {}", path.display()))?,
+                None => String::new(),
+            };
             std::fs::write(
                 &scheduler,
-                format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n"),
+                format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n{extra}"),
             )?;
             let scrape = format!("{}ms", (50.0 / scale).max(1.0));
             let mut proc = Proc::spawn(
