@@ -81,6 +81,12 @@ pub struct EndpointMetrics {
     pub waiting_loras: Vec<String>,
     /// `max_lora` of `vllm:lora_requests_info`; `None` when the server does not report LoRA state.
     pub max_loras: Option<u32>,
+    /// Whether the server caches prompt prefixes (`enable_prefix_caching` of `vllm:cache_config_info`); `None`
+    /// when it does not say. A prefix hit on a server without the cache saves nothing.
+    pub prefix_caching: Option<bool>,
+    /// Tokens the server's KV cache holds (`num_gpu_blocks × block_size`); bounds what the prefix index may
+    /// believe is cached there.
+    pub kv_cache_tokens: Option<u64>,
     pub updated_at: Option<Instant>,
 }
 

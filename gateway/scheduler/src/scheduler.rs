@@ -40,7 +40,7 @@ impl Scheduler {
             fallbacks: config.fallbacks,
             saturation: config.saturation.clone(),
             prefix: config.prefix,
-            prefix_index: Mutex::new(PrefixIndex::new(&config.prefix)),
+            prefix_index: Mutex::new(PrefixIndex::new()),
         })
     }
 
@@ -115,7 +115,8 @@ impl Scheduler {
             }
         }
         // What we sent where: the next request with this prefix will find it on `chosen`.
-        self.index().insert(chosen, &hashes);
+        let capacity = self.prefix.capacity_for(endpoints[winner].metrics.kv_cache_tokens);
+        self.index().insert(chosen, &hashes, capacity);
         decision.outcome = Outcome::Routed;
         decision.endpoint = Some(chosen.clone());
         decision

@@ -15,6 +15,7 @@ const KV_USAGE: &[&str] = &[
     "sglang:token_usage",
 ];
 const LORA_INFO: &str = "vllm:lora_requests_info";
+const CACHE_CONFIG_INFO: &str = "vllm:cache_config_info";
 
 /// The exposition lacks a metric the scheduler cannot route without.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +31,7 @@ pub fn extract(samples: &[Sample<'_>]) -> Result<EndpointMetrics, MissingMetric>
     let running = gauge(samples, RUNNING, "running requests", Aggregate::Sum)?;
     let kv_cache_usage = gauge(samples, KV_USAGE, "kv-cache usage", Aggregate::Max)?.clamp(0.0, 1.0);
     let lora = lora_state(samples);
+    let cache_config = samples.iter().find(|s| s.name == CACHE_CONFIG_INFO);
     Ok(EndpointMetrics {
         waiting_queue: count(waiting),
         running: count(running),
@@ -37,8 +39,27 @@ pub fn extract(samples: &[Sample<'_>]) -> Result<EndpointMetrics, MissingMetric>
         active_loras: lora.as_ref().map(|l| l.active.clone()).unwrap_or_default(),
         waiting_loras: lora.as_ref().map(|l| l.waiting.clone()).unwrap_or_default(),
         max_loras: lora.and_then(|l| l.max_loras),
+        prefix_caching: cache_config
+            .and_then(|c| c.label("enable_prefix_caching"))
+            .and_then(parse_bool),
+        kv_cache_tokens: cache_config.and_then(kv_cache_tokens),
         updated_at: None,
     })
+}
+
+/// `vllm:cache_config_info` labels spell booleans the Python way.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "True" | "true" => Some(true),
+        "False" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+fn kv_cache_tokens(info: &Sample<'_>) -> Option<u64> {
+    let blocks: u64 = info.label("num_gpu_blocks")?.parse().ok()?;
+    let block_size: u64 = info.label("block_size")?.parse().ok()?;
+    blocks.checked_mul(block_size)
 }
 
 /// How several series of one gauge combine (vLLM V1 with data parallelism exports one per engine).
@@ -135,6 +156,9 @@ mod tests {
                 active_loras: vec!["sql-lora".into()],
                 waiting_loras: vec!["chat-lora".into(), "tweet-lora".into()],
                 max_loras: Some(4),
+                // 2 193 blocks of 16 tokens, prefix caching off (vLLM 0.7's V0 default).
+                prefix_caching: Some(false),
+                kv_cache_tokens: Some(35_088),
                 updated_at: None,
             }
         );

@@ -74,6 +74,10 @@ impl BlockLru {
         }
     }
 
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }

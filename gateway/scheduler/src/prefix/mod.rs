@@ -84,7 +84,23 @@ const fn nonzero(n: usize) -> NonZeroUsize {
     }
 }
 
+/// Characters per token assumed when converting a server's KV capacity into blocks (as for the block size).
+const CHARS_PER_TOKEN: u64 = 4;
+
 impl PrefixConfig {
+    /// How many blocks an endpoint's index may hold when its server reports a KV cache of `kv_cache_tokens`:
+    /// believing more is cached than fits would route requests to prefixes the server already evicted.
+    pub fn capacity_for(&self, kv_cache_tokens: Option<u64>) -> usize {
+        let configured = self.lru_capacity_per_endpoint.get();
+        match kv_cache_tokens {
+            Some(tokens) => {
+                let blocks = tokens.saturating_mul(CHARS_PER_TOKEN) / self.block_size_chars.get() as u64;
+                usize::try_from(blocks).unwrap_or(usize::MAX).clamp(1, configured)
+            }
+            None => configured,
+        }
+    }
+
     /// Writes the chained block hashes of `prompt` into `hashes` (cleared first).
     pub fn block_hashes(&self, target_model: &str, prompt: &str, hashes: &mut Vec<u64>) {
         hashes.clear();
@@ -102,9 +118,8 @@ impl PrefixConfig {
 }
 
 /// Per-endpoint LRU sets of block hashes: "what we sent where", a model of the servers' prefix caches.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PrefixIndex {
-    capacity: usize,
     endpoints: HashMap<EndpointId, BlockLru, BuildHasherDefault<IdHasher>>,
 }
 
@@ -124,9 +139,8 @@ impl Hasher for IdHasher {
 }
 
 impl PrefixIndex {
-    pub fn new(config: &PrefixConfig) -> Self {
+    pub fn new() -> Self {
         Self {
-            capacity: config.lru_capacity_per_endpoint.get(),
             endpoints: HashMap::default(),
         }
     }
@@ -157,13 +171,20 @@ impl PrefixIndex {
         lo
     }
 
-    /// Records that the prompt with these block hashes was sent to `endpoint`.
-    pub fn insert(&mut self, endpoint: &EndpointId, hashes: &[u64]) {
+    /// Records that the prompt with these block hashes was sent to `endpoint`, whose set holds at most
+    /// `capacity` blocks (see [`PrefixConfig::capacity_for`]).
+    pub fn insert(&mut self, endpoint: &EndpointId, hashes: &[u64], capacity: usize) {
         if hashes.is_empty() {
             return;
         }
-        if !self.endpoints.contains_key(endpoint) {
-            self.endpoints.insert(endpoint.clone(), BlockLru::new(self.capacity));
+        // A capacity learnt after the first request (the server's first scrape) replaces the guess once;
+        // the set starts cold rather than being compacted, which would cost one request a long pause.
+        if self
+            .endpoints
+            .get(endpoint)
+            .is_none_or(|lru| lru.capacity() != capacity)
+        {
+            self.endpoints.insert(endpoint.clone(), BlockLru::new(capacity));
         }
         let Some(lru) = self.endpoints.get_mut(endpoint) else {
             return;
@@ -186,6 +207,11 @@ impl PrefixIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Largest number of blocks `endpoint`'s set holds, if it has one.
+    pub fn capacity(&self, endpoint: &EndpointId) -> Option<usize> {
+        self.endpoints.get(endpoint).map(BlockLru::capacity)
     }
 
     /// Heap bytes held by the per-endpoint sets (not counting the endpoint ids).

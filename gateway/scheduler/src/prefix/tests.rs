@@ -55,8 +55,12 @@ fn multibyte_text_is_cut_on_bytes_without_panicking() {
 #[test]
 fn the_longest_match_stops_at_the_first_divergent_block() {
     let config = config(4, 10, 100);
-    let mut index = PrefixIndex::new(&config);
-    index.insert(&id("a"), &hashes(&config, "m", "aaaabbbbccccdddd"));
+    let mut index = PrefixIndex::new();
+    index.insert(
+        &id("a"),
+        &hashes(&config, "m", "aaaabbbbccccdddd"),
+        config.lru_capacity_per_endpoint.get(),
+    );
     assert_eq!(
         index.longest_match(&id("a"), &hashes(&config, "m", "aaaabbbbccccdddd")),
         4
@@ -76,11 +80,19 @@ fn the_longest_match_stops_at_the_first_divergent_block() {
 #[test]
 fn eviction_respects_capacity_and_drops_the_deepest_blocks_first() {
     let config = config(1, 100, 5);
-    let mut index = PrefixIndex::new(&config);
-    index.insert(&id("a"), &hashes(&config, "m", "abcdefgh"));
+    let mut index = PrefixIndex::new();
+    index.insert(
+        &id("a"),
+        &hashes(&config, "m", "abcdefgh"),
+        config.lru_capacity_per_endpoint.get(),
+    );
     assert_eq!(index.len(), 5);
     assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "abcdefgh")), 5);
-    index.insert(&id("a"), &hashes(&config, "m", "xyz"));
+    index.insert(
+        &id("a"),
+        &hashes(&config, "m", "xyz"),
+        config.lru_capacity_per_endpoint.get(),
+    );
     assert_eq!(index.len(), 5);
     assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "abcdefgh")), 2);
     assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "xyz")), 3);
@@ -89,9 +101,17 @@ fn eviction_respects_capacity_and_drops_the_deepest_blocks_first() {
 #[test]
 fn retain_forgets_endpoints_that_left_the_pool() {
     let config = config(1, 10, 10);
-    let mut index = PrefixIndex::new(&config);
-    index.insert(&id("a"), &hashes(&config, "m", "abc"));
-    index.insert(&id("b"), &hashes(&config, "m", "abc"));
+    let mut index = PrefixIndex::new();
+    index.insert(
+        &id("a"),
+        &hashes(&config, "m", "abc"),
+        config.lru_capacity_per_endpoint.get(),
+    );
+    index.insert(
+        &id("b"),
+        &hashes(&config, "m", "abc"),
+        config.lru_capacity_per_endpoint.get(),
+    );
     index.retain(|endpoint| endpoint == &id("b"));
     assert_eq!(index.longest_match(&id("a"), &hashes(&config, "m", "abc")), 0);
     assert_eq!(index.longest_match(&id("b"), &hashes(&config, "m", "abc")), 3);
@@ -101,13 +121,13 @@ fn retain_forgets_endpoints_that_left_the_pool() {
 #[test]
 fn a_full_endpoint_costs_about_fifty_bytes_per_entry() {
     let config = PrefixConfig::default();
-    let mut index = PrefixIndex::new(&config);
+    let mut index = PrefixIndex::new();
     let capacity = config.lru_capacity_per_endpoint.get();
     // Distinct prompts until the endpoint is full, then as many again so that eviction reuses nodes.
     let mut out = Vec::new();
     for i in 0..(2 * capacity / 200) {
         config.block_hashes("m", &format!("{i:064}").repeat(200), &mut out);
-        index.insert(&id("a"), &out);
+        index.insert(&id("a"), &out, config.lru_capacity_per_endpoint.get());
     }
     assert_eq!(index.len(), capacity);
     let per_entry = index.heap_bytes() as f64 / capacity as f64;
@@ -124,10 +144,10 @@ proptest! {
     #[test]
     fn a_fresh_insert_matches_in_full(prompts in prop::collection::vec(arb_prompt(), 1..20), capacity in 1usize..40) {
         let config = config(1, 16, capacity);
-        let mut index = PrefixIndex::new(&config);
+        let mut index = PrefixIndex::new();
         for prompt in &prompts {
             let chain = hashes(&config, "m", prompt);
-            index.insert(&id("a"), &chain);
+            index.insert(&id("a"), &chain, config.lru_capacity_per_endpoint.get());
             prop_assert_eq!(index.longest_match(&id("a"), &chain), chain.len().min(capacity));
             prop_assert!(index.len() <= capacity);
         }
@@ -136,9 +156,9 @@ proptest! {
     #[test]
     fn held_sets_stay_prefix_closed(prompts in prop::collection::vec(arb_prompt(), 1..40), capacity in 1usize..30) {
         let config = config(1, 16, capacity);
-        let mut index = PrefixIndex::new(&config);
+        let mut index = PrefixIndex::new();
         for prompt in &prompts {
-            index.insert(&id("a"), &hashes(&config, "m", prompt));
+            index.insert(&id("a"), &hashes(&config, "m", prompt), config.lru_capacity_per_endpoint.get());
         }
         let Some(lru) = index.endpoints.get(&id("a")) else { return Ok(()) };
         for prompt in &prompts {
@@ -150,4 +170,23 @@ proptest! {
             prop_assert_eq!(index.longest_match(&id("a"), &chain), leading);
         }
     }
+}
+
+#[test]
+fn a_reported_kv_cache_bounds_the_index_and_a_new_capacity_restarts_it() {
+    let config = config(64, 256, 31_250);
+    // 5 000 blocks of 16 tokens: 80 000 tokens, 320 000 characters, 5 000 blocks of 64 characters.
+    assert_eq!(config.capacity_for(Some(80_000)), 5_000);
+    assert_eq!(config.capacity_for(None), 31_250);
+    // A server larger than the configured bound never raises it; an empty one still gets one block.
+    assert_eq!(config.capacity_for(Some(10_000_000)), 31_250);
+    assert_eq!(config.capacity_for(Some(0)), 1);
+
+    let mut index = PrefixIndex::new();
+    let chain = hashes(&config, "m", &"x".repeat(64 * 3));
+    index.insert(&id("a"), &chain, 31_250);
+    assert_eq!(index.capacity(&id("a")), Some(31_250));
+    index.insert(&id("a"), &chain, 2);
+    assert_eq!(index.capacity(&id("a")), Some(2));
+    assert_eq!(index.longest_match(&id("a"), &chain), 2, "held at most two blocks");
 }
