@@ -8,7 +8,10 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
-use crate::{db::DbError, releases::StoreError};
+use crate::{
+    db::DbError,
+    releases::{FormErrors, StoreError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -27,6 +30,12 @@ pub enum AppError {
     /// 422: well-formed but invalid input.
     #[error("{0}")]
     Unprocessable(String),
+    /// 400 with an error per field (the guarded-release API).
+    #[error("{}", invalid_summary(.0))]
+    InvalidFields(FormErrors),
+    /// 409: the request contradicts the current state (a running release, a taken name, a finished release).
+    #[error("{0}")]
+    Conflict(String),
     /// 413.
     #[error("request body too large")]
     TooLarge,
@@ -47,6 +56,8 @@ impl From<StoreError> for AppError {
             StoreError::Invalid(errors) => {
                 AppError::Unprocessable(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
             }
+            StoreError::ReleaseNotFound(key) => AppError::NotFound(format!("guarded release {key}")),
+            StoreError::Conflict(message) => AppError::Conflict(message),
             other => AppError::Store(other),
         }
     }
@@ -58,7 +69,8 @@ impl AppError {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::BadRequest(_) | AppError::InvalidFields(_) => StatusCode::BAD_REQUEST,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Store(StoreError::Unavailable(_)) => StatusCode::BAD_GATEWAY,
@@ -79,7 +91,28 @@ impl AppError {
     /// The JSON flavour, for `/api/v1/…`.
     pub fn into_json(self) -> Response {
         let status = self.status();
-        (status, Json(serde_json::json!({ "error": self.public_message() }))).into_response()
+        let body = match &self {
+            AppError::InvalidFields(errors) => {
+                serde_json::json!({ "error": self.public_message(), "fields": errors.fields, "form": errors.form })
+            }
+            _ => serde_json::json!({ "error": self.public_message() }),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn invalid_summary(errors: &FormErrors) -> String {
+    let mut parts: Vec<String> = errors.form.clone();
+    parts.extend(
+        errors
+            .fields
+            .iter()
+            .map(|(field, message)| format!("{field}: {message}")),
+    );
+    if parts.is_empty() {
+        "invalid request".into()
+    } else {
+        parts.join("; ")
     }
 }
 

@@ -2,8 +2,9 @@
 //! dashboard, a gateway in dir mode and three vllm-sim pods, all in this process on loopback.
 //!
 //! Log in, open Releases, change `qwq` from 100/0 to 90/10 between two targets, see the history row, check that
-//! about 10 % of 500 requests through the gateway reach the new target, roll back, and save a screenshot of every
-//! page under `target/browser-test/`. Needs `chromium` and `chromium-driver` (installed by `.ci/run`); run by
+//! about 10 % of 500 requests through the gateway reach the new target, roll back, then start a guarded release
+//! from its card (a status sidecar written here stands in for the controller), pause, resume and abort it, and
+//! save a screenshot of every page under `target/browser-test/`. Needs `chromium` and `chromium-driver` (installed by `.ci/run`); run by
 //! `cargo xtask ci` as `cargo test -p dashboard --test browser`.
 
 use std::{
@@ -71,6 +72,11 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duratio
     }
 }
 
+/// Whether a WebDriver error says the element was replaced (a navigation or an htmx swap) after it was found.
+fn replaced(error: &str) -> bool {
+    error.contains("stale element") || error.contains("does not belong to the document")
+}
+
 /// The few W3C WebDriver commands this test needs.
 struct Browser {
     http: HttpClient,
@@ -106,10 +112,19 @@ impl Browser {
         json["value"][W3C_ELEMENT].as_str().unwrap().to_owned()
     }
 
+    /// Clicks `css`, finding it again when a live region (htmx polling) replaced it between find and click.
     async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        self.command("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        eventually(&format!("a click on {css}"), Duration::from_secs(10), || async {
+            let id = self.find(css).await;
+            let url = format!("{}/element/{id}/click", self.base);
+            let (status, text) = http(&self.http, "POST", &url, Some(json!({}))).await;
+            match status {
+                200 => Some(()),
+                _ if replaced(&text) => None,
+                _ => panic!("webdriver click on {css}: {text}"),
+            }
+        })
+        .await;
     }
 
     async fn fill(&self, css: &str, text: &str) {
@@ -120,13 +135,24 @@ impl Browser {
             .await;
     }
 
+    /// The text of `css`, found again when a live region replaced it between find and read.
     async fn text(&self, css: &str) -> String {
-        let id = self.find(css).await;
-        self.command("GET", &format!("/element/{id}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
+        eventually(&format!("the text of {css}"), Duration::from_secs(10), || async {
+            let id = self.find(css).await;
+            let url = format!("{}/element/{id}/text", self.base);
+            let (status, text) = http(&self.http, "GET", &url, None).await;
+            match status {
+                200 => Some(
+                    serde_json::from_str::<Value>(&text).unwrap()["value"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                ),
+                _ if replaced(&text) => None,
+                _ => panic!("webdriver text of {css}: {text}"),
+            }
+        })
+        .await
     }
 
     async fn url(&self) -> String {
@@ -144,6 +170,26 @@ impl Browser {
             text.contains(needle).then_some(text)
         })
         .await
+    }
+
+    /// Waits until the text of `css` satisfies `check`.
+    async fn wait_until(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        eventually(what, Duration::from_secs(10), || async {
+            let text = self.text(css).await;
+            check(&text).then_some(text)
+        })
+        .await
+    }
+
+    /// Accepts the `confirm()` dialog a click opened; returns its question.
+    async fn accept_confirm(&self) -> String {
+        let text = eventually("a confirm dialog", Duration::from_secs(10), || async {
+            let (status, body) = http(&self.http, "GET", &format!("{}/alert/text", self.base), None).await;
+            (status == 200).then_some(body)
+        })
+        .await;
+        self.command("POST", "/alert/accept", Some(json!({}))).await;
+        text
     }
 
     async fn screenshot(&self, name: &str) -> PathBuf {
@@ -503,6 +549,99 @@ async fn a_canary_release_in_the_browser_moves_ten_percent_of_traffic() {
     .await;
     let (old, new) = send_requests(proxy, 50).await;
     assert_eq!((old, new), (50, 0));
+
+    // A guarded release from the card: the defaults release qwq-32b-v2 against qwq-32b in 1-5-25-50-100 steps.
+    browser.goto(&format!("{ui}/releases/default/qwq")).await;
+    browser.fill("#g-hold", "30s").await;
+    browser.fill("#g-reason", "guarded release of qwq-32b-v2").await;
+    browser.click("#g-start").await;
+    browser.wait_text("#flash", "Guarded release started").await;
+    browser.wait_text("#guarded-phase", "Pending").await;
+    browser.wait_text("#guarded-percent", "0 %").await;
+    browser
+        .wait_text("#weights-locked", "guarded release controls these weights")
+        .await;
+    let name = browser.text("#guarded-name").await;
+    assert!(name.starts_with("qwq-32b-v2-"), "{name}");
+    let release_file = config_dir.join(format!("canaryrelease-{name}.yaml"));
+    assert!(release_file.exists(), "{}", release_file.display());
+    screenshots.push(browser.screenshot("10-guarded-pending").await);
+
+    // Pause, then resume (htmx swaps the card in place).
+    browser.click("#guarded-pause").await;
+    browser.wait_text("#guarded-control", "pause requested").await;
+    browser.click("#guarded-resume").await;
+    browser
+        .wait_until("#guarded", "the pause note to go", |t| !t.contains("pause requested"))
+        .await;
+    browser.find("#guarded-pause").await;
+
+    // The controller reports a step (written as it would write it); the live card picks it up by itself.
+    let ago = |s: i64| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(s),
+        )
+    };
+    let observation = |requests, ttft| api::canary::TargetObservation {
+        requests,
+        ttft_p90_ms: Some(ttft),
+        error_rate: 0.0,
+        shed_rate: 0.0,
+    };
+    let event = |s, from_percent, to_percent, reason: &str| api::canary::ReleaseEvent {
+        time: ago(s),
+        from_percent,
+        to_percent,
+        phase: api::canary::Phase::Progressing,
+        actor: "controller".into(),
+        reason: reason.into(),
+    };
+    let status = api::canary::CanaryReleaseStatus {
+        phase: api::canary::Phase::Progressing,
+        step: Some(1),
+        canary_percent: 5,
+        step_started_at: Some(ago(10)),
+        stable: Some(observation(380, 212.0)),
+        canary: Some(observation(21, 230.0)),
+        message: "holding 5 % for 30s".into(),
+        history: vec![
+            event(40, 0, 1, "step 1 of 5: canary to 1 %"),
+            event(
+                10,
+                1,
+                5,
+                "canary TTFT P90 230 ms is 1.08x stable's 212 ms (limit 1.5x): step 2 of 5",
+            ),
+        ],
+        conditions: Vec::new(),
+    };
+    api::dir::write_status(&config_dir, "default", &name, &status).unwrap();
+    browser.wait_text("#guarded-phase", "Progressing").await;
+    browser.wait_text("#guarded-percent", "5 %").await;
+    let observed = browser.wait_text("#guarded-observations", "230 ms").await;
+    assert!(observed.contains("212 ms") && observed.contains("380"), "{observed}");
+    browser.wait_text("#history", "step 2 of 5").await;
+    screenshots.push(browser.screenshot("11-guarded-progressing").await);
+
+    // Abort asks first.
+    browser.click("#guarded-abort").await;
+    let question = browser.accept_confirm().await;
+    assert!(question.contains("Abort the release"), "{question}");
+    browser.wait_text("#guarded-control", "abort requested").await;
+    let spec: Value = serde_saphyr::from_str(&std::fs::read_to_string(&release_file).unwrap()).unwrap();
+    assert_eq!(spec["spec"]["control"], "Abort");
+    let history = browser.wait_text("#history", "abort").await;
+    for needle in [
+        "start",
+        "pause",
+        "resume",
+        "step",
+        "Browser Test",
+        "guarded release of qwq-32b-v2",
+    ] {
+        assert!(history.contains(needle), "{needle} missing from the history: {history}");
+    }
+    screenshots.push(browser.screenshot("12-guarded-aborting").await);
 
     browser.command("DELETE", "", None).await;
     let _ = driver.kill().await;

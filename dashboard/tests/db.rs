@@ -4,7 +4,7 @@
 mod common;
 
 use common::temp_dir;
-use dashboard::db::{Cursor, Db, DecisionFilter, NewSample};
+use dashboard::db::{Cursor, Db, DecisionFilter, Mirrored, NewSample};
 
 async fn db(name: &str) -> Db {
     Db::open_path(&temp_dir(name).join("switchyard.db")).await.unwrap()
@@ -115,4 +115,56 @@ async fn samples_are_bucketed_and_retention_deletes_in_batches() {
     assert_eq!(db.delete_before(1010, 4).await.unwrap(), 0);
     db.optimize().await.unwrap();
     db.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn mirrored_copies_are_stored_filtered_on_an_index_and_found_from_their_original() {
+    let db = db("mirrored").await;
+    let mut rows = decisions(40, 5000);
+    let copies: Vec<_> = (0..4)
+        .map(|i| {
+            let line = common::mirror_line(&format!("m{i}"), &format!("r{}", i * 10), 5000 + i * 5, "t-shadow");
+            dashboard::ingest::parse(line.as_bytes()).unwrap().decisions.remove(0)
+        })
+        .collect();
+    rows.extend(copies);
+    db.insert_decisions(&rows).await.unwrap();
+    let only = DecisionFilter {
+        mirrored: Some(Mirrored::Only),
+        ..DecisionFilter::default()
+    };
+    let page = db.list_decisions(&only, None, 100).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|d| d.request_id.as_str()).collect();
+    assert_eq!(ids, ["m3", "m2", "m1", "m0"]);
+    assert_eq!(page[0].mirror_of.as_deref(), Some("r30"));
+    let exclude = DecisionFilter {
+        mirrored: Some(Mirrored::Exclude),
+        ..DecisionFilter::default()
+    };
+    let page = db.list_decisions(&exclude, None, 100).await.unwrap();
+    assert_eq!(page.len(), 40);
+    assert!(page.iter().all(|d| d.mirror_of.is_none()));
+    let full = db.get_decision("m1").await.unwrap().unwrap();
+    assert_eq!(full.mirror_of.as_deref(), Some("r10"));
+    let of_r10: Vec<String> = db
+        .mirrors_of("r10", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.request_id)
+        .collect();
+    assert_eq!(of_r10, ["m1"]);
+    // Client statistics leave the copies out.
+    assert_eq!(
+        db.model_stats(0).await.unwrap().iter().map(|s| s.requests).sum::<i64>(),
+        40
+    );
+
+    // `mirrored=only` pages are a scan of the partial index, already in page order.
+    db.analyze().await.unwrap();
+    let plan = db.audit_plan(&only, 50).await.unwrap().join(" | ");
+    assert!(plan.contains("decisions_mirrored"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
+    let plan = db.audit_plan(&exclude, 50).await.unwrap().join(" | ");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
 }

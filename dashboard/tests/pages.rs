@@ -8,7 +8,7 @@ use axum::{
     http::{Request, StatusCode, header},
 };
 use common::*;
-use dashboard::time::now_ms;
+use dashboard::time::{format_ms, now_ms};
 
 async fn seeded(name: &str) -> TestApp {
     let app = test_app(name).await;
@@ -408,5 +408,67 @@ async fn the_release_api_takes_the_login_token_as_bearer() {
     assert_eq!(
         app.get("/api/v1/releases/default/none").await.status,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn mirrored_copies_have_a_badge_a_filter_and_a_link_to_their_original() {
+    let app = seeded("mirrored").await;
+    let now = now_ms() as u64;
+    let line = mirror_line("req-1-mirror", "req-1", now, "qwq-32b-v2");
+    assert_eq!(app.ingest(Some(INGEST), line).await.status, StatusCode::OK);
+
+    let all = app.get("/decisions").await.body;
+    assert!(all.contains("req-1-mirror") && all.contains("badge mirror"), "{all}");
+    assert_eq!(all.matches("badge mirror").count(), 1, "only the copy has the badge");
+    let only = app.get("/decisions?mirrored=only").await.body;
+    assert!(only.contains("req-1-mirror") && !only.contains("req-2"));
+    assert!(
+        only.contains("<option value=\"only\" selected>"),
+        "the filter keeps its value"
+    );
+    let exclude = app.get("/decisions?mirrored=exclude").await.body;
+    assert!(!exclude.contains("req-1-mirror") && exclude.contains("req-2"));
+    assert_eq!(
+        app.get("/decisions?mirrored=maybe").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let api: serde_json::Value = serde_json::from_str(&app.get("/api/v1/decisions?mirrored=only").await.body).unwrap();
+    assert_eq!(api["decisions"].as_array().unwrap().len(), 1);
+    assert_eq!(api["decisions"][0]["mirror_of"], "req-1");
+    let api: serde_json::Value =
+        serde_json::from_str(&app.get("/api/v1/decisions?mirrored=exclude").await.body).unwrap();
+    assert_eq!(api["decisions"].as_array().unwrap().len(), 6);
+    let csv = app.get("/api/v1/export/decisions.csv?mirrored=only").await.body;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].ends_with(",reason,mirror_of"), "{}", lines[0]);
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].starts_with(&format_ms(now as i64)) && lines[1].ends_with(",req-1"),
+        "{}",
+        lines[1]
+    );
+    let csv = app.get("/api/v1/export/decisions.csv?mirrored=exclude").await.body;
+    assert_eq!(csv.lines().count(), 1 + 6);
+    let ndjson = app.get("/api/v1/export/decisions.json?mirrored=only").await.body;
+    assert_eq!(ndjson.lines().count(), 1);
+
+    // The copy links to its original, the original lists its copy.
+    let copy = app.get("/decisions/req-1-mirror").await.body;
+    assert!(
+        copy.contains("id=\"original\"") && copy.contains("href=\"/decisions/req-1\""),
+        "{copy}"
+    );
+    let original = app.get("/decisions/req-1").await.body;
+    assert!(original.contains("id=\"mirrors\"") && original.contains("/decisions/req-1-mirror"));
+    assert!(!original.contains("id=\"original\""));
+    // Page links keep the filter.
+    let paged = app.get("/decisions?mirrored=exclude&limit=2").await.body;
+    assert!(
+        ["&amp;", "&#38;", "&"]
+            .iter()
+            .any(|amp| paged.contains(&format!("mirrored=exclude{amp}after="))),
+        "{paged}"
     );
 }

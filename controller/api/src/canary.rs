@@ -134,7 +134,10 @@ pub enum Phase {
 impl Phase {
     /// A terminal phase never moves weights again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted | Phase::Invalid)
+        matches!(
+            self,
+            Phase::Promoted | Phase::RolledBack | Phase::Aborted | Phase::Invalid
+        )
     }
 }
 
@@ -235,21 +238,29 @@ impl CanaryReleaseSpec {
         if steps.last().is_some_and(|last| *last != 100) {
             errors.push(FieldError::new("spec.steps", "the last step must be 100"));
         }
-        if let Some(hold) = &self.hold {
-            if let Err(message) = parse_hold(hold) {
-                errors.push(FieldError::new("spec.hold", message));
-            }
+        if let Some(hold) = &self.hold
+            && let Err(message) = parse_hold(hold)
+        {
+            errors.push(FieldError::new("spec.hold", message));
         }
         let limits = [
             ("spec.limits.maxTtftP90Ratio", self.limits.max_ttft_p90_ratio, 1.0),
-            ("spec.limits.maxErrorRateIncrease", self.limits.max_error_rate_increase, 0.0),
-            ("spec.limits.maxShedRateIncrease", self.limits.max_shed_rate_increase, 0.0),
+            (
+                "spec.limits.maxErrorRateIncrease",
+                self.limits.max_error_rate_increase,
+                0.0,
+            ),
+            (
+                "spec.limits.maxShedRateIncrease",
+                self.limits.max_shed_rate_increase,
+                0.0,
+            ),
         ];
         for (field, value, min) in limits {
-            if let Some(v) = value {
-                if !(v.is_finite() && v >= min) {
-                    errors.push(FieldError::new(field, format!("must be a number ≥ {min}")));
-                }
+            if let Some(v) = value
+                && !(v.is_finite() && v >= min)
+            {
+                errors.push(FieldError::new(field, format!("must be a number ≥ {min}")));
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }

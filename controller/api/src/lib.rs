@@ -1,7 +1,9 @@
-//! CRD types and shared wire types; this crate holds data only and never touches the network.
+//! CRD types and shared wire types; this crate holds data only and never touches the network (`dir` reads and
+//! writes local YAML files).
 
 pub mod canary;
 pub mod conditions;
+pub mod dir;
 pub mod v1;
 pub mod v1alpha1;
 pub mod validate;
@@ -16,6 +18,12 @@ pub const GROUP_K8S: &str = "inference.networking.k8s.io";
 
 /// Annotation on an InferencePool naming the Gateway listener it serves (`name:` and `port:` lines of YAML).
 pub const ATTACH_TO_ANNOTATION: &str = "inference.networking.x-k8s.io/attach-to";
+
+/// Annotation on an InferenceModel naming the model a share of its requests is copied to (traffic mirroring).
+pub const MIRROR_TARGET_ANNOTATION: &str = "switchyard.dev/mirror-target";
+
+/// Annotation on an InferenceModel: the percentage (0–100, decimals allowed) of its requests that are mirrored.
+pub const MIRROR_PERCENT_ANNOTATION: &str = "switchyard.dev/mirror-percent";
 
 /// Every CRD this crate defines, in the order `cargo xtask codegen` writes them to `deploy/crds/`.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {

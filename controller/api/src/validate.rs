@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use crate::v1alpha1::{InferenceModel, InferencePool};
+use crate::{
+    MIRROR_PERCENT_ANNOTATION, MIRROR_TARGET_ANNOTATION,
+    v1alpha1::{InferenceModel, InferencePool},
+};
 
 /// Longest `modelName` the CRD accepts.
 const MAX_MODEL_NAME: usize = 256;
@@ -139,7 +142,110 @@ pub fn validate_model(model: &InferenceModel) -> Result<(), Vec<FieldError>> {
             "at least one weight must be greater than 0",
         ));
     }
+    if let Err(mirror) = mirror_policy(model) {
+        errors.extend(mirror);
+    }
     finish(errors)
+}
+
+/// A share of requests expressed in millionths, so the mirror accumulator counts exactly, without float drift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fraction(u32);
+
+impl Fraction {
+    /// The whole: 100 %.
+    pub const ONE: u32 = 1_000_000;
+
+    /// Parses a percentage (`"10"`, `"2.5"`), 0–100, rounded to 0.0001 %.
+    pub fn from_percent(text: &str) -> Option<Fraction> {
+        let percent: f64 = text.trim().parse().ok()?;
+        (percent.is_finite() && (0.0..=100.0).contains(&percent))
+            .then(|| Fraction((percent * f64::from(Self::ONE) / 100.0).round() as u32))
+    }
+
+    /// Millionths of the whole, `0..=Fraction::ONE`.
+    pub fn millionths(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / f64::from(Self::ONE)
+    }
+}
+
+/// Traffic mirroring of one InferenceModel, read from its `switchyard.dev/mirror-*` annotations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorPolicy {
+    /// The model name the copies are requested as.
+    pub target: String,
+    pub fraction: Fraction,
+}
+
+/// The model's mirror policy: `None` without the annotations, every broken rule when they are invalid.
+///
+/// Both annotations are required together: a target without a percentage would have to guess a share of the
+/// traffic to duplicate, and a percentage without a target mirrors nowhere.
+pub fn mirror_policy(model: &InferenceModel) -> Result<Option<MirrorPolicy>, Vec<FieldError>> {
+    let annotations = model.metadata.annotations.as_ref();
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let field = |key: &str| format!("metadata.annotations[{key}]");
+    let (target, percent) = (get(MIRROR_TARGET_ANNOTATION), get(MIRROR_PERCENT_ANNOTATION));
+    let mut errors = Vec::new();
+    let target = match target.map(str::trim) {
+        None => None,
+        Some("") => {
+            errors.push(FieldError::new(field(MIRROR_TARGET_ANNOTATION), "must not be empty"));
+            None
+        }
+        Some(name) if name.len() > MAX_MODEL_NAME => {
+            errors.push(FieldError::new(
+                field(MIRROR_TARGET_ANNOTATION),
+                format!("must be at most {MAX_MODEL_NAME} characters"),
+            ));
+            None
+        }
+        Some(name) if name == model.spec.model_name => {
+            errors.push(FieldError::new(
+                field(MIRROR_TARGET_ANNOTATION),
+                format!("must name another model than spec.modelName {name:?}"),
+            ));
+            None
+        }
+        Some(name) => Some(name.to_owned()),
+    };
+    let fraction = match percent {
+        None => {
+            if target.is_some() {
+                errors.push(FieldError::new(
+                    field(MIRROR_PERCENT_ANNOTATION),
+                    format!("must be set (0 to 100) when {MIRROR_TARGET_ANNOTATION} is"),
+                ));
+            }
+            None
+        }
+        Some(text) => match Fraction::from_percent(text) {
+            Some(fraction) => Some(fraction),
+            None => {
+                errors.push(FieldError::new(
+                    field(MIRROR_PERCENT_ANNOTATION),
+                    format!("must be a number from 0 to 100, got {text:?}"),
+                ));
+                None
+            }
+        },
+    };
+    if percent.is_some() && get(MIRROR_TARGET_ANNOTATION).is_none() {
+        errors.push(FieldError::new(
+            field(MIRROR_PERCENT_ANNOTATION),
+            format!("needs {MIRROR_TARGET_ANNOTATION} to name the model to mirror to"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(target
+        .zip(fraction)
+        .map(|(target, fraction)| MirrorPolicy { target, fraction }))
 }
 
 fn finish(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
@@ -451,6 +557,56 @@ mod tests {
             "spec.targetModels: weights should be set for all models, or none"
         );
         assert_eq!(validate_model(&model(&[("a", None), ("b", None)])), Ok(()));
+    }
+
+    fn annotated(pairs: &[(&str, &str)]) -> InferenceModel {
+        let mut m = model(&[("qwq-32b", Some(100))]);
+        m.metadata.annotations = Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        m
+    }
+
+    #[test]
+    fn mirror_annotations_parse_into_a_policy() {
+        assert_eq!(mirror_policy(&model(&[])), Ok(None));
+        let m = annotated(&[
+            (MIRROR_TARGET_ANNOTATION, "qwq-next"),
+            (MIRROR_PERCENT_ANNOTATION, "12.5"),
+        ]);
+        assert_eq!(validate_model(&m), Ok(()));
+        let policy = mirror_policy(&m).unwrap().unwrap();
+        assert_eq!(policy.target, "qwq-next");
+        assert_eq!(policy.fraction.millionths(), 125_000);
+        for (text, millionths) in [("0", 0), ("100", 1_000_000), (" 10 ", 100_000), ("0.0001", 1)] {
+            assert_eq!(
+                Fraction::from_percent(text).map(Fraction::millionths),
+                Some(millionths),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_mirror_annotations_are_rejected_by_name() {
+        let percent = format!("metadata.annotations[{MIRROR_PERCENT_ANNOTATION}]");
+        let target = format!("metadata.annotations[{MIRROR_TARGET_ANNOTATION}]");
+        for bad in ["abc", "-1", "100.5", "NaN", "inf", ""] {
+            let m = annotated(&[(MIRROR_TARGET_ANNOTATION, "qwq-next"), (MIRROR_PERCENT_ANNOTATION, bad)]);
+            let err = validate_model(&m).unwrap_err();
+            assert_eq!(err.len(), 1, "{bad:?}");
+            assert_eq!(err[0].field, percent, "{bad:?}");
+            assert!(err[0].message.contains("from 0 to 100"), "{}", err[0].message);
+        }
+        let long = "m".repeat(257);
+        for bad in ["", "  ", long.as_str(), "qwq"] {
+            let m = annotated(&[(MIRROR_TARGET_ANNOTATION, bad), (MIRROR_PERCENT_ANNOTATION, "5")]);
+            assert_eq!(fields(validate_model(&m)), std::slice::from_ref(&target), "{bad:?}");
+        }
+        let only_percent = annotated(&[(MIRROR_PERCENT_ANNOTATION, "5")]);
+        let err = validate_model(&only_percent).unwrap_err();
+        assert_eq!(err[0].field, percent);
+        assert!(err[0].message.contains(MIRROR_TARGET_ANNOTATION), "{}", err[0].message);
+        let only_target = annotated(&[(MIRROR_TARGET_ANNOTATION, "qwq-next")]);
+        assert_eq!(fields(validate_model(&only_target)), [percent]);
     }
 
     #[test]

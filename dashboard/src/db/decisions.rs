@@ -37,6 +37,8 @@ pub struct NewDecision {
     pub cached_tokens: Option<i64>,
     pub fallbacks: String,
     pub candidates: String,
+    /// The request id of the client request this mirrored copy duplicates.
+    pub mirror_of: Option<String>,
 }
 
 impl NewDecision {
@@ -68,6 +70,7 @@ impl NewDecision {
             cached_tokens: d.cached_tokens.map(clamp_i64),
             fallbacks: serde_json::to_string(&d.fallbacks)?,
             candidates: serde_json::to_string(&d.candidates)?,
+            mirror_of: d.mirror_of.clone(),
         })
     }
 }
@@ -109,6 +112,27 @@ pub struct DecisionFilter {
     pub to_ms: Option<i64>,
     /// Request ids starting with this text (a prefix keeps the search on the index).
     pub request_id_prefix: Option<String>,
+    /// Only mirrored copies, or only client traffic.
+    pub mirrored: Option<Mirrored>,
+}
+
+/// The `mirrored` filter of the audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mirrored {
+    /// Only the decisions of mirrored copies.
+    Only,
+    /// Only client traffic.
+    Exclude,
+}
+
+impl Mirrored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mirrored::Only => "only",
+            Mirrored::Exclude => "exclude",
+        }
+    }
 }
 
 /// Keyset position: the last row of the previous page, newest-first order on `(received_at_ms, id)`.
@@ -159,6 +183,7 @@ pub struct DecisionSummary {
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub cached_tokens: Option<i64>,
+    pub mirror_of: Option<String>,
 }
 
 impl DecisionSummary {
@@ -170,9 +195,16 @@ impl DecisionSummary {
     }
 }
 
-const SUMMARY_COLUMNS: &str = "id, request_id, received_at_ms, model, target_model, pool, criticality, outcome, \
-     endpoint, pod, profile, reason, scheduler_micros, status, ttft_ms, duration_ms, prompt_tokens, \
-     completion_tokens, cached_tokens";
+/// The columns of a [`DecisionSummary`], as a macro so fixed queries stay `&'static str` literals.
+macro_rules! summary_columns {
+    () => {
+        "id, request_id, received_at_ms, model, target_model, pool, criticality, outcome, endpoint, pod, profile, \
+         reason, scheduler_micros, status, ttft_ms, duration_ms, prompt_tokens, completion_tokens, cached_tokens, \
+         mirror_of"
+    };
+}
+
+const SUMMARY_COLUMNS: &str = summary_columns!();
 
 #[derive(FromRow)]
 struct FullRow {
@@ -213,8 +245,7 @@ impl FullRow {
                 prompt_tokens: s.prompt_tokens.map(unsigned),
                 completion_tokens: s.completion_tokens.map(unsigned),
                 cached_tokens: s.cached_tokens.map(unsigned),
-                // Not stored yet: the audit column for mirrored traffic comes with its migration.
-                mirror_of: None,
+                mirror_of: s.mirror_of,
             },
         ))
     }
@@ -263,6 +294,12 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &DecisionFilter, after: Op
             .push(" AND request_id < ")
             .push_bind(format!("{prefix}\u{10FFFF}"));
     }
+    match filter.mirrored {
+        // Matches the partial index `decisions_mirrored`, so a page of copies is a range scan of copies only.
+        Some(Mirrored::Only) => qb.push(" AND mirror_of IS NOT NULL"),
+        Some(Mirrored::Exclude) => qb.push(" AND mirror_of IS NULL"),
+        None => &mut *qb,
+    };
     if let Some(after) = after {
         qb.push(" AND (received_at_ms, id) < (")
             .push_bind(after.received_at_ms)
@@ -282,7 +319,7 @@ impl Db {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO decisions (request_id, received_at_ms, model, target_model, pool, criticality, outcome, \
                  endpoint, pod, profile, reason, scheduler_micros, status, ttft_ms, duration_ms, prompt_tokens, \
-                 completion_tokens, cached_tokens, fallbacks, candidates) ",
+                 completion_tokens, cached_tokens, fallbacks, candidates, mirror_of) ",
             );
             qb.push_values(chunk, |mut b, d| {
                 b.push_bind(d.request_id.as_str())
@@ -304,7 +341,8 @@ impl Db {
                     .push_bind(d.completion_tokens)
                     .push_bind(d.cached_tokens)
                     .push_bind(d.fallbacks.as_str())
-                    .push_bind(d.candidates.as_str());
+                    .push_bind(d.candidates.as_str())
+                    .push_bind(d.mirror_of.as_deref());
             });
             written += qb.build().execute(&mut *tx).await?.rows_affected();
         }
@@ -325,6 +363,16 @@ impl Db {
         Ok(qb.build_query_as::<DecisionSummary>().fetch_all(&self.pool).await?)
     }
 
+    /// SQLite's plan for one audit page (`EXPLAIN QUERY PLAN`), one line per step: tests and the benchmark check
+    /// that every filter stays on an index.
+    pub async fn audit_plan(&self, filter: &DecisionFilter, limit: u32) -> Result<Vec<String>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("EXPLAIN QUERY PLAN SELECT {SUMMARY_COLUMNS} FROM decisions"));
+        push_filter(&mut qb, filter, None);
+        qb.push_bind(i64::from(limit));
+        let rows: Vec<(i64, i64, i64, String)> = qb.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(_, _, _, detail)| detail).collect())
+    }
+
     /// Like [`Db::list_decisions`] but with candidates and fallbacks, as full decision records.
     pub async fn list_full_decisions(
         &self,
@@ -341,27 +389,40 @@ impl Db {
         rows.into_iter().map(FullRow::into_decision).collect()
     }
 
-    /// The newest decision with this request id (ids supplied by clients need not be unique).
+    /// The newest decision with this request id (ids supplied by clients need not be unique); a client request
+    /// comes before a mirrored copy that happens to carry the same id.
     pub async fn get_decision(&self, request_id: &str) -> Result<Option<Decision>> {
-        let row = sqlx::query_as::<_, FullRow>(
-            "SELECT id, request_id, received_at_ms, model, target_model, pool, criticality, outcome, endpoint, pod, \
-             profile, reason, scheduler_micros, status, ttft_ms, duration_ms, prompt_tokens, completion_tokens, \
-             cached_tokens, fallbacks, candidates \
-             FROM decisions WHERE request_id = ?1 ORDER BY id DESC LIMIT 1",
-        )
+        let row = sqlx::query_as::<_, FullRow>(concat!(
+            "SELECT ",
+            summary_columns!(),
+            ", fallbacks, candidates FROM decisions WHERE request_id = ?1 ORDER BY mirror_of IS NOT NULL, id DESC LIMIT 1"
+        ))
         .bind(request_id)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| r.into_decision().map(|(_, d)| d)).transpose()
     }
 
-    /// Per model → target statistics of the decisions received since `since_ms`.
+    /// The mirrored copies of one client request, newest first.
+    pub async fn mirrors_of(&self, request_id: &str, limit: u32) -> Result<Vec<DecisionSummary>> {
+        Ok(sqlx::query_as::<_, DecisionSummary>(concat!(
+            "SELECT ",
+            summary_columns!(),
+            " FROM decisions WHERE mirror_of = ?1 ORDER BY id DESC LIMIT ?2"
+        ))
+        .bind(request_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Per model → target statistics of the client requests (mirrored copies left out) received since `since_ms`.
     pub async fn model_stats(&self, since_ms: i64) -> Result<Vec<ModelStats>> {
         Ok(sqlx::query_as::<_, ModelStats>(
             "SELECT model, target_model, count(*) AS requests, \
              sum(outcome = 'Routed') AS routed, sum(outcome = 'Error') AS errors, \
              avg(ttft_ms) AS ttft_mean_ms, max(ttft_ms) AS ttft_max_ms \
-             FROM decisions WHERE received_at_ms >= ?1 \
+             FROM decisions WHERE received_at_ms >= ?1 AND mirror_of IS NULL \
              GROUP BY model, target_model ORDER BY model, target_model",
         )
         .bind(since_ms)

@@ -17,7 +17,9 @@ use sqlx::{
 };
 
 pub use self::{
-    decisions::{Cursor, DecisionFilter, DecisionSummary, ModelStats, NewDecision, criticality_name, outcome_name},
+    decisions::{
+        Cursor, DecisionFilter, DecisionSummary, Mirrored, ModelStats, NewDecision, criticality_name, outcome_name,
+    },
     releases::{NewRelease, ReleaseKind, ReleaseRow},
     samples::{NewSample, PodRow, SampleRow},
 };

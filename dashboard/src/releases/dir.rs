@@ -1,32 +1,37 @@
-//! The dir-mode [`ReleaseStore`]: InferenceModels in a directory of Kubernetes YAML (the gateway's `--dir`).
+//! The dir-mode stores: InferenceModels ([`ReleaseStore`]) and CanaryReleases ([`GuardedStore`]) in a directory of
+//! Kubernetes YAML (the gateway's `--dir`), read and written through [`api::dir`], which the controller shares.
 //!
-//! Applying rewrites only the InferenceModel's document; the other documents of the file keep their text. The new
-//! file is written to a dot-file beside it and renamed over the original, so the gateway's poller (which skips
-//! dot-files) sees either the old or the new file, never a half-written one.
+//! Applying rewrites only the InferenceModel's document; the other documents of the file keep their text. A new
+//! CanaryRelease is a file of its own, `canaryrelease-<name>.yaml`. Every write goes to a dot-file beside its target
+//! and is renamed over it, so the gateway's poller (which skips dot-files) sees the old or the new file, never half
+//! of one. A release's status is never in the user's file: the controller keeps it in a `.status/` sidecar.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use api::v1alpha1::InferenceModel;
+use api::{
+    canary::{CanaryRelease, Control},
+    dir::{self, Document},
+    v1alpha1::InferenceModel,
+};
 use futures::{FutureExt, future::BoxFuture};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{ModelKey, ModelState, ReleaseStore, StoreError, Target};
+use super::{
+    ModelKey, ModelState, ReleaseStore, StoreError, Target,
+    guarded::{Guarded, GuardedStore, ReleaseKey, sort_releases},
+};
 
-/// InferenceModels read from and written to YAML files in one directory.
+const MODEL_KIND: &str = "InferenceModel";
+const RELEASE_KIND: &str = "CanaryRelease";
+
+/// InferenceModels and CanaryReleases read from and written to YAML files in one directory.
 #[derive(Debug)]
 pub struct DirReleaseStore {
     dir: PathBuf,
-    /// Applies are serialised so two concurrent edits of one file cannot lose each other's change.
+    /// Writes are serialised so two concurrent edits of one file cannot lose each other's change.
     write: Mutex<()>,
-}
-
-/// One InferenceModel found in a file: which document it is.
-struct Found {
-    path: PathBuf,
-    docs: Vec<String>,
-    index: usize,
-    value: Value,
 }
 
 impl DirReleaseStore {
@@ -37,66 +42,36 @@ impl DirReleaseStore {
         }
     }
 
-    fn files(&self) -> Result<Vec<PathBuf>, StoreError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, &e))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                p.is_file() && !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+    fn models(&self) -> Result<Vec<(Document, ModelState)>, StoreError> {
+        dir::scan(&self.dir, MODEL_KIND)?
+            .strict()?
+            .into_iter()
+            .map(|doc| {
+                let model: InferenceModel = doc.decode()?;
+                let state = ModelState::from_model(&model, doc.path.display().to_string());
+                Ok((doc, state))
             })
-            .collect();
-        files.sort();
-        Ok(files)
+            .collect()
     }
 
-    /// Every InferenceModel document of the directory, with its file and position.
-    fn scan(&self) -> Result<Vec<Found>, StoreError> {
-        let mut found = Vec::new();
-        for path in self.files()? {
-            let text = std::fs::read_to_string(&path).map_err(|e| io_error(&path, &e))?;
-            let docs = split_documents(&text);
-            for (index, doc) in docs.iter().enumerate() {
-                if doc.trim().is_empty() || !doc.contains("InferenceModel") {
-                    continue;
-                }
-                let value: Value = serde_saphyr::from_str(doc).map_err(|e| StoreError::Parse {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                if value.get("kind").and_then(Value::as_str) == Some("InferenceModel") {
-                    found.push(Found {
-                        path: path.clone(),
-                        docs: docs.clone(),
-                        index,
-                        value,
-                    });
-                }
-            }
-        }
-        Ok(found)
+    /// A release document with its status from the sidecar (never from the user's file).
+    fn guarded(&self, doc: &Document) -> Result<Guarded, StoreError> {
+        let release: CanaryRelease = doc.decode()?;
+        let mut guarded = Guarded::from_object(&release, doc.path.display().to_string());
+        guarded.status = dir::read_status(&self.dir, &guarded.key.namespace, &guarded.key.name)?;
+        Ok(guarded)
     }
-}
 
-fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    fn find_release(&self, key: &ReleaseKey) -> Result<Document, StoreError> {
+        dir::find(&self.dir, RELEASE_KIND, &key.namespace, &key.name)?
+            .ok_or_else(|| StoreError::ReleaseNotFound(key.to_string()))
     }
-}
-
-fn state(found: &Found) -> Result<ModelState, StoreError> {
-    let model: InferenceModel = serde_json::from_value(found.value.clone()).map_err(|e| StoreError::Parse {
-        path: found.path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(ModelState::from_model(&model, found.path.display().to_string()))
 }
 
 impl ReleaseStore for DirReleaseStore {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ModelState>, StoreError>> {
         async move {
-            let mut models = self.scan()?.iter().map(state).collect::<Result<Vec<_>, _>>()?;
+            let mut models: Vec<ModelState> = self.models()?.into_iter().map(|(_, state)| state).collect();
             models.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(models)
         }
@@ -106,29 +81,22 @@ impl ReleaseStore for DirReleaseStore {
     fn apply<'a>(&'a self, key: &'a ModelKey, targets: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>> {
         async move {
             let _guard = self.write.lock().await;
-            let mut found = self
-                .scan()?
+            let (doc, _) = self
+                .models()?
                 .into_iter()
-                .find(|f| state(f).is_ok_and(|s| &s.key == key))
+                .find(|(_, state)| &state.key == key)
                 .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            let spec = found
-                .value
+            let mut value = doc.value.clone();
+            let spec = value
                 .get_mut("spec")
                 .and_then(Value::as_object_mut)
                 .ok_or_else(|| StoreError::NotFound(key.clone()))?;
             spec.insert("targetModels".into(), serde_json::to_value(targets).unwrap_or_default());
-            let model: InferenceModel = serde_json::from_value(found.value.clone()).map_err(|e| StoreError::Parse {
-                path: found.path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let changed = Document { value, ..doc.clone() };
+            let model: InferenceModel = changed.decode()?;
             api::validate::validate_model(&model).map_err(StoreError::Invalid)?;
-            let yaml = serde_saphyr::to_string(&found.value).map_err(|e| StoreError::Parse {
-                path: found.path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            found.docs[found.index] = yaml;
-            write_atomically(&found.path, &join_documents(&found.docs))?;
-            state(&found)
+            dir::rewrite(&doc, &changed.value)?;
+            Ok(ModelState::from_model(&model, doc.path.display().to_string()))
         }
         .boxed()
     }
@@ -138,46 +106,75 @@ impl ReleaseStore for DirReleaseStore {
     }
 }
 
-/// Writes `.<name>.tmp` beside `path`, syncs it and renames it over `path`.
-fn write_atomically(path: &Path, text: &str) -> Result<(), StoreError> {
-    use std::io::Write as _;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.yaml");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, &e))?;
-    file.write_all(text.as_bytes()).map_err(|e| io_error(&tmp, &e))?;
-    file.sync_all().map_err(|e| io_error(&tmp, &e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_error(path, &e))
-}
+impl GuardedStore for DirReleaseStore {
+    fn list_guarded(&self) -> BoxFuture<'_, Result<Vec<Guarded>, StoreError>> {
+        async move {
+            let mut releases = dir::scan(&self.dir, RELEASE_KIND)?
+                .strict()?
+                .iter()
+                .map(|doc| self.guarded(doc))
+                .collect::<Result<Vec<_>, _>>()?;
+            sort_releases(&mut releases);
+            Ok(releases)
+        }
+        .boxed()
+    }
 
-/// Splits a YAML stream at `---` lines, keeping each document's text verbatim (without the marker line).
-fn split_documents(text: &str) -> Vec<String> {
-    let mut docs = vec![String::new()];
-    for line in text.split_inclusive('\n') {
-        let bare = line.trim_end();
-        if bare == "---" || bare.starts_with("--- ") {
-            docs.push(String::new());
-        } else if let Some(doc) = docs.last_mut() {
-            doc.push_str(line);
+    fn create_guarded<'a>(&'a self, release: &'a CanaryRelease) -> BoxFuture<'a, Result<Guarded, StoreError>> {
+        async move {
+            let _guard = self.write.lock().await;
+            let name = release.metadata.name.clone().unwrap_or_default();
+            let namespace = release
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| dir::DEFAULT_NAMESPACE.to_owned());
+            if dir::find(&self.dir, RELEASE_KIND, &namespace, &name)?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "a guarded release named {name} exists already in {namespace}"
+                )));
+            }
+            let path = self.dir.join(format!("canaryrelease-{name}.yaml"));
+            if path.exists() {
+                return Err(StoreError::Conflict(format!(
+                    "{} exists already; choose another name",
+                    path.display()
+                )));
+            }
+            let mut release = release.clone();
+            release.metadata.namespace = Some(namespace);
+            // What the API server would set; orders past releases on the page.
+            release.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            release.status = None;
+            let yaml = serde_saphyr::to_string(&release).map_err(|e| StoreError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            dir::write_atomically(&path, &yaml)?;
+            tracing::info!(release = %name, path = %path.display(), "created guarded release");
+            Ok(Guarded::from_object(&release, path.display().to_string()))
         }
+        .boxed()
     }
-    if docs.len() > 1 && docs[0].trim().is_empty() {
-        docs.remove(0);
-    }
-    docs
-}
 
-fn join_documents(docs: &[String]) -> String {
-    let mut out = String::new();
-    for (i, doc) in docs.iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
+    fn set_control<'a>(&'a self, key: &'a ReleaseKey, control: Control) -> BoxFuture<'a, Result<Guarded, StoreError>> {
+        async move {
+            let _guard = self.write.lock().await;
+            let doc = self.find_release(key)?;
+            let mut value = doc.value.clone();
+            let spec = value
+                .get_mut("spec")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| StoreError::Parse {
+                    path: doc.path.display().to_string(),
+                    message: format!("CanaryRelease {key} has no spec"),
+                })?;
+            spec.insert("control".into(), serde_json::to_value(control).unwrap_or_default());
+            dir::rewrite(&doc, &value)?;
+            self.guarded(&Document { value, ..doc })
         }
-        out.push_str(doc);
-        if !doc.ends_with('\n') {
-            out.push('\n');
-        }
+        .boxed()
     }
-    out
 }
 
 #[cfg(test)]

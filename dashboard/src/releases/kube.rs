@@ -3,19 +3,26 @@
 //! An apply sends only `spec.targetModels` plus the spec fields the CRD requires (`modelName`, `poolRef`, copied
 //! from the current object), under the field manager `switchyard-dashboard` with `force`, so the weights become the
 //! dashboard's and every other field stays with whoever wrote it.
+//!
+//! CanaryReleases (kube-mode [`GuardedStore`]) are created by server-side apply under the same field manager after
+//! a read that finds no object of that name, and steered by applying their spec with `control` changed.
 
 use ::kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams},
 };
 use api::{
+    canary::{CanaryRelease, Control},
     v1alpha1::{InferenceModel, InferenceModelSpec, PoolObjectReference, TargetModel},
     validate::FieldError,
 };
 use futures::{FutureExt, future::BoxFuture};
 use serde_json::json;
 
-use super::{ModelKey, ModelState, ReleaseStore, StoreError, Target};
+use super::{
+    ModelKey, ModelState, ReleaseStore, StoreError, Target,
+    guarded::{Guarded, GuardedStore, ReleaseKey, sort_releases},
+};
 
 /// The field manager of every apply, so `managedFields` shows which fields the dashboard set.
 pub const FIELD_MANAGER: &str = "switchyard-dashboard";
@@ -54,11 +61,17 @@ impl KubeReleaseStore {
 }
 
 fn api_error(key: &ModelKey, error: ::kube::Error) -> StoreError {
+    store_error(error, "spec.targetModels", || StoreError::NotFound(key.clone()))
+}
+
+/// A failed API call as a store error: 404 as `not_found`, 409 a conflict, and 422 the API server's own
+/// validation (CRD schema or CEL rules) refusing the object, blamed on `field`.
+fn store_error(error: ::kube::Error, field: &str, not_found: impl FnOnce() -> StoreError) -> StoreError {
     match error {
-        ::kube::Error::Api(status) if status.is_not_found() => StoreError::NotFound(key.clone()),
-        // The API server's own validation (CRD schema or CEL rules) refused the object.
+        ::kube::Error::Api(status) if status.is_not_found() => not_found(),
+        ::kube::Error::Api(status) if status.code == 409 => StoreError::Conflict(status.message),
         ::kube::Error::Api(status) if status.code == 422 => StoreError::Invalid(vec![FieldError {
-            field: "spec.targetModels".into(),
+            field: field.into(),
             message: status.message,
         }]),
         error => StoreError::Unavailable(format!("kubernetes api: {error}")),
@@ -108,16 +121,27 @@ fn validate_targets(key: &ModelKey, targets: &[TargetModel]) -> Result<(), Store
     }
 }
 
+impl KubeReleaseStore {
+    /// Every object of kind `K` in the namespaces the client may list.
+    async fn list_all<K>(&self) -> Result<Vec<K>, StoreError>
+    where
+        K: ::kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("listing {}s: {e}", K::kind(&()))))?;
+        Ok(list.items)
+    }
+}
+
 impl ReleaseStore for KubeReleaseStore {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ModelState>, StoreError>> {
         async move {
-            let api: Api<InferenceModel> = Api::all(self.client.clone());
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("listing InferenceModels: {e}")))?;
-            let mut models: Vec<ModelState> = list
-                .items
+            let mut models: Vec<ModelState> = self
+                .list_all::<InferenceModel>()
+                .await?
                 .iter()
                 .map(|m| ModelState::from_model(m, SOURCE.into()))
                 .collect();
@@ -163,6 +187,92 @@ impl ReleaseStore for KubeReleaseStore {
 
     fn describe(&self) -> String {
         format!("cluster (server-side apply as {FIELD_MANAGER})")
+    }
+}
+
+fn release_error(key: &ReleaseKey, error: ::kube::Error) -> StoreError {
+    store_error(error, "spec", || StoreError::ReleaseNotFound(key.to_string()))
+}
+
+impl KubeReleaseStore {
+    fn releases(&self, namespace: &str) -> Api<CanaryRelease> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Applies the whole spec: a field this manager owned and left out would be removed by the API server, so
+    /// changing `control` alone must still send the rest as it is.
+    async fn apply_release(&self, key: &ReleaseKey, release: &CanaryRelease) -> Result<Guarded, StoreError> {
+        let patch = json!({
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "CanaryRelease",
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "spec": release.spec,
+        });
+        let applied = self
+            .releases(&key.namespace)
+            .patch(
+                &key.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|e| release_error(key, e))?;
+        Ok(Guarded::from_object(&applied, SOURCE.into()))
+    }
+}
+
+impl GuardedStore for KubeReleaseStore {
+    fn list_guarded(&self) -> BoxFuture<'_, Result<Vec<Guarded>, StoreError>> {
+        async move {
+            let mut releases: Vec<Guarded> = self
+                .list_all::<CanaryRelease>()
+                .await?
+                .iter()
+                .map(|r| Guarded::from_object(r, SOURCE.into()))
+                .collect();
+            sort_releases(&mut releases);
+            Ok(releases)
+        }
+        .boxed()
+    }
+
+    fn create_guarded<'a>(&'a self, release: &'a CanaryRelease) -> BoxFuture<'a, Result<Guarded, StoreError>> {
+        async move {
+            let key = ReleaseKey {
+                namespace: release.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                name: release.metadata.name.clone().unwrap_or_default(),
+            };
+            // An apply would silently take over an existing release of the same name.
+            match self.releases(&key.namespace).get_opt(&key.name).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Err(StoreError::Conflict(format!(
+                        "a guarded release named {} exists already in {}",
+                        key.name, key.namespace
+                    )));
+                }
+                Err(e) => return Err(release_error(&key, e)),
+            }
+            let created = self.apply_release(&key, release).await?;
+            tracing::info!(release = %key, "created guarded release");
+            Ok(created)
+        }
+        .boxed()
+    }
+
+    fn set_control<'a>(&'a self, key: &'a ReleaseKey, control: Control) -> BoxFuture<'a, Result<Guarded, StoreError>> {
+        async move {
+            let mut release = self
+                .releases(&key.namespace)
+                .get(&key.name)
+                .await
+                .map_err(|e| release_error(key, e))?;
+            release.spec.control = control;
+            let applied = self.apply_release(key, &release).await?;
+            tracing::info!(release = %key, ?control, "set guarded release control");
+            Ok(applied)
+        }
+        .boxed()
     }
 }
 
@@ -365,6 +475,130 @@ mod tests {
         expect(&mut handle, Method::GET, &object, StatusCode::OK, model("prod", "nope")).await;
         expect(&mut handle, Method::PATCH, &object, StatusCode::NOT_FOUND, not_found()).await;
         assert!(matches!(apply.await.unwrap(), Err(StoreError::NotFound(_))));
+        done(handle).await;
+    }
+
+    const RELEASES: &str = "/apis/switchyard.dev/v1alpha1";
+
+    fn canary_release(name: &str, control: &str) -> Value {
+        json!({
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "CanaryRelease",
+            "metadata": {"name": name, "namespace": "prod", "uid": format!("{name}-uid"), "resourceVersion": "7",
+                "creationTimestamp": "2026-12-01T10:00:00Z"},
+            "spec": {"modelRef": "m", "stable": "qwq-32b", "canary": "qwq-32b-canary", "steps": [10, 100],
+                "hold": "30s", "limits": {"maxTtftP90Ratio": 1.2}, "control": control},
+            "status": {"phase": "Progressing", "step": 0, "canaryPercent": 10}
+        })
+    }
+
+    fn release_key(name: &str) -> ReleaseKey {
+        ReleaseKey {
+            namespace: "prod".into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn guarded_releases_are_listed_with_their_status() {
+        let (store, mut handle) = store();
+        let list = tokio::spawn(async move { store.list_guarded().await });
+        let items = json!({"apiVersion": "v1", "kind": "CanaryReleaseList", "metadata": {"resourceVersion": "9"},
+            "items": [canary_release("r", "Run")]});
+        expect(
+            &mut handle,
+            Method::GET,
+            &format!("{RELEASES}/canaryreleases"),
+            StatusCode::OK,
+            items,
+        )
+        .await;
+        let releases = list.await.unwrap().unwrap();
+        assert_eq!(releases.len(), 1);
+        let r = &releases[0];
+        assert_eq!(r.key, release_key("r"));
+        assert_eq!((r.phase(), r.percent()), (api::canary::Phase::Progressing, 10));
+        assert!(r.is_active() && r.targets_model(&key("m")));
+        assert_eq!(r.created_ms, Some(1_796_119_200_000));
+        done(handle).await;
+    }
+
+    #[tokio::test]
+    async fn a_new_guarded_release_is_applied_only_when_the_name_is_free() {
+        let (store, mut handle) = store();
+        let release: CanaryRelease = serde_json::from_value(canary_release("r", "Run")).unwrap();
+        let create = {
+            let (store, release) = (store.clone(), release.clone());
+            tokio::spawn(async move { store.create_guarded(&release).await })
+        };
+        let object = format!("{RELEASES}/namespaces/prod/canaryreleases/r");
+        let not_found = json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "message": "canaryreleases \"r\" not found", "code": 404});
+        expect(&mut handle, Method::GET, &object, StatusCode::NOT_FOUND, not_found).await;
+        let seen = expect(&mut handle, Method::PATCH, &object, StatusCode::OK, Value::Null).await;
+        assert_eq!(seen.query, "&force=true&fieldManager=switchyard-dashboard");
+        assert_eq!(seen.content_type, "application/apply-patch+yaml");
+        assert_eq!(seen.body["kind"], "CanaryRelease");
+        assert_eq!(seen.body["metadata"], json!({"name": "r", "namespace": "prod"}));
+        assert_eq!(seen.body["spec"]["steps"], json!([10, 100]));
+        assert_eq!(seen.body["spec"]["control"], "Run");
+        assert!(seen.body.get("status").is_none(), "status belongs to the controller");
+        assert_eq!(create.await.unwrap().unwrap().key, release_key("r"));
+
+        // The same name again: refused after the read, nothing applied.
+        let create = tokio::spawn(async move { store.create_guarded(&release).await });
+        expect(
+            &mut handle,
+            Method::GET,
+            &object,
+            StatusCode::OK,
+            canary_release("r", "Run"),
+        )
+        .await;
+        assert!(matches!(create.await.unwrap(), Err(StoreError::Conflict(_))));
+        done(handle).await;
+    }
+
+    #[tokio::test]
+    async fn control_is_applied_with_the_rest_of_the_spec() {
+        let (store, mut handle) = store();
+        let set = tokio::spawn(async move { store.set_control(&release_key("r"), Control::Pause).await });
+        let object = format!("{RELEASES}/namespaces/prod/canaryreleases/r");
+        expect(
+            &mut handle,
+            Method::GET,
+            &object,
+            StatusCode::OK,
+            canary_release("r", "Run"),
+        )
+        .await;
+        let seen = expect(
+            &mut handle,
+            Method::PATCH,
+            &object,
+            StatusCode::OK,
+            canary_release("r", "Pause"),
+        )
+        .await;
+        assert_eq!(seen.query, "&force=true&fieldManager=switchyard-dashboard");
+        // Every spec field the dashboard may own is sent, so the apply removes none of them.
+        assert_eq!(
+            seen.body["spec"],
+            json!({"modelRef": "m", "stable": "qwq-32b", "canary": "qwq-32b-canary", "steps": [10, 100],
+                "hold": "30s", "limits": {"maxTtftP90Ratio": 1.2}, "control": "Pause"})
+        );
+        let updated = set.await.unwrap().unwrap();
+        assert_eq!(updated.spec.control, Control::Pause);
+        done(handle).await;
+    }
+
+    #[tokio::test]
+    async fn control_of_a_missing_release_is_not_found() {
+        let (store, mut handle) = store();
+        let set = tokio::spawn(async move { store.set_control(&release_key("gone"), Control::Abort).await });
+        let object = format!("{RELEASES}/namespaces/prod/canaryreleases/gone");
+        expect(&mut handle, Method::GET, &object, StatusCode::NOT_FOUND, not_found()).await;
+        assert!(matches!(set.await.unwrap(), Err(StoreError::ReleaseNotFound(k)) if k == "prod/gone"));
         done(handle).await;
     }
 }

@@ -1,14 +1,18 @@
 //! Canary releases: where InferenceModels live ([`ReleaseStore`]: a directory of YAML or the Kubernetes API), the
-//! validation of a weight change, and the apply/rollback flow that records each change in the history.
+//! validation of a weight change, and the apply/rollback flow that records each change in the history. Guarded
+//! releases (CanaryRelease objects, in the same place) are in [`guarded`].
 
 pub mod dir;
+pub mod guarded;
 pub mod kube;
 
 use std::{collections::BTreeMap, fmt};
 
-use api::{v1alpha1::InferenceModel, validate::FieldError};
+use api::{canary::CanaryRelease, canary::Control, v1alpha1::InferenceModel, validate::FieldError};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+
+use crate::db::{NewRelease, ReleaseKind};
 
 /// Largest weight the CRD accepts (`targetModels[].weight` maximum).
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -88,6 +92,24 @@ impl ModelState {
     pub fn shares(&self) -> Vec<f64> {
         shares(&self.targets)
     }
+
+    /// A history row for this model made now by `actor`, with its current targets as both before and after.
+    pub fn history_row(&self, actor: &str, kind: ReleaseKind, reason: String) -> NewRelease {
+        let targets = serde_json::to_string(&self.targets).unwrap_or_default();
+        NewRelease {
+            namespace: self.key.namespace.clone(),
+            name: self.key.name.clone(),
+            model_name: self.model_name.clone(),
+            at_ms: crate::time::now_ms(),
+            actor: actor.to_owned(),
+            kind,
+            reason,
+            before: targets.clone(),
+            after: targets,
+            guarded_release: None,
+            event_key: None,
+        }
+    }
 }
 
 pub fn shares(targets: &[Target]) -> Vec<f64> {
@@ -110,13 +132,32 @@ pub enum StoreError {
     Io { path: String, message: String },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("CanaryRelease {0} not found")]
+    ReleaseNotFound(String),
+    /// The object exists already, or changed since it was read.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unavailable(String),
 }
 
+impl From<api::dir::DirError> for StoreError {
+    fn from(error: api::dir::DirError) -> StoreError {
+        match error {
+            api::dir::DirError::Io { path, message } => StoreError::Io { path, message },
+            api::dir::DirError::Parse { path, index, message } => StoreError::Parse {
+                path,
+                message: format!("document {index}: {message}"),
+            },
+            moved @ api::dir::DirError::Moved { .. } => StoreError::Conflict(moved.to_string()),
+        }
+    }
+}
+
 /// Where the InferenceModels are read from and written to. Dir mode rewrites the YAML file atomically; kube mode
-/// is a server-side apply of the InferenceModel with the dashboard's field manager.
-pub trait ReleaseStore: Send + Sync {
+/// is a server-side apply of the InferenceModel with the dashboard's field manager. Every store also keeps the
+/// CanaryReleases of the same place ([`guarded::GuardedStore`]).
+pub trait ReleaseStore: guarded::GuardedStore + Send + Sync {
     /// Every InferenceModel, sorted by namespace and name.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ModelState>, StoreError>>;
 
@@ -142,6 +183,29 @@ impl ReleaseStore for NoReleaseStore {
 
     fn describe(&self) -> String {
         "nowhere: start the dashboard with --dir or --kube to edit releases".into()
+    }
+}
+
+impl guarded::GuardedStore for NoReleaseStore {
+    fn list_guarded(&self) -> BoxFuture<'_, Result<Vec<guarded::Guarded>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn create_guarded<'a>(&'a self, _: &'a CanaryRelease) -> BoxFuture<'a, Result<guarded::Guarded, StoreError>> {
+        Box::pin(async { Err(StoreError::Unavailable(self.describe())) })
+    }
+
+    fn set_control<'a>(
+        &'a self,
+        key: &'a guarded::ReleaseKey,
+        _: Control,
+    ) -> BoxFuture<'a, Result<guarded::Guarded, StoreError>> {
+        Box::pin(async move {
+            Err(StoreError::Unavailable(format!(
+                "no release {key}: {}",
+                self.describe()
+            )))
+        })
     }
 }
 

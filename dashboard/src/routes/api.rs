@@ -119,7 +119,8 @@ fn csv_cell(text: &str) -> String {
 }
 
 const CSV_HEADER: &str = "received_at,request_id,model,target_model,pool,criticality,outcome,pod,endpoint,status,\
-                          ttft_ms,duration_ms,prompt_tokens,completion_tokens,cached_tokens,scheduler_micros,profile,reason\n";
+                          ttft_ms,duration_ms,prompt_tokens,completion_tokens,cached_tokens,scheduler_micros,profile,reason,\
+                          mirror_of\n";
 
 fn csv_row(d: &DecisionSummary) -> String {
     let num = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
@@ -143,6 +144,7 @@ fn csv_row(d: &DecisionSummary) -> String {
         d.scheduler_micros.to_string(),
         csv_cell(&d.profile),
         csv_cell(&d.reason),
+        csv_cell(d.mirror_of.as_deref().unwrap_or("")),
     ];
     let mut line = cells.join(",");
     line.push('\n');

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{Nav, encode, fmt_opt_ms, fmt_pct, pod_path, session};
 use crate::{
     AppState,
-    db::{Cursor, DecisionFilter, DecisionSummary},
+    db::{Cursor, DecisionFilter, DecisionSummary, Mirrored},
     error::AppError,
     time::{format_input, format_ms, parse_time},
 };
@@ -25,6 +25,8 @@ use crate::{
 pub(crate) const DEFAULT_LIMIT: u32 = 50;
 /// Largest page the API serves.
 pub(crate) const MAX_LIMIT: u32 = 1000;
+/// Mirrored copies listed on a client request's page.
+const MIRRORS_SHOWN: u32 = 20;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -54,6 +56,8 @@ pub(crate) struct DecisionParams {
     pub(crate) from: String,
     pub(crate) to: String,
     pub(crate) q: String,
+    /// `only` (mirrored copies) or `exclude` (client traffic); empty for both.
+    pub(crate) mirrored: String,
     pub(crate) after: String,
     pub(crate) limit: String,
 }
@@ -82,6 +86,12 @@ impl DecisionParams {
                     .map_err(|_| bad("criticality (Critical, Standard or Sheddable)"))?,
             ),
         };
+        let mirrored = match opt(&self.mirrored).as_deref() {
+            None => None,
+            Some("only") => Some(Mirrored::Only),
+            Some("exclude") => Some(Mirrored::Exclude),
+            Some(_) => return Err(bad("mirrored (only or exclude)")),
+        };
         let time = |text: &str, what: &str| match opt(text) {
             None => Ok(None),
             Some(t) => parse_time(&t).map(Some).ok_or_else(|| bad(what)),
@@ -95,6 +105,7 @@ impl DecisionParams {
             from_ms: time(&self.from, "from (YYYY-MM-DDTHH:MM in UTC, or ms since the epoch)")?,
             to_ms: time(&self.to, "to (YYYY-MM-DDTHH:MM in UTC, or ms since the epoch)")?,
             request_id_prefix: opt(&self.q),
+            mirrored,
         };
         let after = match opt(&self.after) {
             None => None,
@@ -122,6 +133,7 @@ impl DecisionParams {
             ("from", &self.from),
             ("to", &self.to),
             ("q", &self.q),
+            ("mirrored", &self.mirrored),
         ]
         .iter()
         .filter(|(_, v)| !v.trim().is_empty())
@@ -145,6 +157,8 @@ pub(crate) struct Row {
     pub(crate) ttft: String,
     pub(crate) micros: i64,
     pub(crate) reason: String,
+    /// The original request's id, on a mirrored copy.
+    pub(crate) mirror_of: Option<String>,
 }
 
 pub(crate) fn outcome_class(outcome: &str) -> &'static str {
@@ -172,6 +186,7 @@ pub(crate) fn rows(summaries: &[DecisionSummary]) -> Vec<Row> {
             ttft: fmt_opt_ms(d.ttft_ms),
             micros: d.scheduler_micros,
             reason: d.reason.clone(),
+            mirror_of: d.mirror_of.clone(),
         })
         .collect()
 }
@@ -255,6 +270,10 @@ struct DetailPage {
     duration: String,
     tokens: String,
     json_link: String,
+    /// On a mirrored copy: the link to the client request it copies.
+    original_link: Option<String>,
+    /// On a client request: its mirrored copies.
+    mirrors: Vec<Row>,
 }
 
 /// One sentence on why the winner won: its total against the runner-up, and the scorer that made the difference.
@@ -356,9 +375,15 @@ async fn detail(
         ),
         _ => "–".into(),
     };
+    let mirrors = match &d.mirror_of {
+        Some(_) => Vec::new(),
+        None => rows(&state.db.mirrors_of(&d.request_id, MIRRORS_SHOWN).await?),
+    };
     let session = session(&state, &headers);
     Ok(DetailPage {
         nav: Nav::new("decisions", session.as_ref()),
+        original_link: d.mirror_of.as_deref().map(|id| format!("/decisions/{}", encode(id))),
+        mirrors,
         time: format_ms(i64::try_from(d.received_at_ms).unwrap_or(i64::MAX)),
         outcome_class: outcome_class(crate::db::outcome_name(d.outcome)),
         outcome: crate::db::outcome_name(d.outcome),

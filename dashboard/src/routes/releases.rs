@@ -1,6 +1,8 @@
 //! `/releases` (every InferenceModel with its targets and weights) and `/releases/{namespace}/{name}` (the weight form,
 //! apply, the history with actor, time, before/after and reason, and one-click rollback), plus the JSON API
 //! `/api/v1/releases[/{namespace}/{name}]` whose POST takes the login token as a bearer or a session with a CSRF header.
+//! While a guarded release runs for a model (see `guarded`), its weights belong to the controller: the weight form
+//! is disabled and every manual change is refused with 409.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -13,13 +15,19 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Nav, auth::writer, encode, session};
+use super::{
+    Nav,
+    auth::writer,
+    encode,
+    guarded::{self, GuardedCard, StartForm},
+    session,
+};
 use crate::{
-    AppState, auth,
+    AppState,
     db::{NewRelease, ReleaseKind, ReleaseRow},
     error::{ApiError, AppError},
     releases::{self, FormErrors, ModelKey, ModelState, Target, WeightForm, shares},
-    time::{format_ms, now_ms},
+    time::format_ms,
 };
 
 /// History rows shown and returned.
@@ -34,14 +42,14 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/releases/{namespace}/{name}", get(api_detail).post(api_apply))
 }
 
-struct TargetView {
-    name: String,
-    weight: String,
-    share: String,
-    width: u32,
+pub(crate) struct TargetView {
+    pub(crate) name: String,
+    pub(crate) weight: String,
+    pub(crate) share: String,
+    pub(crate) width: u32,
 }
 
-fn target_views(targets: &[Target]) -> Vec<TargetView> {
+pub(super) fn target_views(targets: &[Target]) -> Vec<TargetView> {
     targets
         .iter()
         .zip(shares(targets))
@@ -62,6 +70,8 @@ struct ModelItem {
     pool: String,
     targets: Vec<TargetView>,
     last_change: String,
+    /// `Progressing 5 %` while a guarded release runs.
+    in_release: Option<String>,
 }
 
 #[derive(Template, WebTemplate)]
@@ -72,13 +82,20 @@ struct ListPage {
     models: Vec<ModelItem>,
 }
 
-fn model_link(key: &ModelKey) -> String {
+pub(super) fn model_link(key: &ModelKey) -> String {
     format!("/releases/{}/{}", encode(&key.namespace), encode(&key.name))
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<ListPage, AppError> {
     let models = state.releases.list().await?;
     let latest = state.db.latest_releases().await?;
+    let running: Vec<_> = state
+        .releases
+        .list_guarded()
+        .await?
+        .into_iter()
+        .filter(|r| r.is_active())
+        .collect();
     let session = session(&state, &headers);
     Ok(ListPage {
         nav: Nav::new("releases", session.as_ref()),
@@ -97,21 +114,27 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<ListP
                     .find(|r| r.namespace == m.key.namespace && r.name == m.key.name)
                     .map(|r| format!("{} by {}", format_ms(r.at_ms), r.actor))
                     .unwrap_or_else(|| "never through the dashboard".into()),
+                in_release: running
+                    .iter()
+                    .find(|r| r.targets_model(&m.key))
+                    .map(|r| format!("{:?} {} %", r.phase(), r.percent())),
             })
             .collect(),
     })
 }
 
-struct HistoryItem {
-    id: i64,
-    time: String,
-    actor: String,
-    kind: String,
-    reason: String,
-    before: String,
-    after: String,
-    rollback_action: String,
-    can_roll_back: bool,
+pub(crate) struct HistoryItem {
+    pub(crate) id: i64,
+    pub(crate) time: String,
+    pub(crate) actor: String,
+    pub(crate) kind: String,
+    pub(crate) kind_class: &'static str,
+    pub(crate) guarded_release: String,
+    pub(crate) reason: String,
+    pub(crate) before: String,
+    pub(crate) after: String,
+    pub(crate) rollback_action: String,
+    pub(crate) can_roll_back: bool,
 }
 
 /// `qwq-32b 90 · qwq-32b-canary 10`.
@@ -129,19 +152,33 @@ fn describe_targets(json: &str) -> String {
     }
 }
 
-fn history_items(key: &ModelKey, current: &[Target], rows: &[ReleaseRow]) -> Vec<HistoryItem> {
+fn kind_class(kind: &str) -> &'static str {
+    match kind {
+        "promoted" => "ok",
+        "rollback" | "rolled_back" | "abort" | "aborted" | "pause" => "warn",
+        "invalid" => "bad",
+        "start" | "step" | "promote" | "resume" => "info",
+        _ => "",
+    }
+}
+
+/// The history table. Only rows whose `before` is the model's whole target list can be rolled back to (a
+/// controller step names only stable and canary), and nothing can while a guarded release holds the weights.
+pub(super) fn history_items(key: &ModelKey, current: &[Target], rows: &[ReleaseRow], locked: bool) -> Vec<HistoryItem> {
     let current = serde_json::to_string(current).unwrap_or_default();
     rows.iter()
         .map(|r| HistoryItem {
             id: r.id,
             time: format_ms(r.at_ms),
             actor: r.actor.clone(),
-            kind: r.kind.clone(),
+            kind: r.kind.replace('_', " "),
+            kind_class: kind_class(&r.kind),
+            guarded_release: r.guarded_release.clone().unwrap_or_default(),
             reason: r.reason.clone(),
             before: describe_targets(&r.before),
             after: describe_targets(&r.after),
             rollback_action: format!("{}/rollback/{}", model_link(key), r.id),
-            can_roll_back: r.before != current,
+            can_roll_back: !locked && r.before != current && matches!(r.kind.as_str(), "apply" | "rollback" | "start"),
         })
         .collect()
 }
@@ -155,7 +192,7 @@ struct FormRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "release.html")]
-struct DetailPage {
+pub(super) struct DetailPage {
     nav: Nav,
     model: ModelState,
     action: String,
@@ -168,23 +205,36 @@ struct DetailPage {
     errors: FormErrors,
     history: Vec<HistoryItem>,
     flash: Option<String>,
+    guarded: GuardedCard,
+    /// Whether a guarded release holds the weights (the weight form is disabled).
+    locked: bool,
+    /// The history and split are rendered in place, not as htmx out-of-band swaps.
+    oob: bool,
 }
 
 impl DetailPage {
     fn error(&self, field: &str) -> Option<String> {
         self.errors.field(field).map(str::to_owned)
     }
+
+    /// The page with the guarded-release start form as it was submitted, and its errors.
+    pub(super) fn with_start_form(mut self, form: StartForm, errors: FormErrors) -> DetailPage {
+        self.guarded.start.form = form;
+        self.guarded.start.errors = errors;
+        self
+    }
 }
 
-async fn detail_page(
+pub(super) async fn detail_page(
     state: &AppState,
     headers: &HeaderMap,
     key: ModelKey,
     form: Option<WeightForm>,
     errors: FormErrors,
 ) -> Result<DetailPage, AppError> {
-    let model = releases::get(state.releases.as_ref(), &key).await?;
+    let (model, guarded_releases) = guarded::load(state, &key).await?;
     let history = state.db.releases(&key.namespace, &key.name, HISTORY).await?;
+    let locked = guarded::active(&guarded_releases).is_some();
     let form = form.unwrap_or_else(|| WeightForm::from_targets(&model.targets));
     let session = session(state, headers);
     Ok(DetailPage {
@@ -206,8 +256,11 @@ async fn detail_page(
         new_weight: form.new_weight,
         reason: form.reason,
         expected: serde_json::to_string(&model.targets).unwrap_or_default(),
-        history: history_items(&key, &model.targets, &history),
+        history: history_items(&key, &model.targets, &history, locked),
         flash: None,
+        guarded: guarded::build_card(&key, &model, &guarded_releases, None, FormErrors::default()),
+        locked,
+        oob: false,
         errors,
         model,
     })
@@ -217,6 +270,7 @@ async fn detail_page(
 #[serde(default)]
 struct DetailQuery {
     applied: Option<String>,
+    started: Option<String>,
 }
 
 async fn detail(
@@ -236,6 +290,9 @@ async fn detail(
     if q.applied.is_some() {
         page.flash = Some("Applied. The gateway routes by the new weights within a second.".into());
     }
+    if q.started.is_some() {
+        page.flash = Some("Guarded release started. The controller applies its first step and reports here.".into());
+    }
     Ok(page)
 }
 
@@ -248,22 +305,17 @@ async fn apply(
     reason: &str,
     kind: ReleaseKind,
 ) -> Result<(ModelState, i64), AppError> {
+    guarded::ensure_unlocked(state, key).await?;
     let before = releases::get(state.releases.as_ref(), key).await?;
     let after = state.releases.apply(key, targets).await?;
     let id = state
         .db
         .insert_release(&NewRelease {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            model_name: after.model_name.clone(),
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            kind,
-            reason: reason.trim().to_owned(),
             before: serde_json::to_string(&before.targets).unwrap_or_default(),
-            after: serde_json::to_string(&after.targets).unwrap_or_default(),
+            ..after.history_row(actor, kind, reason.trim().to_owned())
         })
-        .await?;
+        .await?
+        .unwrap_or_default();
     tracing::info!(model = %key, actor, kind = kind.as_str(), release = id, "release applied");
     Ok((after, id))
 }
@@ -384,14 +436,7 @@ async fn api_apply(
     Path((namespace, name)): Path<(String, String)>,
     body: Result<Json<ApplyBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let actor = match auth::bearer(&headers) {
-        Some(token) if state.config.login_token.matches(token) => None,
-        Some(_) => return Err(AppError::Unauthorized.into()),
-        None => {
-            let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-            Some(writer(&state, &headers, csrf)?.actor)
-        }
-    };
+    let actor = guarded::api_writer(&state, &headers)?;
     let Json(body) = body.map_err(|e| AppError::Unprocessable(e.body_text()))?;
     let actor = actor.or(body.actor).unwrap_or_else(|| "api".into());
     let form = WeightForm {

@@ -183,6 +183,14 @@ pub fn decision_line(request_id: &str, at_ms: u64, target: &str, pod: &str, outc
     json.to_string()
 }
 
+/// The decision of a mirrored copy of `original`, as an ingest line.
+pub fn mirror_line(request_id: &str, original: &str, at_ms: u64, target: &str) -> String {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&decision_line(request_id, at_ms, target, "pod-1", "Routed")).unwrap();
+    json["decision"]["mirror_of"] = original.into();
+    json.to_string()
+}
+
 pub fn sample_line(pod: &str, at_ms: i64, kv: f64) -> String {
     serde_json::json!({"sample": {"pod": format!("default/{pod}"), "pool": "reasoning-pool",
         "endpoint": "127.0.0.11:8000", "at_ms": at_ms, "queue": 1, "running": 3, "kv_usage": kv}})
