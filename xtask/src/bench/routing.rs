@@ -79,6 +79,8 @@ pub(crate) enum RouterKind {
     DecisionTree,
     /// Switchyard with its default profile.
     Default,
+    /// Switchyard with the profile `tuned` of `--scheduler-config`: a candidate raced beside `default`.
+    Tuned,
     /// Shepherd Model Gateway (`smg`), `--policy cache_aware`.
     SmgCacheAware,
     /// Shepherd Model Gateway (`smg`), `--policy round_robin`.
@@ -92,6 +94,7 @@ impl RouterKind {
             RouterKind::RoundRobin => "round-robin",
             RouterKind::DecisionTree => "decision-tree",
             RouterKind::Default => "default",
+            RouterKind::Tuned => "tuned",
             RouterKind::SmgCacheAware => "smg-cache-aware",
             RouterKind::SmgRoundRobin => "smg-round-robin",
         }
@@ -109,6 +112,7 @@ impl RouterKind {
         match self {
             RouterKind::DecisionTree => Some("decision-tree"),
             RouterKind::Default => Some("default"),
+            RouterKind::Tuned => Some("tuned"),
             _ => None,
         }
     }
@@ -133,6 +137,7 @@ struct Measured {
 struct RunResult {
     ttft_mean_ms: f64,
     ttft_median_ms: f64,
+    ttft_p90_ms: f64,
     ttft_p99_ms: f64,
     ttft_p99_excl_warmup_ms: f64,
     tpot_mean_ms: f64,
@@ -147,9 +152,10 @@ struct RunResult {
     kv_series: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
-const FIELDS: [(&str, &str); 12] = [
+const FIELDS: [(&str, &str); 13] = [
     ("ttft_mean_ms", "TTFT mean ms"),
     ("ttft_median_ms", "TTFT median ms"),
+    ("ttft_p90_ms", "TTFT P90 ms"),
     ("ttft_p99_ms", "TTFT P99 ms"),
     ("ttft_p99_excl_warmup_ms", "P99 excl. warm-up"),
     ("tpot_mean_ms", "TPOT ms"),
@@ -167,6 +173,7 @@ impl RunResult {
         match key {
             "ttft_mean_ms" => self.ttft_mean_ms,
             "ttft_median_ms" => self.ttft_median_ms,
+            "ttft_p90_ms" => self.ttft_p90_ms,
             "ttft_p99_ms" => self.ttft_p99_ms,
             "ttft_p99_excl_warmup_ms" => self.ttft_p99_excl_warmup_ms,
             "tpot_mean_ms" => self.tpot_mean_ms,
@@ -217,6 +224,15 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
         None
     };
     anyhow::ensure!(args.time_scale > 0.0, "--time-scale must be positive");
+    if routers.contains(&RouterKind::Tuned) {
+        let path = args
+            .scheduler_config
+            .as_ref()
+            .context("router `tuned` needs --scheduler-config with a profile named `tuned`")?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        scheduler::SchedulerConfig::from_yaml(&format!("profile: tuned\n{text}"))
+            .with_context(|| format!("{} does not define a usable profile `tuned`", path.display()))?;
+    }
     anyhow::ensure!(requests_per_run > 0, "--requests must be positive");
 
     let bin = procs::build_bins(true, &["gateway", "vllm-sim"])?;
@@ -636,6 +652,7 @@ fn summarize(
     RunResult {
         ttft_mean_ms: avg(&ttfts),
         ttft_median_ms: percentile(&ttfts, 50.0),
+        ttft_p90_ms: percentile(&ttfts, 90.0),
         ttft_p99_ms: percentile(&ttfts, 99.0),
         ttft_p99_excl_warmup_ms: percentile(&late, 99.0),
         tpot_mean_ms: avg(&tpots),
@@ -711,9 +728,9 @@ fn report(
         }
         let ratio = results
             .get(&(*blocks, RouterKind::Random))
-            .map(|random| mean(runs, "ttft_mean_ms") / mean(random, "ttft_mean_ms"))
-            .unwrap_or(f64::NAN);
-        let _ = writeln!(md, " {ratio:.2}× |");
+            .map(|random| format!("{:.2}×", mean(runs, "ttft_mean_ms") / mean(random, "ttft_mean_ms")))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(md, " {ratio} |");
     }
     if workload == Workload::Seed {
         let _ = writeln!(
