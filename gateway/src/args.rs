@@ -75,6 +75,15 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Mirrored copies (proxy mode) in flight at most; a copy due while this many are out is skipped and counted
+    /// (`switchyard_mirror_skipped_total{reason="busy"}`).
+    #[arg(long, env = "SWITCHYARD_MIRROR_MAX_INFLIGHT", default_value_t = 256)]
+    pub mirror_max_inflight: usize,
+
+    /// Bound on one mirrored copy, from sending it to the end of its discarded response.
+    #[arg(long, env = "SWITCHYARD_MIRROR_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub mirror_timeout: Duration,
+
     /// How many finished decisions /debug/decisions keeps.
     #[arg(long, env = "SWITCHYARD_DECISIONS_KEPT", default_value_t = 1000)]
     pub decisions_kept: usize,

@@ -81,12 +81,15 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
     });
 
-    let director = Arc::new(Director::new(
-        datastore,
-        metrics_store,
-        scheduler,
-        DecisionLog::new(args.decisions_kept),
-    ));
+    let director = Arc::new(
+        Director::new(
+            datastore,
+            metrics_store,
+            scheduler,
+            DecisionLog::new(args.decisions_kept),
+        )
+        .with_mirror_max_inflight(args.mirror_max_inflight),
+    );
 
     let admin = TcpListener::bind(args.admin_listen)
         .await
@@ -130,6 +133,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
             let config = proxy::ProxyConfig {
                 max_body_bytes: args.max_body_bytes,
                 connect_timeout: args.connect_timeout,
+                mirror_timeout: args.mirror_timeout,
             };
             tasks.spawn(serve(listener, proxy::router(director.clone(), config), cancel.clone()));
             tracing::info!(addr = %bound, "proxy listening");

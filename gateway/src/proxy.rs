@@ -1,5 +1,8 @@
 //! The standalone OpenAI-compatible proxy: a thin adapter that asks the [`Director`] where to go and streams the
 //! model server's answer back chunk by chunk.
+//!
+//! A request the director marked for mirroring also gets its copy sent on a task of its own: the client's response
+//! never waits for it, and the copy's response is read only for its status, TTFT and usage, then dropped.
 
 use std::{
     pin::Pin,
@@ -29,13 +32,15 @@ use serde_json::json;
 use crate::{
     error::RouteError,
     openai::ApiKind,
-    routing::{Director, ResponseStats, RoutePlan},
+    routing::{Director, MirrorCopy, ResponseStats, RoutePlan},
     usage::UsageObserver,
 };
 
 /// Header naming the endpoint that served the request, as upstream's `x-gateway-destination-endpoint-served`.
 pub const SERVED_HEADER: &str = "x-gateway-destination-endpoint-served";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Header on a mirrored copy naming the request id of the client request it duplicates.
+pub const MIRROR_OF_HEADER: &str = "x-switchyard-mirror-of";
 
 /// Proxy settings.
 #[derive(Clone, Debug)]
@@ -43,6 +48,8 @@ pub struct ProxyConfig {
     pub max_body_bytes: usize,
     /// Bound on connecting to a model server; a refused or timed-out connect moves to the next-best endpoint.
     pub connect_timeout: Duration,
+    /// Bound on one mirrored copy, from sending it to the end of its discarded response.
+    pub mirror_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -127,7 +134,7 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
             return error_response(&err);
         }
     };
-    let plan = match state.director.route(kind, raw, request_id.clone()) {
+    let mut plan = match state.director.route(kind, raw, request_id.clone()) {
         Ok(plan) => plan,
         Err(err) => return error_response(&err),
     };
@@ -138,6 +145,9 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         .map(|p| p.as_str())
         .unwrap_or(parts.uri.path())
         .to_owned();
+    if let Some(copy) = plan.mirror.take() {
+        send_mirror(&state, *copy, &path, &parts.headers);
+    }
     let targets = std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
     let mut served_by_fallback = false;
     let mut last_error = None;
@@ -180,6 +190,71 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         format!("inference error: BadGateway - {message}"),
     )
         .into_response()
+}
+
+/// Sends a mirrored copy on its own task; its outcome only reaches the decision record and the mirror metrics.
+fn send_mirror(state: &ProxyState, copy: MirrorCopy, path: &str, headers: &HeaderMap) {
+    let MirrorCopy { mut plan, slot } = copy;
+    let id = plan.decision.request_id.clone();
+    let request = upstream_request(&plan.endpoint, path, headers, &plan, &id).and_then(|mut request| {
+        let original = plan.decision.mirror_of.as_deref().unwrap_or_default();
+        let value = HeaderValue::from_str(original).map_err(|e| format!("mirror-of header: {e}"))?;
+        request.headers_mut().insert(MIRROR_OF_HEADER, value);
+        Ok(request)
+    });
+    let (director, client, timeout) = (
+        state.director.clone(),
+        state.client.clone(),
+        state.config.mirror_timeout,
+    );
+    tokio::spawn(async move {
+        let endpoint = plan.endpoint.clone();
+        let mut first_byte = None;
+        let exchange = async {
+            let response = client.request(request?).await.map_err(|e| format!("sending: {e}"))?;
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let mut usage = UsageObserver::new(content_type);
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| format!("reading the response: {e}"))?;
+                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                    first_byte.get_or_insert_with(Instant::now);
+                    usage.observe(data);
+                }
+            }
+            Ok::<_, String>((status, usage.finish()))
+        };
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        let started = plan.started;
+        let mut stats = ResponseStats {
+            ttft_ms: first_byte.map(|t: Instant| (t - started).as_secs_f64() * 1e3),
+            ..ResponseStats::default()
+        };
+        match outcome {
+            Ok(Ok((status, usage))) => {
+                stats.status = Some(status);
+                stats.usage = usage;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(request_id = %id, endpoint = %endpoint, %error, "mirrored copy failed");
+                plan.decision.reason.push_str(&format!("; mirror failed: {error}"));
+                stats.status = Some(502);
+            }
+            Err(_) => {
+                tracing::debug!(request_id = %id, endpoint = %endpoint, ?timeout, "mirrored copy timed out");
+                plan.decision
+                    .reason
+                    .push_str(&format!("; mirror timed out after {timeout:?}"));
+            }
+        }
+        director.finish(plan, endpoint, stats);
+        // Released only now, so the bound covers the whole exchange.
+        drop(slot);
+    });
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouteError> {

@@ -2,6 +2,12 @@
 //!
 //! Adapters hand in the raw body and get back either a plan (endpoint, fallbacks, body to send) or a [`RouteError`];
 //! when the response is done they call [`Director::finish`] so the decision record gets its response fields.
+//!
+//! Mirroring is decided here too. In proxy mode [`Director::route`] attaches a [`MirrorCopy`] to every request due
+//! for one (an exact share per model, kept by a credit accumulator, not a coin flip); in ext_proc mode Envoy sends
+//! the shadow copies and [`Director::route_shadow`] routes them. Either way a copy's decision carries `mirror_of`
+//! and is counted in the `mirror_*` metrics, never in `requests`/`request_ttft_seconds`, which the canary
+//! controller reads per target model.
 
 use std::{
     sync::{
@@ -12,17 +18,30 @@ use std::{
 };
 
 use bytes::Bytes;
-use scheduler::{Decision, Endpoint, EndpointId, Outcome, Request, Scheduler};
+use scheduler::{Criticality, Decision, Endpoint, EndpointId, Outcome, Request, Scheduler, TargetWeight};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    datastore::Datastore,
+    datastore::{Datastore, EndpointView, ModelView, Snapshot},
     decisions::DecisionLog,
     error::RouteError,
-    openai::{ApiKind, parse_request},
+    openai::{ApiKind, ParsedRequest, parse_request},
     scrape::MetricsStore,
-    telemetry::{Metrics, ModelLabels, OutcomeLabels, PodLabels, TokenLabels},
+    telemetry::{
+        Metrics, MirrorLabels, MirrorSkip, MirrorSkipLabels, ModelLabels, OutcomeLabels, PodLabels, TokenLabels,
+    },
     usage::Usage,
 };
+
+/// Mirrored copies in flight at most unless the gateway is told otherwise.
+pub const DEFAULT_MIRROR_MAX_INFLIGHT: usize = 256;
+
+/// Suffix of a mirrored copy's request id: `<client request id>-mirror`.
+pub const MIRROR_ID_SUFFIX: &str = "-mirror";
+
+/// Request header the ext_proc picker sets on a request of a mirroring model: the model the client asked for.
+/// Envoy's shadow copy carries it, while its body already names the split's target.
+pub const MODEL_HEADER: &str = "x-switchyard-model";
 
 /// What the adapter must do with a routed request.
 #[derive(Debug)]
@@ -34,6 +53,17 @@ pub struct RoutePlan {
     pub body: Bytes,
     pub stream: bool,
     pub started: Instant,
+    /// Proxy mode: a copy of this request to send to the model's mirror target. Boxed: a plan inside a plan.
+    pub mirror: Option<Box<MirrorCopy>>,
+}
+
+/// A mirrored copy of a routed request: send `plan.body` to `plan.endpoint`, read and discard the response, then
+/// pass the plan to [`Director::finish`]. Holds one of the bounded in-flight slots until dropped.
+#[derive(Debug)]
+pub struct MirrorCopy {
+    pub plan: RoutePlan,
+    /// One of the bounded in-flight slots: keep it until the copy is finished.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// What the adapter learnt from the model server's response.
@@ -58,6 +88,24 @@ pub struct Director {
     pub shipper: std::sync::OnceLock<crate::shipper::Shipper>,
     /// Requests routed to each endpoint and not yet finished; fed to the scheduler's `inflight` scorer.
     endpoint_inflight: std::sync::Mutex<std::collections::HashMap<EndpointId, u32>>,
+    /// Per model, millionths of a request owed to its mirror: each request adds the mirror fraction, and a copy is
+    /// due whenever a whole one has accumulated, so 10 % is exactly every tenth request.
+    mirror_credit: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    mirror_permits: Arc<Semaphore>,
+}
+
+/// Identity of a copy: its own request id, the original's, and when the original arrived.
+struct CopyIds {
+    request_id: String,
+    mirror_of: String,
+    received_at_ms: u64,
+}
+
+/// Where a copy goes: the mirror route's pool, split and pods, or the served pool's for an unconfigured shadow.
+struct CopyRoute<'a> {
+    pool: &'a str,
+    targets: &'a [TargetWeight],
+    endpoints: &'a [EndpointView],
 }
 
 impl Director {
@@ -76,7 +124,15 @@ impl Director {
             next_id: AtomicU64::new(0),
             shipper: std::sync::OnceLock::new(),
             endpoint_inflight: Default::default(),
+            mirror_credit: Default::default(),
+            mirror_permits: Arc::new(Semaphore::new(DEFAULT_MIRROR_MAX_INFLIGHT)),
         }
+    }
+
+    /// Bounds the mirrored copies in flight (proxy mode); a copy due beyond it is skipped as `busy`.
+    pub fn with_mirror_max_inflight(mut self, max: usize) -> Director {
+        self.mirror_permits = Arc::new(Semaphore::new(max));
+        self
     }
 
     /// A request id unique within this process, used when the client sent no `x-request-id`.
@@ -89,9 +145,26 @@ impl Director {
         format!("{now:x}-{n}")
     }
 
-    /// Routes one request. Errors are recorded as finished decisions here; a plan must be passed to `finish`.
+    /// Routes one request of the standalone proxy, with its mirrored copy when one is due. Errors are recorded as
+    /// finished decisions here; a plan (and its copy's plan) must be passed to `finish`.
     pub fn route(&self, kind: ApiKind, raw: Bytes, request_id: String) -> Result<RoutePlan, RouteError> {
-        self.route_in_subset(kind, raw, request_id, None)
+        self.route_inner(kind, raw, request_id, None, CopyKind::Mirror)
+    }
+
+    /// Routes a shadow copy Envoy mirrored (ext_proc mode): to the model's mirror target when it has one, else
+    /// like the original; always as Sheddable, since a copy must never take capacity the original needs. A copy
+    /// that is not worth sending is refused (429 when saturated or Sheddable, 503 without an endpoint) and counted
+    /// as skipped; Envoy discards a shadow's answer either way. `mirror_of` is the original's request id, and
+    /// `model` the [`MODEL_HEADER`] the picker set on the original, if any.
+    pub fn route_shadow(
+        &self,
+        kind: ApiKind,
+        raw: Bytes,
+        mirror_of: String,
+        model: Option<String>,
+    ) -> Result<RoutePlan, RouteError> {
+        let request_id = format!("{mirror_of}{MIRROR_ID_SUFFIX}");
+        self.route_inner(kind, raw, request_id, None, CopyKind::Shadow { mirror_of, model })
     }
 
     /// [`Director::route`] restricted to the pods whose IP is in `subset` (`ip` or `ip:port` entries), as Envoy's
@@ -103,6 +176,17 @@ impl Director {
         request_id: String,
         subset: Option<&[String]>,
     ) -> Result<RoutePlan, RouteError> {
+        self.route_inner(kind, raw, request_id, subset, CopyKind::None)
+    }
+
+    fn route_inner(
+        &self,
+        kind: ApiKind,
+        raw: Bytes,
+        request_id: String,
+        subset: Option<&[String]>,
+        copy: CopyKind,
+    ) -> Result<RoutePlan, RouteError> {
         let started = Instant::now();
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -110,9 +194,14 @@ impl Director {
             .unwrap_or(0);
         let snapshot = self.datastore.snapshot();
         let pool_name = snapshot.pool().map(|p| p.name.clone()).unwrap_or_default();
+        let shadow_of = match &copy {
+            CopyKind::Shadow { mirror_of, .. } => Some(mirror_of.clone()),
+            CopyKind::None | CopyKind::Mirror => None,
+        };
         let record = |model: &str, err: RouteError| {
             let mut decision = empty_decision(&request_id, received_at_ms, model, &pool_name, &err);
             decision.profile = self.scheduler.profile_name().to_owned();
+            decision.mirror_of = shadow_of.clone();
             self.record(decision);
             err
         };
@@ -128,9 +217,21 @@ impl Director {
                 .to_owned();
             return Err(record(&parsed.model, RouteError::NoCapacity(reason)));
         };
-        let Some(model) = snapshot.model(&parsed.model) else {
+        let model = match &copy {
+            CopyKind::Shadow { model, .. } => shadowed_model(&snapshot, model.as_deref(), &parsed.model),
+            CopyKind::None | CopyKind::Mirror => snapshot.model(&parsed.model),
+        };
+        let Some(model) = model else {
             return Err(record(&parsed.model, RouteError::UnknownModel(parsed.model.clone())));
         };
+        if let CopyKind::Shadow { mirror_of, .. } = copy {
+            let ids = CopyIds {
+                request_id,
+                mirror_of,
+                received_at_ms,
+            };
+            return self.route_shadow_copy(&snapshot, model, &parsed, raw, ids);
+        }
         let mut rng = rand::rng();
         let Some(target) = scheduler::pick_target(&model.targets, &mut rng) else {
             let err = RouteError::NoCapacity(format!("model {:?} has no target with a non-zero weight", model.name));
@@ -141,25 +242,18 @@ impl Director {
         // Held until the pick is counted, so two concurrent requests never both see a pod as idle: the
         // critical section is one scheduling decision, microseconds long.
         let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
-        let endpoints: Vec<Endpoint> = snapshot
-            .endpoints()
-            .iter()
-            .filter(|e| subset.is_none_or(|subset| in_subset(subset, &e.id)))
-            .map(|e| Endpoint {
-                id: e.id.clone(),
-                pod: e.pod.clone(),
-                metrics: self.metrics_store.get(&e.id),
-                inflight: inflight.get(&e.id).copied().unwrap_or(0),
-            })
-            .collect();
+        let endpoints = self.candidates(
+            &inflight,
+            snapshot
+                .endpoints()
+                .iter()
+                .filter(|e| subset.is_none_or(|subset| in_subset(subset, &e.id))),
+        );
         if subset.is_some() && endpoints.is_empty() {
             let err = RouteError::NoCapacity("failed to find candidate pods for serving the request".into());
             return Err(record(&parsed.model, err));
         }
-        let lora_adapter = endpoints
-            .iter()
-            .any(|e| e.metrics.active_loras.contains(&target) || e.metrics.waiting_loras.contains(&target))
-            .then(|| target.clone());
+        let lora_adapter = lora_adapter(&endpoints, &target);
         let request = Request {
             request_id,
             received_at_ms,
@@ -181,6 +275,10 @@ impl Director {
                 self.metrics.inflight.inc();
                 *inflight.entry(endpoint.clone()).or_default() += 1;
                 drop(inflight);
+                let mirror = match copy {
+                    CopyKind::Mirror => self.mirror_copy(model, &parsed, &raw, &decision, received_at_ms),
+                    CopyKind::None | CopyKind::Shadow { .. } => None,
+                };
                 Ok(RoutePlan {
                     body: parsed.body_for_target(raw, &target),
                     stream: parsed.stream,
@@ -188,6 +286,7 @@ impl Director {
                     endpoint,
                     decision,
                     started,
+                    mirror,
                 })
             }
             (outcome, _) => {
@@ -203,6 +302,179 @@ impl Director {
                 self.record(decision);
                 Err(err)
             }
+        }
+    }
+
+    /// The scheduler's view of `views`: each with its latest metrics and this gateway's requests in flight to it.
+    fn candidates<'a>(
+        &self,
+        inflight: &std::collections::HashMap<EndpointId, u32>,
+        views: impl Iterator<Item = &'a EndpointView>,
+    ) -> Vec<Endpoint> {
+        views
+            .map(|e| Endpoint {
+                id: e.id.clone(),
+                pod: e.pod.clone(),
+                metrics: self.metrics_store.get(&e.id),
+                inflight: inflight.get(&e.id).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Whether this request of `model` is due for a copy; advances the model's credit.
+    fn mirror_due(&self, model: &str, fraction: api::validate::Fraction) -> bool {
+        const ONE: u32 = api::validate::Fraction::ONE;
+        let mut credits = self.mirror_credit.lock().unwrap_or_else(|p| p.into_inner());
+        let credit = match credits.get_mut(model) {
+            Some(credit) => credit,
+            None => credits.entry(model.to_owned()).or_default(),
+        };
+        *credit += fraction.millionths();
+        if *credit >= ONE {
+            *credit -= ONE;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn skip_mirror(&self, model: &str, reason: MirrorSkip) {
+        self.metrics
+            .mirror_skipped
+            .get_or_create(&MirrorSkipLabels {
+                model: model.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// The proxy's copy of a routed request, when the model mirrors and this request is due for it.
+    fn mirror_copy(
+        &self,
+        model: &ModelView,
+        parsed: &ParsedRequest,
+        raw: &Bytes,
+        original: &Decision,
+        received_at_ms: u64,
+    ) -> Option<Box<MirrorCopy>> {
+        let route = model.mirror.as_ref()?;
+        if !self.mirror_due(&model.name, route.policy.fraction) {
+            return None;
+        }
+        if model.criticality == Criticality::Sheddable {
+            self.skip_mirror(&model.name, MirrorSkip::Sheddable);
+            return None;
+        }
+        let Ok(permit) = self.mirror_permits.clone().try_acquire_owned() else {
+            self.skip_mirror(&model.name, MirrorSkip::Busy);
+            return None;
+        };
+        let copy_route = CopyRoute {
+            pool: &route.pool,
+            targets: &route.targets,
+            endpoints: &route.endpoints,
+        };
+        let ids = CopyIds {
+            request_id: format!("{}{MIRROR_ID_SUFFIX}", original.request_id),
+            mirror_of: original.request_id.clone(),
+            received_at_ms,
+        };
+        match self.schedule_copy(&model.name, &copy_route, parsed, raw.clone(), ids) {
+            Ok(plan) => Some(Box::new(MirrorCopy { plan, slot: permit })),
+            Err(reason) => {
+                self.skip_mirror(&model.name, reason);
+                None
+            }
+        }
+    }
+
+    /// [`Director::route_shadow`] once the model is known.
+    fn route_shadow_copy(
+        &self,
+        snapshot: &Snapshot,
+        model: &ModelView,
+        parsed: &ParsedRequest,
+        raw: Bytes,
+        ids: CopyIds,
+    ) -> Result<RoutePlan, RouteError> {
+        if model.criticality == Criticality::Sheddable {
+            self.skip_mirror(&model.name, MirrorSkip::Sheddable);
+            return Err(RouteError::Shed);
+        }
+        let pool = snapshot.pool().map(|p| p.name.as_str()).unwrap_or_default();
+        let route = match &model.mirror {
+            Some(mirror) => CopyRoute {
+                pool: &mirror.pool,
+                targets: &mirror.targets,
+                endpoints: &mirror.endpoints,
+            },
+            None => CopyRoute {
+                pool,
+                targets: &model.targets,
+                endpoints: snapshot.endpoints(),
+            },
+        };
+        self.schedule_copy(&model.name, &route, parsed, raw, ids)
+            .map_err(|reason| {
+                self.skip_mirror(&model.name, reason);
+                match reason {
+                    MirrorSkip::Saturated | MirrorSkip::Sheddable | MirrorSkip::Busy => RouteError::Shed,
+                    MirrorSkip::NoEndpoint => RouteError::NoCapacity("no ready endpoint for the mirrored copy".into()),
+                }
+            })
+    }
+
+    /// Schedules a copy as Sheddable over the copy route's pods, so a saturated mirror pool turns it away.
+    fn schedule_copy(
+        &self,
+        model: &str,
+        route: &CopyRoute<'_>,
+        parsed: &ParsedRequest,
+        raw: Bytes,
+        ids: CopyIds,
+    ) -> Result<RoutePlan, MirrorSkip> {
+        let started = Instant::now();
+        if route.endpoints.is_empty() {
+            return Err(MirrorSkip::NoEndpoint);
+        }
+        let mut rng = rand::rng();
+        let target = scheduler::pick_target(route.targets, &mut rng)
+            .ok_or(MirrorSkip::NoEndpoint)?
+            .to_owned();
+        let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let endpoints = self.candidates(&inflight, route.endpoints.iter());
+        let request = Request {
+            lora_adapter: lora_adapter(&endpoints, &target),
+            request_id: ids.request_id,
+            received_at_ms: ids.received_at_ms,
+            model: model.to_owned(),
+            target_model: target.clone(),
+            criticality: Criticality::Sheddable,
+            pool: route.pool.to_owned(),
+            prompt: parsed.prompt.clone(),
+        };
+        let sched_started = Instant::now();
+        let mut decision = self.scheduler.schedule(&request, &endpoints, sched_started, &mut rng);
+        decision.scheduler_micros = sched_started.elapsed().as_micros() as u64;
+        match (decision.outcome, decision.endpoint.clone()) {
+            (Outcome::Routed, Some(endpoint)) => {
+                self.metrics.inflight.inc();
+                *inflight.entry(endpoint.clone()).or_default() += 1;
+                drop(inflight);
+                decision.mirror_of = Some(ids.mirror_of);
+                decision.reason = format!("mirrored copy: {}", decision.reason);
+                Ok(RoutePlan {
+                    body: parsed.body_for_target(raw, &target),
+                    stream: parsed.stream,
+                    fallbacks: decision.fallbacks.clone(),
+                    endpoint,
+                    decision,
+                    started,
+                    mirror: None,
+                })
+            }
+            (Outcome::Shed429, _) => Err(MirrorSkip::Saturated),
+            _ => Err(MirrorSkip::NoEndpoint),
         }
     }
 
@@ -254,6 +526,11 @@ impl Director {
     }
 
     fn record(&self, decision: Decision) {
+        if decision.mirror_of.is_some() {
+            self.record_mirror(&decision);
+            self.ship_and_keep(decision);
+            return;
+        }
         let labels = ModelLabels {
             model: decision.model.clone(),
             target_model: decision.target_model.clone(),
@@ -299,12 +576,79 @@ impl Director {
                 }
             }
         }
+        self.ship_and_keep(decision);
+    }
+
+    fn ship_and_keep(&self, decision: Decision) {
         if let Some(shipper) = self.shipper.get() {
             // Never waits: a full queue drops the copy and counts it.
             shipper.ship_decision(decision.clone());
         }
         self.decisions.push(decision);
     }
+
+    /// A mirrored copy's metrics: `ok` when the mirror answered below 400, `timeout` when it never finished.
+    fn record_mirror(&self, decision: &Decision) {
+        let outcome = match decision.status {
+            None => "timeout",
+            Some(status) if status < 400 && decision.outcome == Outcome::Routed => "ok",
+            Some(_) => "error",
+        };
+        self.metrics
+            .mirror_requests
+            .get_or_create(&MirrorLabels {
+                model: decision.model.clone(),
+                mirror_target: decision.target_model.clone(),
+                outcome,
+            })
+            .inc();
+        if outcome == "ok"
+            && let Some(ttft) = decision.ttft_ms
+        {
+            let labels = ModelLabels {
+                model: decision.model.clone(),
+                target_model: decision.target_model.clone(),
+            };
+            self.metrics.mirror_ttft.get_or_create(&labels).observe(ttft / 1e3);
+        }
+    }
+}
+
+/// Which copy, if any, a routing call is about.
+enum CopyKind {
+    /// An ext_proc request: Envoy mirrors, the picker only routes.
+    None,
+    /// A proxy request: attach a mirrored copy when one is due.
+    Mirror,
+    /// A shadow copy Envoy made of the request `mirror_of`, with the original's [`MODEL_HEADER`].
+    Shadow { mirror_of: String, model: Option<String> },
+}
+
+/// The target as a LoRA adapter when some endpoint reports it (active or waiting), else `None`.
+fn lora_adapter(endpoints: &[Endpoint], target: &str) -> Option<String> {
+    endpoints
+        .iter()
+        .any(|e| {
+            e.metrics.active_loras.iter().any(|l| l == target) || e.metrics.waiting_loras.iter().any(|l| l == target)
+        })
+        .then(|| target.to_owned())
+}
+
+/// The model a shadow copy belongs to. Envoy copies the request as its router sees it, after the picker rewrote
+/// `model` to the target of the split: the picker's [`MODEL_HEADER`] names the original model; without it, a name
+/// that is not itself a mirroring model is looked up among the targets of the models that mirror.
+fn shadowed_model<'a>(snapshot: &'a Snapshot, header: Option<&str>, name: &str) -> Option<&'a ModelView> {
+    if let Some(model) = header.and_then(|h| snapshot.model(h)) {
+        return Some(model);
+    }
+    let direct = snapshot.model(name);
+    if direct.is_some_and(|m| m.mirror.is_some()) {
+        return direct;
+    }
+    snapshot
+        .models()
+        .find(|m| m.mirror.is_some() && m.targets.iter().any(|t| t.name == name))
+        .or(direct)
 }
 
 /// Whether `endpoint` (`ip:port`) is named by a subset entry (`ip` or `ip:port`; IPv6 bracketed with a port).

@@ -26,15 +26,62 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a mirrored copy: the client's model, the model the copy was sent as, and how it ended
+/// (`ok`, `error` or `timeout`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub model: String,
+    pub mirror_target: String,
+    pub outcome: &'static str,
+}
+
+/// Why a request due for mirroring was not copied.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MirrorSkip {
+    /// The model is Sheddable: its copies would only add load where the original may be shed.
+    Sheddable,
+    /// The mirror pool has no endpoint with headroom.
+    Saturated,
+    /// The mirror pool has no ready endpoint.
+    NoEndpoint,
+    /// Too many copies already in flight.
+    Busy,
+}
+
+impl MirrorSkip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorSkip::Sheddable => "sheddable",
+            MirrorSkip::Saturated => "saturated",
+            MirrorSkip::NoEndpoint => "no_endpoint",
+            MirrorSkip::Busy => "busy",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for MirrorSkip {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorSkipLabels {
+    pub model: String,
+    pub reason: MirrorSkip,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PodLabels {
     pub pod: String,
 }
 
 fn latency_histogram() -> Histogram {
-    // 5 ms .. ~82 s: TTFT of a long prompt under load reaches tens of seconds, and a 10 s cap (vLLM 0.7) hides tails.
+    // 5 ms .. ~142 s in steps of 1.25×: TTFT of a long prompt under load reaches tens of seconds (a 10 s cap, as in
+    // vLLM 0.7, hides tails), and a guarded release compares P90s whose limit is often 1.2–1.5×, which doubling
+    // buckets cannot resolve.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.005, 2.0, 15,
+        0.005, 1.25, 47,
     ))
 }
 
@@ -49,6 +96,10 @@ pub struct Metrics {
     pub decision_seconds: Histogram,
     pub inflight: Gauge,
     pub shipper: crate::shipper::ShipperCounters,
+    /// Mirrored copies, kept out of `requests`/`request_ttft_seconds`, which the canary controller reads.
+    pub mirror_requests: Family<MirrorLabels, Counter>,
+    pub mirror_skipped: Family<MirrorSkipLabels, Counter>,
+    pub mirror_ttft: Family<ModelLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -108,7 +159,28 @@ impl Metrics {
             "Decisions and pod samples dropped (dashboard queue full, unreachable or refusing)",
             shipper.dropped.clone(),
         );
+        let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Mirrored copies of requests by model, mirror target and outcome (ok, error, timeout)",
+            mirror_requests.clone(),
+        );
+        let mirror_skipped = Family::<MirrorSkipLabels, Counter>::default();
+        registry.register(
+            "mirror_skipped",
+            "Requests due for mirroring that were not copied (sheddable, saturated, no_endpoint, busy)",
+            mirror_skipped.clone(),
+        );
+        let mirror_ttft = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "mirror_ttft_seconds",
+            "Time to first response byte of mirrored copies, by model and the target model they were sent as",
+            mirror_ttft.clone(),
+        );
         Metrics {
+            mirror_requests,
+            mirror_skipped,
+            mirror_ttft,
             shipper,
             registry,
             requests,

@@ -227,3 +227,70 @@ async fn every_manifest_parses_builds_and_passes_a_kubectl_dry_run() {
     assert_eq!(applied, documents, "every document must be applied once:\n{stdout}");
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// The mirror example holds together: the annotated model validates and resolves to the mirror pool, the mirror
+/// policy's share equals the annotation's, its cluster loops back to the `llm-gw` listener, and the shadow route
+/// matches exactly the authorities the picker treats as shadows.
+#[test]
+fn the_envoy_mirror_example_matches_the_picker_and_the_annotations() {
+    let text = std::fs::read_to_string(deploy_dir().join("envoy-gateway/mirror.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let models = gateway::datastore::dir::parse_documents(&text).expect("the example's objects validate");
+    let model = models
+        .iter()
+        .find_map(|r| match r {
+            gateway::datastore::Resource::Model(m) if m.spec.model_name == "qwq" => Some(m),
+            _ => None,
+        })
+        .expect("the annotated model");
+    let policy = api::validate::mirror_policy(model).unwrap().expect("qwq mirrors");
+    assert_eq!(policy.target, "qwq-next");
+    assert!(
+        models
+            .iter()
+            .any(|r| matches!(r, gateway::datastore::Resource::Model(m) if m.spec.model_name == "qwq-next")),
+        "the mirror target is an InferenceModel of the example"
+    );
+
+    let patches = docs[0]["spec"]["jsonPatches"].as_array().unwrap();
+    let op = |path: &str| {
+        patches
+            .iter()
+            .find(|p| p["operation"]["path"] == path)
+            .unwrap_or_else(|| panic!("no patch of {path}"))
+    };
+    let mirror = &op("/virtual_hosts/0/routes/1/route/request_mirror_policies")["operation"]["value"][0];
+    let fraction = &mirror["runtime_fraction"]["default_value"];
+    assert_eq!(fraction["denominator"], "MILLION");
+    assert_eq!(
+        fraction["numerator"].as_u64(),
+        Some(u64::from(policy.fraction.millionths())),
+        "Envoy's share is the annotation's"
+    );
+    let cluster = mirror["cluster"].as_str().unwrap();
+    let defined = patches
+        .iter()
+        .find(|p| p["operation"]["value"]["name"] == cluster)
+        .expect("the mirror cluster is defined by the same policy");
+    let address = &defined["operation"]["value"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    assert_eq!(address["address"], "127.0.0.1");
+
+    let gateway_text = std::fs::read_to_string(deploy_dir().join("examples/02-inference-gateway.yaml")).unwrap();
+    let gateway_docs: Vec<Value> = serde_saphyr::from_str_multiple(&gateway_text).unwrap();
+    let listener = gateway_docs
+        .iter()
+        .filter(|d| d["kind"] == "Gateway")
+        .flat_map(|d| d["spec"]["listeners"].as_array().cloned().unwrap_or_default())
+        .find(|l| l["name"] == "llm-gw")
+        .expect("the llm-gw listener");
+    assert_eq!(address["port_value"], listener["port"], "the loopback reaches llm-gw");
+
+    let shadow = &op("/virtual_hosts/0/routes/0/match/headers")["operation"]["value"][0];
+    assert_eq!(shadow["name"], ":authority");
+    assert_eq!(
+        shadow["string_match"]["suffix"],
+        gateway::ext_proc::stream::SHADOW_SUFFIX
+    );
+    assert_eq!(op("/virtual_hosts/0/routes/0")["operation"]["op"], "copy");
+}

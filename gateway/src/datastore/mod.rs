@@ -128,6 +128,21 @@ pub struct ModelView {
     pub criticality: Criticality,
     /// Never empty: a model without targetModels serves itself.
     pub targets: Vec<TargetWeight>,
+    /// Where a share of this model's requests is copied to, resolved when the snapshot was built.
+    pub mirror: Option<MirrorRoute>,
+}
+
+/// A model's mirror policy resolved against the index: the model the copies are requested as, its split and the
+/// ready pods of the pool that serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorRoute {
+    pub policy: api::validate::MirrorPolicy,
+    /// `name` of the pool the copies go to (the served pool when the target is not an InferenceModel).
+    pub pool: String,
+    /// The mirror target's own targetModels split when it is an InferenceModel, else the target name as is.
+    pub targets: Vec<TargetWeight>,
+    /// Ready pods of that pool; scraped like the served pool's so saturation can be judged.
+    pub endpoints: Arc<[EndpointView]>,
 }
 
 /// An immutable view of the served pool at one point in time.
@@ -156,6 +171,16 @@ impl Snapshot {
 
     pub fn model(&self, name: &str) -> Option<&ModelView> {
         self.models.get(name)
+    }
+
+    /// Every endpoint whose metrics the gateway needs: the served pool's and those of its models' mirror pools.
+    pub fn scrape_targets(&self) -> impl Iterator<Item = &EndpointId> {
+        let mirrors = self
+            .models
+            .values()
+            .filter_map(|m| m.mirror.as_ref())
+            .flat_map(|m| m.endpoints.iter());
+        self.endpoints.iter().chain(mirrors).map(|e| &e.id)
     }
 
     /// Models of the pool, sorted by model name.
@@ -389,7 +414,11 @@ impl Index {
         };
         let view = pool_view(pool);
         let endpoints = self.endpoints(&view);
-        let models = self.models(&view);
+        let mut models = self.models(&view);
+        let served: Arc<[EndpointView]> = endpoints.clone().into();
+        for model in models.values_mut() {
+            model.mirror = self.mirror_route(model, &view, &served);
+        }
         Snapshot {
             pool: Some(view),
             pool_error: None,
@@ -441,15 +470,7 @@ impl Index {
             .iter()
             .filter(|((namespace, _), model)| *namespace == pool.namespace && model.spec.pool_ref.name == pool.name)
             .collect();
-        claims.sort_by(|((ns_a, name_a), a), ((ns_b, name_b), b)| {
-            let age = |m: &InferenceModel| {
-                (
-                    m.metadata.creation_timestamp.is_none(),
-                    m.metadata.creation_timestamp.clone(),
-                )
-            };
-            age(a).cmp(&age(b)).then_with(|| (ns_a, name_a).cmp(&(ns_b, name_b)))
-        });
+        claims.sort_by(|(key_a, a), (key_b, b)| claim_rank(key_a, a).cmp(&claim_rank(key_b, b)));
 
         let mut models: BTreeMap<String, ModelView> = BTreeMap::new();
         for ((namespace, object_name), model) in claims {
@@ -471,11 +492,70 @@ impl Index {
                     object_name: object_name.clone(),
                     criticality: criticality(spec.criticality),
                     targets: targets(&spec.model_name, &spec.target_models),
+                    mirror: None,
                 },
             );
         }
         models
     }
+
+    /// Resolves the model's mirror annotations: to the InferenceModel of its namespace whose modelName is the
+    /// target (that model's pool and split; the oldest claim wins, as for routing), else to the served pool with
+    /// the target name sent as is.
+    fn mirror_route(
+        &self,
+        model: &ModelView,
+        served: &PoolView,
+        served_endpoints: &Arc<[EndpointView]>,
+    ) -> Option<MirrorRoute> {
+        let object = self.models.get(&(model.namespace.clone(), model.object_name.clone()))?;
+        // Validation ran before the object reached the index, so an error here cannot happen; treat it as unset.
+        let policy = api::validate::mirror_policy(object).ok()??;
+        let owner = self
+            .models
+            .iter()
+            .filter(|((namespace, _), m)| *namespace == model.namespace && m.spec.model_name == policy.target)
+            .min_by(|(key_a, a), (key_b, b)| claim_rank(key_a, a).cmp(&claim_rank(key_b, b)))
+            .map(|(_, m)| m);
+        let Some(owner) = owner else {
+            return Some(MirrorRoute {
+                targets: targets(&policy.target, &[]),
+                pool: served.name.clone(),
+                endpoints: served_endpoints.clone(),
+                policy,
+            });
+        };
+        let pool_name = &owner.spec.pool_ref.name;
+        let endpoints: Arc<[EndpointView]> = if *pool_name == served.name {
+            served_endpoints.clone()
+        } else {
+            match self.pools.get(&(model.namespace.clone(), pool_name.clone())) {
+                Some(pool) => self.endpoints(&pool_view(pool)).into(),
+                // A pool that does not exist (yet) has no pods: every copy is skipped as `no_endpoint`.
+                None => Arc::from(Vec::new()),
+            }
+        };
+        Some(MirrorRoute {
+            targets: targets(&owner.spec.model_name, &owner.spec.target_models),
+            pool: pool_name.clone(),
+            endpoints,
+            policy,
+        })
+    }
+}
+
+/// Order of claims on one model name: the oldest InferenceModel first, then objects without a timestamp (dir
+/// mode), then by namespace and name.
+fn claim_rank<'a>(
+    key: &'a (String, String),
+    model: &'a InferenceModel,
+) -> (
+    bool,
+    Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    &'a (String, String),
+) {
+    let created = model.metadata.creation_timestamp.as_ref();
+    (created.is_none(), created, key)
 }
 
 fn namespace_of(meta: &ObjectMeta) -> &str {

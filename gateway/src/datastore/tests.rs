@@ -152,6 +152,7 @@ fn seed_pool_model_and_pods_make_a_snapshot() {
                 name: "qwq-32b".into(),
                 weight: Some(100)
             }],
+            mirror: None,
         })
     );
     assert_eq!(snapshot.models().count(), 1);

@@ -1,6 +1,9 @@
 //! The state machine of one ext_proc stream (one HTTP request through Envoy): collect the request body, ask the
 //! [`Director`] for a pod, answer in the order Envoy's processing mode requires, then watch the response go by.
 //!
+//! A request whose `:authority` ends in `-shadow` is a copy Envoy's `request_mirror_policies` made: it is routed as
+//! a mirrored copy ([`Director::route_shadow`]), so its decision carries `mirror_of` and the mirror metrics count it.
+//!
 //! It is synchronous and does no I/O: [`Stream::handle`] takes one message and appends the answers, so the gRPC
 //! task around it stays a loop and the protocol can be tested message by message.
 
@@ -21,7 +24,7 @@ use super::{
 use crate::{
     error::RouteError,
     openai::ApiKind,
-    routing::{Director, ResponseStats, RoutePlan},
+    routing::{Director, MODEL_HEADER, ResponseStats, RoutePlan},
     usage::UsageObserver,
 };
 
@@ -84,9 +87,16 @@ pub struct Stream {
     request_id: String,
     generated_request_id: bool,
     subset: Option<Vec<String>>,
+    /// Set for Envoy's shadow copies: the request id (else the authority) of the request copied.
+    shadow_of: Option<String>,
+    /// The original's model, as the picker marked it on the original request ([`MODEL_HEADER`]).
+    shadow_model: Option<String>,
     body: Option<BodyBuffer>,
     routed: Option<Routed>,
 }
+
+/// What Envoy appends to the host of a mirrored request.
+pub const SHADOW_SUFFIX: &str = "-shadow";
 
 impl Stream {
     /// `started` is when the first message arrived: TTFT is measured from there, as the client sees it.
@@ -102,6 +112,8 @@ impl Stream {
             request_id: String::new(),
             generated_request_id: false,
             subset: None,
+            shadow_of: None,
+            shadow_model: None,
             body: None,
             routed: None,
         }
@@ -180,12 +192,19 @@ impl Stream {
             .map(|p| p.split('?').next().unwrap_or(p))
             .and_then(ApiKind::from_path)
             .unwrap_or(ApiKind::Completions);
-        match convert::header(map, "x-request-id").filter(|v| !v.is_empty() && v.len() <= 128) {
+        let client_id = convert::header(map, "x-request-id").filter(|v| !v.is_empty() && v.len() <= 128);
+        match client_id {
             Some(id) => self.request_id = id.to_owned(),
             None => {
                 self.request_id = self.director.new_request_id();
                 self.generated_request_id = true;
             }
+        }
+        let authority = convert::header(map, ":authority").or_else(|| convert::header(map, "host"));
+        if let Some(authority) = authority.filter(|a| is_shadow(a)) {
+            // Envoy copies the original's headers, x-request-id included, into the shadow.
+            self.shadow_of = Some(client_id.unwrap_or(authority).to_owned());
+            self.shadow_model = convert::header(map, MODEL_HEADER).map(str::to_owned);
         }
         if headers.end_of_stream || self.request_mode == RequestMode::NoBody {
             return Ok(self.route_without_body(out));
@@ -224,10 +243,15 @@ impl Stream {
     fn route(&mut self, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
         let raw = self.body.take().map(|mut b| b.take()).unwrap_or_default();
         let request_id = self.request_id.clone();
-        let mut plan = match self
-            .director
-            .route_in_subset(self.kind, raw, request_id, self.subset.as_deref())
-        {
+        let routed = match self.shadow_of.clone() {
+            Some(mirror_of) => self
+                .director
+                .route_shadow(self.kind, raw, mirror_of, self.shadow_model.clone()),
+            None => self
+                .director
+                .route_in_subset(self.kind, raw, request_id, self.subset.as_deref()),
+        };
+        let mut plan = match routed {
             Ok(plan) => plan,
             Err(RouteError::Internal(message)) => return Err(Status::internal(message)),
             Err(err) => return Ok(self.reject(&err, out)),
@@ -241,6 +265,15 @@ impl Stream {
         // The body goes back to Envoy now; the plan lives as long as the response, so it must not keep a copy.
         let body = std::mem::take(&mut plan.body);
         let mut headers = self.route_headers(&destination);
+        let mirrors = self
+            .director
+            .datastore
+            .snapshot()
+            .model(&plan.decision.model)
+            .is_some_and(|m| m.mirror.is_some());
+        if mirrors && self.shadow_of.is_none() {
+            headers.push(convert::set_header(MODEL_HEADER, &plan.decision.model));
+        }
         match self.request_mode {
             RequestMode::FullDuplex | RequestMode::NoBody => {
                 headers.push(convert::set_header("content-length", &body.len().to_string()));
@@ -380,6 +413,15 @@ impl Drop for Stream {
         }
         self.complete();
     }
+}
+
+/// Envoy appends the suffix to the whole authority (`host:port-shadow`) in older versions and to the host part
+/// (`host-shadow:port`) in newer ones.
+fn is_shadow(authority: &str) -> bool {
+    authority.ends_with(SHADOW_SUFFIX)
+        || authority
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.ends_with(SHADOW_SUFFIX))
 }
 
 fn out_of_order(what: &str) -> Status {

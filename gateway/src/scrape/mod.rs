@@ -1,5 +1,5 @@
-//! The metrics scraper: one tokio task per endpoint of the served pool polls the model server's `/metrics` and
-//! keeps the latest [`EndpointMetrics`] in a [`MetricsStore`] the request path reads.
+//! The metrics scraper: one tokio task per endpoint of the served pool (and of its models' mirror pools) polls the
+//! model server's `/metrics` and keeps the latest [`EndpointMetrics`] in a [`MetricsStore`] the request path reads.
 //!
 //! A pod whose `/metrics` fails keeps its last metrics, which age into staleness (their `updated_at` stops
 //! advancing); it is not removed. Only leaving the pool's endpoints removes it from the store.
@@ -139,7 +139,7 @@ pub async fn run_scraper(
     let mut tasks: HashMap<EndpointId, (CancellationToken, JoinHandle<()>)> = HashMap::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        let wanted: HashSet<&EndpointId> = snapshot.endpoints().iter().map(|e| &e.id).collect();
+        let wanted: HashSet<&EndpointId> = snapshot.scrape_targets().collect();
         tasks.retain(|id, (token, handle)| {
             if wanted.contains(id) {
                 return true;

@@ -31,6 +31,10 @@ pub struct PodState {
     pub max_lora: u32,
     /// Request bodies received, in order.
     pub bodies: Vec<serde_json::Value>,
+    /// Answer every completion with this status and a plain-text body instead of a completion.
+    pub fail_status: Option<u16>,
+    /// Never answer completions (the request is still recorded in `bodies`).
+    pub hang: bool,
 }
 
 #[derive(Clone)]
@@ -108,7 +112,18 @@ async fn complete(State(state): State<Arc<Mutex<PodState>>>, body: Bytes) -> Res
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = value["model"].as_str().unwrap_or_default().to_owned();
     let stream = value["stream"].as_bool().unwrap_or(false);
-    state.lock().unwrap().bodies.push(value);
+    let (fail_status, hang) = {
+        let mut state = state.lock().unwrap();
+        state.bodies.push(value);
+        (state.fail_status, state.hang)
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
+    if let Some(status) = fail_status {
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        return (status, "fake pod failure").into_response();
+    }
     if !stream {
         let json = serde_json::json!({
             "object": "text_completion", "model": model,
