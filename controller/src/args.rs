@@ -1,6 +1,6 @@
 //! Command-line flags of the `controller` binary; every flag also reads a `SWITCHYARD_…` environment variable.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 #[command(
     name = "controller",
     version,
-    about = "Switchyard controller: InferencePool and InferenceModel status"
+    about = "Switchyard controller: InferencePool and InferenceModel status, guarded canary releases"
 )]
 pub struct Args {
     /// Prometheus /metrics and /healthz.
@@ -23,9 +23,22 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_LEASE_NAME", default_value = "switchyard-controller")]
     pub lease_name: String,
 
-    /// This replica's identity in the Lease; the pod name in a cluster.
-    #[arg(long, env = "SWITCHYARD_IDENTITY")]
-    pub identity: String,
+    /// This replica's identity in the Lease; the pod name in a cluster. Required unless --dir.
+    #[arg(long, env = "SWITCHYARD_IDENTITY", required_unless_present = "dir")]
+    pub identity: Option<String>,
+
+    /// Drive the CanaryReleases of this directory (the gateway's --dir) instead of a cluster: no Kubernetes API,
+    /// no Lease, no status for InferencePool/InferenceModel.
+    #[arg(long, env = "SWITCHYARD_DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// A gateway replica's /metrics, read to judge canary releases; repeat (or comma-separate) for every replica.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_METRICS_URL", value_delimiter = ',')]
+    pub gateway_metrics_url: Vec<String>,
+
+    /// How often an active canary release is measured and judged ("5s", "500ms").
+    #[arg(long, env = "SWITCHYARD_CANARY_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub canary_interval: Duration,
 
     /// How long a Lease stays valid without renewal; another replica takes over after it lapses.
     #[arg(long, env = "SWITCHYARD_LEASE_DURATION", default_value = "15", value_parser = parse_seconds)]
@@ -50,6 +63,21 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         return Err("the lease must last at least 3 seconds".into());
     }
     Ok(Duration::from_secs(seconds))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1),
+        None => (text.trim_end_matches('s'), 1000),
+    };
+    let millis: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 5s or 500ms"))?;
+    let millis = millis.saturating_mul(scale);
+    if !(50..=3_600_000).contains(&millis) {
+        return Err(format!("{text:?} is outside 50ms–1h"));
+    }
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -79,5 +107,30 @@ mod tests {
         assert_eq!(args.metrics_listen, "0.0.0.0:8082".parse().unwrap());
         assert_eq!(args.lease_duration, Duration::from_secs(15));
         assert!(Args::try_parse_from(["controller", "--identity", "c", "--lease-duration", "1"]).is_err());
+        assert_eq!(args.canary_interval, Duration::from_secs(5));
+        assert!(
+            Args::try_parse_from(["controller"]).is_err(),
+            "--identity is required in kube mode"
+        );
+    }
+
+    #[test]
+    fn dir_mode_needs_no_identity_and_takes_several_gateways() {
+        let args = Args::try_parse_from([
+            "controller",
+            "--dir",
+            "/tmp/config",
+            "--gateway-metrics-url",
+            "http://127.0.0.1:9090/metrics,http://127.0.0.2:9090/metrics",
+            "--gateway-metrics-url",
+            "http://127.0.0.3:9090/metrics",
+            "--canary-interval",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(args.identity, None);
+        assert_eq!(args.gateway_metrics_url.len(), 3);
+        assert_eq!(args.canary_interval, Duration::from_millis(250));
+        assert!(Args::try_parse_from(["controller", "--dir", "d", "--canary-interval", "1ms"]).is_err());
     }
 }

@@ -101,6 +101,12 @@ pub(crate) struct Seen {
 
 pub(crate) struct ApiServerVerifier(tower_test::mock::Handle<Request<Body>, Response<Body>>);
 
+/// A client that talks to a fresh verifier.
+pub(crate) fn client() -> (Client, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, NS), ApiServerVerifier(handle))
+}
+
 /// A context whose client talks to the verifier, with `models` in the model store.
 pub(crate) fn context(models: &[InferenceModel]) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

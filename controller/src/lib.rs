@@ -1,16 +1,20 @@
-//! Switchyard controller: keeps InferencePool and InferenceModel status truthful (kube-rs controller shape), writes
-//! it only while holding the leader Lease, and exports reconcile metrics on `--metrics-listen`.
+//! Switchyard controller: keeps InferencePool and InferenceModel status truthful (kube-rs controller shape), drives
+//! guarded canary releases from the gateway's metrics, writes only while holding the leader Lease, and exports
+//! reconcile metrics on `--metrics-listen`. With `--dir` it drives only the releases of a YAML directory.
 //!
 //! ```text
 //!  Controller<InferencePool>  ◄── watches Pods (pool selects pod)
 //!  Controller<InferenceModel> ◄── watches InferencePools (poolRef), InferenceModels (same modelName)
-//!        │ reconcile(obj, ctx) -> Result<Action>: read, decide conditions (pure), server-side apply status, Event
+//!  Controller<CanaryRelease>  ◄── watches InferenceModels (modelRef); requeued every --canary-interval
+//!        │ reconcile(obj, ctx) -> Result<Action>: read, decide (pure), server-side apply, Event
 //!        ▼
 //!  only while lease::LeaseElector says Leading
 //! ```
 
 /// Command-line flags.
 pub mod args;
+/// Guarded canary releases: state machine, gateway metrics, kube and dir drivers.
+pub mod canary;
 /// Lease-based leader election.
 pub mod lease;
 /// Prometheus metrics and the /metrics, /healthz server.
@@ -28,7 +32,10 @@ pub(crate) mod fixtures;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use api::v1alpha1::{InferenceModel, InferencePool};
+use api::{
+    canary::CanaryRelease,
+    v1alpha1::{InferenceModel, InferencePool},
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -87,11 +94,19 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, error: &Er
     Action::requeue(ERROR_REQUEUE)
 }
 
-/// Runs both controllers until `cancel` fires; called only while this replica leads.
+/// What the release controller needs beyond the client.
+#[derive(Clone, Debug)]
+pub struct CanaryConfig {
+    pub gateway_metrics_urls: Vec<String>,
+    pub interval: Duration,
+}
+
+/// Runs the three controllers until `cancel` fires; called only while this replica leads.
 pub async fn run_controllers(
     client: Client,
     metrics: Arc<metrics::Metrics>,
     identity: String,
+    canary: CanaryConfig,
     cancel: CancellationToken,
 ) {
     let pools: Api<InferencePool> = Api::all(client.clone());
@@ -104,6 +119,21 @@ pub async fn run_controllers(
     let pool_controller = Controller::new(pools.clone(), wc.clone());
     let pool_store = pool_controller.store();
 
+    let release_controller = Controller::new(Api::<CanaryRelease>::all(client.clone()), wc.clone());
+    let release_store = release_controller.store();
+    let canary_ctx = Arc::new(canary::kube::CanaryContext {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: canary::FIELD_MANAGER.into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        metrics: metrics.clone(),
+        releases: canary::Releases::new(canary.gateway_metrics_urls),
+        interval: canary.interval,
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -116,6 +146,16 @@ pub async fn run_controllers(
         metrics,
         models: model_store.clone(),
     });
+    let release_run = release_controller
+        // A release re-evaluates when its InferenceModel changes (someone moved the weights, or added a target).
+        .watches(models.clone(), wc.clone(), move |model: InferenceModel| {
+            canary::kube::releases_of(&release_store.state(), &model)
+                .into_iter()
+                .map(|r| ObjectRef::from(&*r))
+        })
+        .graceful_shutdown_on(cancel.clone().cancelled_owned())
+        .run(canary::kube::reconcile, canary::kube::error_policy, canary_ctx)
+        .for_each(|_| async {});
 
     let by_name = model_store.clone();
     let by_pool = model_store;
@@ -144,12 +184,17 @@ pub async fn run_controllers(
         .run(pool::reconcile, error_policy, ctx)
         .for_each(|_| async {});
     tracing::info!("controllers started");
-    futures::join!(model_run, pool_run);
+    futures::join!(model_run, pool_run, release_run);
     tracing::info!("controllers stopped");
 }
 
-/// Entry point of the binary: metrics server, then leader election driving the controllers, until a signal.
+/// Entry point of the binary: metrics server, then leader election driving the controllers (or, with `--dir`,
+/// the directory's canary releases), until a signal.
 pub async fn run(args: args::Args) -> anyhow::Result<()> {
+    if let Some(dir) = args.dir.clone() {
+        return run_dir(args, dir).await;
+    }
+    let identity = args.identity.clone().context("--identity is required without --dir")?;
     let client = Client::try_default()
         .await
         .context("no usable Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -173,17 +218,47 @@ pub async fn run(args: args::Args) -> anyhow::Result<()> {
     let elector = lease::LeaseElector::new(
         Api::namespaced(client.clone(), &namespace),
         args.lease_name.clone(),
-        args.identity.clone(),
+        identity.clone(),
         args.lease_duration,
     );
+    let canary = CanaryConfig {
+        gateway_metrics_urls: args.gateway_metrics_url.clone(),
+        interval: args.canary_interval,
+    };
     let elected = tokio::spawn(lease::run_elected(elector, metrics.clone(), cancel.clone(), {
-        let (client, metrics, identity) = (client, metrics, args.identity.clone());
-        move |token| run_controllers(client.clone(), metrics.clone(), identity.clone(), token)
+        let (client, metrics) = (client, metrics);
+        move |token| run_controllers(client.clone(), metrics.clone(), identity.clone(), canary.clone(), token)
     }));
 
     shutdown_signal().await;
     cancel.cancel();
     elected.await.context("leader election task")?;
+    server.await.context("metrics server task")??;
+    Ok(())
+}
+
+/// Dir mode: the canary driver over `dir`, and the metrics server for /healthz, until a signal.
+async fn run_dir(args: args::Args, dir: std::path::PathBuf) -> anyhow::Result<()> {
+    anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let cancel = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let server = tokio::spawn({
+        let (router, cancel) = (metrics::router(metrics), cancel.clone());
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+        }
+    });
+    let driver = canary::dir::DirDriver::new(dir, args.gateway_metrics_url.clone(), args.canary_interval);
+    let driving = tokio::spawn(driver.run(cancel.clone()));
+    shutdown_signal().await;
+    cancel.cancel();
+    driving.await.context("canary driver task")?;
     server.await.context("metrics server task")??;
     Ok(())
 }

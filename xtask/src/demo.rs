@@ -1,4 +1,6 @@
 //! `cargo xtask demo`: five simulated vLLM pods behind the gateway's proxy, a short mixed load, a per-pod table.
+//! With `--canary`, the pods also serve `qwq-32b-v2` and the controller (dir mode) runs a guarded release of it
+//! under continuous load, printing each step as it happens.
 
 use std::{
     collections::BTreeMap,
@@ -42,7 +44,58 @@ pub(crate) struct DemoArgs {
     /// Address of the dashboard (routing audit, releases, pod history); its database is target/demo/switchyard.db.
     #[arg(long, default_value = "127.0.0.1:8088")]
     pub(crate) dashboard_listen: String,
+    /// After the warm-up, run a guarded canary release of qwq-32b-v2 (see CANARY_RELEASE) under continuous load
+    /// until it is promoted or rolled back (or --duration ends).
+    #[arg(long)]
+    pub(crate) canary: bool,
+    /// With --canary: share of the canary's requests the simulator fails (0 = a healthy canary that is promoted;
+    /// e.g. 0.3 to watch a rollback).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) canary_error_rate: f64,
 }
+
+/// The canary target of `--canary`: every pod serves it as an adapter beside the stable base model.
+pub(crate) const CANARY_TARGET: &str = "qwq-32b-v2";
+
+/// The InferenceModel of `--canary`: both targets, all traffic on the stable one.
+const CANARY_MODEL: &str = "\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferenceModel
+metadata:
+  name: inferencemodel-sample
+spec:
+  criticality: Critical
+  modelName: qwq
+  poolRef:
+    group: inference.networking.x-k8s.io
+    kind: InferencePool
+    name: reasoning-pool
+  targetModels:
+  - name: qwq-32b
+    weight: 100
+  - name: qwq-32b-v2
+    weight: 0
+";
+
+/// The guarded release `--canary` starts (written as config/canaryrelease-qwq-v2.yaml, as the dashboard would).
+pub(crate) const CANARY_RELEASE: &str = "\
+apiVersion: switchyard.dev/v1alpha1
+kind: CanaryRelease
+metadata:
+  name: qwq-v2
+  namespace: default
+spec:
+  modelRef: inferencemodel-sample
+  stable: qwq-32b
+  canary: qwq-32b-v2
+  steps: [1, 5, 25, 50, 100]
+  hold: 10s
+  minRequests: 10
+  limits:
+    maxTtftP90Ratio: 1.5
+    maxErrorRateIncrease: 0.02
+    maxShedRateIncrease: 0.05
+";
 
 pub(crate) const SEED_POOL: &str = "\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -108,9 +161,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let root = procs::workspace_root();
     let work = root.join("target/demo");
     let config = work.join("config");
-    eprintln!("building gateway, dashboard and vllm-sim …");
-    let bin = procs::build_bins(false, &["gateway", "vllm-sim", "dashboard"])?;
+    eprintln!("building gateway, dashboard, vllm-sim and controller …");
+    let bin = procs::build_bins(false, &["gateway", "vllm-sim", "dashboard", "controller"])?;
     write_config(&config, args.replicas)?;
+    let release_file = config.join("canaryrelease-qwq-v2.yaml");
+    // A release left from an earlier run would otherwise resume (or stay finished).
+    let _ = std::fs::remove_file(&release_file);
+    let _ = std::fs::remove_dir_all(config.join(api::dir::STATUS_DIR));
+    if args.canary {
+        std::fs::write(config.join("model.yaml"), CANARY_MODEL)?;
+    }
     // Fresh tokens per run: the login token is printed for the person at the keyboard, the ingest token only
     // travels from the dashboard's to the gateway's command line.
     let token = || {
@@ -145,18 +205,36 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await
     .context("waiting for the dashboard (see target/demo/dashboard.log)")?;
 
+    let mut sim_args = vec![
+        "--addr".into(),
+        format!("{}:8000", pod_ip(0)),
+        "--replicas".into(),
+        args.replicas.to_string(),
+        "--time-scale".into(),
+        args.time_scale.to_string(),
+        "--prefix-caching".into(),
+    ];
+    if args.canary {
+        // Pods of one pool serve every target of its models: the canary runs as an adapter on each of them.
+        sim_args.extend([
+            "--lora-adapters".into(),
+            CANARY_TARGET.into(),
+            "--max-loras".into(),
+            "2".into(),
+        ]);
+        if args.canary_error_rate > 0.0 {
+            sim_args.extend([
+                "--error-rate".into(),
+                args.canary_error_rate.to_string(),
+                "--error-model".into(),
+                CANARY_TARGET.into(),
+            ]);
+        }
+    }
     let mut sim = Proc::spawn(
         "vllm-sim",
         &bin.join("vllm-sim"),
-        &[
-            "--addr".into(),
-            format!("{}:8000", pod_ip(0)),
-            "--replicas".into(),
-            args.replicas.to_string(),
-            "--time-scale".into(),
-            args.time_scale.to_string(),
-            "--prefix-caching".into(),
-        ],
+        &sim_args,
         Some(&work.join("vllm-sim.log")),
     )?;
     let mut gateway = Proc::spawn(
@@ -234,6 +312,41 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         config.join("model.yaml").display()
     );
 
+    let mut controller = None;
+    if args.canary {
+        let mut proc = Proc::spawn(
+            "controller",
+            &bin.join("controller"),
+            &[
+                "--dir".into(),
+                config.display().to_string(),
+                "--gateway-metrics-url".into(),
+                format!("{admin}/metrics"),
+                "--canary-interval".into(),
+                "1s".into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+            Some(&work.join("controller.log")),
+        )?;
+        let mut watched = [&mut proc, &mut gateway, &mut sim];
+        let release = canary_release(&client, &base, &config, &release_file, &mut watched);
+        let outcome = match args.duration {
+            Some(secs) => {
+                let left = Duration::from_secs(secs).saturating_sub(started.elapsed());
+                tokio::time::timeout(left, release).await.unwrap_or(Ok(()))
+            }
+            None => release.await,
+        };
+        println!(
+            "Release page (history, pause/resume/promote/abort): {dashboard_url}/releases/default/inferencemodel-sample"
+        );
+        if let Err(error) = outcome {
+            eprintln!("canary release: {error:#}");
+        }
+        controller = Some(proc);
+    }
+
     let wait = async {
         match args.duration {
             Some(secs) => {
@@ -258,16 +371,83 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     gateway.check_alive()?;
                     sim.check_alive()?;
                     dashboard.check_alive()?;
+                    if let Some(controller) = controller.as_mut() {
+                        controller.check_alive()?;
+                    }
                 }
             }
         }
     }
     .await;
     eprintln!("stopping …");
+    if let Some(controller) = controller {
+        controller.stop(Duration::from_secs(5)).await;
+    }
     gateway.stop(Duration::from_secs(5)).await;
     sim.stop(Duration::from_secs(5)).await;
     dashboard.stop(Duration::from_secs(5)).await;
     outcome
+}
+
+/// Starts the guarded release under continuous load and prints every phase or percent change until it ends.
+async fn canary_release(
+    client: &load::HttpClient,
+    base: &str,
+    config: &Path,
+    release_file: &Path,
+    procs: &mut [&mut Proc],
+) -> anyhow::Result<()> {
+    use api::canary::Phase;
+    // Two dozen clients keep the traffic flowing, so even the 1 % step collects its canary responses.
+    let load = tokio::spawn({
+        let (client, base) = (client.clone(), base.to_owned());
+        async move {
+            // Bounded: 20 000 requests or an hour, whichever ends first (the release usually ends long before).
+            let requests = load::mixed_requests("qwq", 20_000, 7);
+            load::closed_loop(&client, &base, requests, 24, Duration::from_secs(3600), None).await;
+        }
+    });
+    std::fs::write(release_file, CANARY_RELEASE)?;
+    println!();
+    println!("guarded release started ({}):", release_file.display());
+    for line in CANARY_RELEASE.lines() {
+        println!("    {line}");
+    }
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let result = loop {
+        tick.tick().await;
+        for proc in procs.iter_mut() {
+            if let Err(error) = proc.check_alive() {
+                load.abort();
+                return Err(error);
+            }
+        }
+        let status = match api::dir::read_status(config, "default", "qwq-v2") {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            Err(error) => break Err(anyhow::anyhow!(error)),
+        };
+        let now = (status.phase, status.canary_percent);
+        if last != Some(now) {
+            let why = status.history.last().map(|e| e.reason.as_str()).unwrap_or("");
+            println!(
+                "  {:<12} canary {:>3} %  {why}",
+                format!("{:?}", status.phase),
+                status.canary_percent
+            );
+            last = Some(now);
+        }
+        if matches!(
+            status.phase,
+            Phase::Promoted | Phase::RolledBack | Phase::Aborted | Phase::Invalid
+        ) {
+            println!("  {}", status.message);
+            break Ok(());
+        }
+    };
+    load.abort();
+    result
 }
 
 /// Keeps the highest KV-cache usage each pod reported while the load ran.

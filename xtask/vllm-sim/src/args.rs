@@ -2,7 +2,7 @@
 
 use std::net::SocketAddrV4;
 
-use crate::config::{EngineConfig, ReplicaConfig, SchedulerKind};
+use crate::config::{EngineConfig, Fault, ReplicaConfig, SchedulerKind};
 use crate::profile::Profile;
 
 /// Calibrated step-level vLLM simulator serving the OpenAI API and vLLM metrics.
@@ -61,9 +61,21 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_SIM_MAX_LORAS", default_value_t = 0)]
     pub max_loras: u32,
 
-    /// Seed for response ids (replica i uses seed + i); random when absent.
+    /// Seed for response ids and fault draws (replica i uses seed + i); random when absent.
     #[arg(long, env = "SWITCHYARD_SIM_SEED")]
     pub seed: Option<u64>,
+
+    /// Fault injection: share of generation requests (0–1) answered with HTTP 500 instead of being served.
+    #[arg(long, env = "SWITCHYARD_SIM_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub error_rate: f64,
+
+    /// Fault injection: apply --error-rate only to requests for this model name (base or adapter).
+    #[arg(long, env = "SWITCHYARD_SIM_ERROR_MODEL")]
+    pub error_model: Option<String>,
+
+    /// Fault injection: every engine step takes this many times its profiled duration (1 = healthy).
+    #[arg(long, env = "SWITCHYARD_SIM_SLOWDOWN", default_value_t = 1.0, value_parser = parse_slowdown)]
+    pub slowdown: f64,
 }
 
 impl Args {
@@ -88,6 +100,11 @@ impl Args {
             lora_adapters: self.lora_adapters.iter().filter(|s| !s.is_empty()).cloned().collect(),
             time_scale: self.time_scale,
             seed: self.seed,
+            fault: Fault {
+                error_rate: self.error_rate,
+                error_model: self.error_model.clone(),
+                slowdown: self.slowdown,
+            },
         }
     }
 }
@@ -98,6 +115,24 @@ fn parse_time_scale(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("must be a positive number, got {v}"))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be between 0 and 1, got {v}"))
+    }
+}
+
+fn parse_slowdown(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v >= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a number ≥ 1, got {v}"))
     }
 }
 
@@ -142,6 +177,30 @@ mod tests {
     }
 
     #[test]
+    fn fault_flags_reach_the_config() {
+        let args = Args::try_parse_from([
+            "vllm-sim",
+            "--error-rate",
+            "0.25",
+            "--error-model",
+            "v2",
+            "--slowdown",
+            "3",
+        ])
+        .unwrap();
+        let cfg = args.replica_config();
+        assert_eq!(
+            cfg.fault,
+            Fault {
+                error_rate: 0.25,
+                error_model: Some("v2".into()),
+                slowdown: 3.0
+            }
+        );
+        cfg.validate().unwrap();
+    }
+
+    #[test]
     fn bad_flags_are_refused() {
         for bad in [
             &["vllm-sim", "--time-scale", "0"][..],
@@ -150,6 +209,8 @@ mod tests {
             &["vllm-sim", "--profile", "gpt"],
             &["vllm-sim", "--replicas", "0"],
             &["vllm-sim", "--addr", "[::1]:8000"],
+            &["vllm-sim", "--error-rate", "1.1"],
+            &["vllm-sim", "--slowdown", "0.5"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?} accepted");
         }

@@ -116,8 +116,32 @@ pub struct ReplicaConfig {
     pub lora_adapters: Vec<String>,
     /// Simulated time runs this many times faster than wall-clock time.
     pub time_scale: f64,
-    /// Seeds the response-id generator; random when absent.
+    /// Seeds the response-id generator and the fault draws; random when absent.
     pub seed: Option<u64>,
+    /// Deliberate misbehaviour, for testing what watches the replica (guarded releases); none by default.
+    pub fault: Fault,
+}
+
+/// Faults a replica injects: a share of requests answered with HTTP 500, and every step taking longer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// Share of generation requests (0..=1) refused with HTTP 500 before they reach the engine.
+    pub error_rate: f64,
+    /// Fail only requests for this model name (a base model or an adapter); every request when absent. Lets one
+    /// replica serving two targets play a healthy stable and a failing canary.
+    pub error_model: Option<String>,
+    /// Every engine step takes this many times its profiled duration (1 = as profiled).
+    pub slowdown: f64,
+}
+
+impl Default for Fault {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            error_model: None,
+            slowdown: 1.0,
+        }
+    }
 }
 
 impl Default for ReplicaConfig {
@@ -128,6 +152,7 @@ impl Default for ReplicaConfig {
             lora_adapters: Vec::new(),
             time_scale: 1.0,
             seed: None,
+            fault: Fault::default(),
         }
     }
 }
@@ -147,6 +172,18 @@ impl ReplicaConfig {
             return Err(ConfigError::Invalid(format!(
                 "time_scale must be a positive number, got {}",
                 self.time_scale
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.fault.error_rate) {
+            return Err(ConfigError::Invalid(format!(
+                "error_rate must be between 0 and 1, got {}",
+                self.fault.error_rate
+            )));
+        }
+        if !(self.fault.slowdown.is_finite() && self.fault.slowdown >= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "slowdown must be a number ≥ 1, got {}",
+                self.fault.slowdown
             )));
         }
         if self.served_model_name.is_empty() {
@@ -213,5 +250,26 @@ mod tests {
         cfg.validate().unwrap();
         cfg.lora_adapters.push("qwq-32b".into());
         assert!(cfg.validate().is_err());
+
+        for fault in [
+            Fault {
+                error_rate: 1.5,
+                ..Fault::default()
+            },
+            Fault {
+                error_rate: f64::NAN,
+                ..Fault::default()
+            },
+            Fault {
+                slowdown: 0.5,
+                ..Fault::default()
+            },
+        ] {
+            let cfg = ReplicaConfig {
+                fault: fault.clone(),
+                ..ReplicaConfig::default()
+            };
+            assert!(cfg.validate().is_err(), "{fault:?} accepted");
+        }
     }
 }

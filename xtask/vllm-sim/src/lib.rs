@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use anyhow::Context as _;
 
 pub use args::Args;
-pub use config::{ConfigError, EngineConfig, ReplicaConfig, SchedulerKind};
+pub use config::{ConfigError, EngineConfig, Fault, ReplicaConfig, SchedulerKind};
 pub use engine::{Engine, EngineSnapshot, NewRequest, RequestId, StepOutcome};
 pub use kv::BLOCK_SIZE;
 pub use profile::{Profile, StepModel, StepShape};

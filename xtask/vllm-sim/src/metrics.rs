@@ -123,6 +123,8 @@ pub(crate) struct MetricsPage<'a> {
     /// `Some` when LoRA is enabled: (running adapters, waiting adapters, max_loras).
     pub(crate) lora: Option<(String, String, u32)>,
     pub(crate) unix_time: f64,
+    /// Requests failed on purpose ([`crate::Fault::error_rate`]).
+    pub(crate) injected_errors: u64,
     pub(crate) metrics: EngineMetrics,
 }
 
@@ -238,6 +240,15 @@ impl MetricsPage<'_> {
                 "vllm:request_success_total{{finished_reason=\"{reason}\",{base}}} {n}"
             );
         }
+
+        // Not a vLLM metric (vLLM has no failure counter), hence the simulator's own prefix.
+        counter(
+            &mut out,
+            "vllm_sim:injected_errors_total",
+            "Requests answered with an injected HTTP 500.",
+            &base,
+            self.injected_errors,
+        );
 
         if let Some((running, waiting, max_lora)) = &self.lora {
             header(
@@ -367,6 +378,7 @@ mod tests {
             num_gpu_blocks: 5000,
             lora: Some(("a,b".into(), String::new(), 4)),
             unix_time: 1.7e9,
+            injected_errors: 7,
             metrics: EngineMetrics::default(),
         };
         let text = page.render();
@@ -379,6 +391,7 @@ mod tests {
             "vllm:num_preemptions_total{model_name=\"qwq-32b\"} 0.0",
             "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\",model_name=\"qwq-32b\"} 1700000000.0",
             "# TYPE vllm:num_preemptions_total counter",
+            "vllm_sim:injected_errors_total{model_name=\"qwq-32b\"} 7.0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

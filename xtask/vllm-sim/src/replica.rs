@@ -45,6 +45,8 @@ pub struct ReplicaStats {
     pub requests_aborted: u64,
     /// Requests refused with a 4xx.
     pub requests_rejected: u64,
+    /// Requests answered with an injected HTTP 500 ([`crate::Fault::error_rate`]).
+    pub requests_failed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +55,7 @@ pub(crate) struct Counters {
     completed: AtomicU64,
     aborted: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -74,6 +77,8 @@ pub(crate) struct Shared {
     id_prefix: String,
     next_response_id: AtomicU64,
     loras: HashMap<String, LoraId>,
+    /// Draws which requests fail when an error rate is injected.
+    fault_rng: Mutex<SmallRng>,
 }
 
 impl Shared {
@@ -85,6 +90,7 @@ impl Shared {
             None => SmallRng::from_os_rng(),
         };
         let id_prefix = format!("{:08x}", rng.random::<u32>());
+        let fault_rng = Mutex::new(SmallRng::seed_from_u64(rng.random()));
         let loras = cfg
             .lora_adapters
             .iter()
@@ -104,6 +110,7 @@ impl Shared {
             id_prefix,
             next_response_id: AtomicU64::new(0),
             loras,
+            fault_rng,
         })
     }
 
@@ -124,6 +131,24 @@ impl Shared {
         } else {
             self.loras.get(name).copied().map(Some).ok_or(())
         }
+    }
+
+    /// Whether this request is one of the injected failures; counts it if so.
+    pub(crate) fn inject_error(&self, model: &str) -> bool {
+        let fault = &self.cfg.fault;
+        if fault.error_rate <= 0.0 || fault.error_model.as_deref().is_some_and(|only| only != model) {
+            return false;
+        }
+        let rate = fault.error_rate;
+        let fail = self
+            .fault_rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .random_bool(rate.min(1.0));
+        if fail {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        fail
     }
 
     /// A fresh response id such as `cmpl-1a2b3c4d-17`.
@@ -167,6 +192,7 @@ impl Shared {
             requests_completed: self.counters.completed.load(Ordering::Relaxed),
             requests_aborted: self.counters.aborted.load(Ordering::Relaxed),
             requests_rejected: self.counters.rejected.load(Ordering::Relaxed),
+            requests_failed: self.counters.failed.load(Ordering::Relaxed),
         }
     }
 
@@ -186,7 +212,8 @@ impl Shared {
 
     /// The engine loop: step, wait out the step's (scaled) duration, deliver its tokens.
     async fn drive(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let scale = self.cfg.time_scale;
+        // An injected slowdown stretches every step in simulated time, like a slower GPU would.
+        let scale = self.cfg.time_scale / self.cfg.fault.slowdown;
         loop {
             let started = Instant::now();
             let outcome = {
@@ -351,8 +378,14 @@ mod tests {
     use crate::profile::Profile;
 
     fn shared(time_scale: f64) -> (Arc<Shared>, watch::Sender<bool>, JoinHandle<()>) {
+        shared_with(time_scale, crate::Fault::default())
+    }
+
+    fn shared_with(time_scale: f64, fault: crate::Fault) -> (Arc<Shared>, watch::Sender<bool>, JoinHandle<()>) {
         let mut cfg = ReplicaConfig {
             time_scale,
+            fault,
+            seed: Some(7),
             ..ReplicaConfig::default()
         };
         cfg.engine.profile = Profile::Qwq32b4xA10;
@@ -424,6 +457,59 @@ mod tests {
         assert!((43..=45).contains(&times[0]), "{times:?}");
         // Metrics stay in simulated seconds.
         assert!((shared.snapshot().metrics.ttft.sum() - 0.44).abs() < 0.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slowdown_stretches_every_step() {
+        let fault = crate::Fault {
+            slowdown: 2.0,
+            ..crate::Fault::default()
+        };
+        let (shared, _stop, _driver) = shared_with(1.0, fault);
+        let t0 = Instant::now();
+        let mut sub = shared
+            .submit(NewRequest {
+                prompt: vec![1; 1000],
+                max_tokens: 2,
+                lora: None,
+            })
+            .unwrap();
+        let times = token_times(&mut sub, t0).await;
+        // Twice the healthy 440 ms prefill and 43 ms decode step.
+        assert!((870..=890).contains(&times[0]), "{times:?}");
+        assert!((80..=92).contains(&(times[1] - times[0])), "{times:?}");
+    }
+
+    #[test]
+    fn injected_errors_follow_the_rate_and_are_counted() {
+        let healthy = Shared::new(ReplicaConfig::default()).unwrap();
+        assert!((0..1000).all(|_| !healthy.inject_error("qwq-32b")));
+        assert_eq!(healthy.stats().requests_failed, 0);
+
+        let cfg = ReplicaConfig {
+            fault: crate::Fault {
+                error_rate: 0.3,
+                ..crate::Fault::default()
+            },
+            seed: Some(1),
+            ..ReplicaConfig::default()
+        };
+        let faulty = Shared::new(cfg).unwrap();
+        let failed = (0..2000).filter(|_| faulty.inject_error("qwq-32b")).count();
+        assert!((500..=700).contains(&failed), "{failed} of 2000 failed at rate 0.3");
+        assert_eq!(faulty.stats().requests_failed, failed as u64);
+
+        let cfg = ReplicaConfig {
+            fault: crate::Fault {
+                error_rate: 1.0,
+                error_model: Some("v2".into()),
+                ..crate::Fault::default()
+            },
+            ..ReplicaConfig::default()
+        };
+        let scoped = Shared::new(cfg).unwrap();
+        assert!(!scoped.inject_error("qwq-32b"), "other models are served");
+        assert!(scoped.inject_error("v2"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -132,6 +132,13 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
 }
 
 async fn generate(shared: Arc<Shared>, g: Generation) -> Response {
+    if shared.inject_error(&g.model) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "injected fault: the simulator was told to fail this share of requests",
+        );
+    }
     let prompt_tokens = g.prompt.len() as u32;
     let submission = match shared.submit(NewRequest {
         prompt: g.prompt,
@@ -438,6 +445,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         num_gpu_blocks: cfg.engine.num_gpu_blocks,
         lora,
         unix_time: unix_now(),
+        injected_errors: shared.stats().requests_failed,
         metrics: snap.metrics,
     };
     (

@@ -403,3 +403,28 @@ async fn prefix_caching_reports_cached_tokens() {
     );
     assert!(metrics.contains("enable_prefix_caching=\"True\""));
 }
+
+#[tokio::test]
+async fn injected_errors_are_500s_with_an_openai_body_and_counted() {
+    let mut cfg = ReplicaConfig::zero_delay();
+    cfg.fault.error_rate = 1.0;
+    let sim = start(cfg).await;
+    let (status, body) = post_json(&sim, "/v1/completions", json!({"prompt": "hi", "max_tokens": 2})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"]["type"], "InternalServerError");
+    assert_eq!(body["error"]["code"], 500);
+    let (status, _) = post_json(
+        &sim,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let stats = sim.stats();
+    assert_eq!((stats.requests_failed, stats.requests_received), (2, 0));
+    let (_, metrics) = text(send(&sim, "GET", "/metrics", None).await).await;
+    assert!(
+        metrics.contains("vllm_sim:injected_errors_total{model_name=\"qwq-32b\"} 2.0\n"),
+        "{metrics}"
+    );
+}
