@@ -56,7 +56,7 @@ pub(crate) struct RoutingArgs {
     /// Simulated seconds per wall second; metric scrape and staleness intervals scale with it.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) time_scale: f64,
-    /// Also race the peer routers (installs `smg` from PyPI into a venv under target/bench/).
+    /// Also race the peer routers (installs `smg` and `vllm-router` from PyPI into venvs under target/bench/).
     #[arg(long)]
     pub(crate) peers: bool,
     /// Extra scheduler config for the gateway routers, for tuning: its `profiles` (a profile named `default`
@@ -67,6 +67,46 @@ pub(crate) struct RoutingArgs {
 
 /// The peer router raced with `--peers`, pinned so reports stay comparable.
 const SMG_PACKAGE: &str = "smg==1.13.0";
+const VLLM_ROUTER_PACKAGE: &str = "vllm-router==0.1.17";
+
+/// A peer router product: how to install and launch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PeerProduct {
+    Smg,
+    VllmRouter,
+}
+
+impl PeerProduct {
+    fn package(self) -> &'static str {
+        match self {
+            PeerProduct::Smg => SMG_PACKAGE,
+            PeerProduct::VllmRouter => VLLM_ROUTER_PACKAGE,
+        }
+    }
+
+    /// The launcher in the venv's bin/.
+    fn command(self) -> &'static str {
+        match self {
+            PeerProduct::Smg => "smg",
+            PeerProduct::VllmRouter => "vllm-router",
+        }
+    }
+
+    /// Arguments before the common `--host … --worker-urls …` ones.
+    fn subcommand(self) -> &'static [&'static str] {
+        match self {
+            PeerProduct::Smg => &["launch"],
+            PeerProduct::VllmRouter => &[],
+        }
+    }
+
+    fn log_level(self) -> &'static str {
+        match self {
+            PeerProduct::Smg => "warn",
+            PeerProduct::VllmRouter => "warning",
+        }
+    }
+}
 const PEER_LISTEN: (&str, u16) = ("127.0.0.1", 18381);
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,6 +125,10 @@ pub(crate) enum RouterKind {
     SmgCacheAware,
     /// Shepherd Model Gateway (`smg`), `--policy round_robin`.
     SmgRoundRobin,
+    /// vLLM Router (`vllm-router`), `--policy cache_aware`.
+    VllmRouterCacheAware,
+    /// vLLM Router (`vllm-router`), `--policy round_robin`.
+    VllmRouterRoundRobin,
 }
 
 impl RouterKind {
@@ -97,13 +141,18 @@ impl RouterKind {
             RouterKind::Tuned => "tuned",
             RouterKind::SmgCacheAware => "smg-cache-aware",
             RouterKind::SmgRoundRobin => "smg-round-robin",
+            RouterKind::VllmRouterCacheAware => "vllm-router-cache-aware",
+            RouterKind::VllmRouterRoundRobin => "vllm-router-round-robin",
         }
     }
 
-    fn smg_policy(self) -> Option<&'static str> {
+    /// The peer product and its `--policy`, for peer routers.
+    fn peer(self) -> Option<(PeerProduct, &'static str)> {
         match self {
-            RouterKind::SmgCacheAware => Some("cache_aware"),
-            RouterKind::SmgRoundRobin => Some("round_robin"),
+            RouterKind::SmgCacheAware => Some((PeerProduct::Smg, "cache_aware")),
+            RouterKind::SmgRoundRobin => Some((PeerProduct::Smg, "round_robin")),
+            RouterKind::VllmRouterCacheAware => Some((PeerProduct::VllmRouter, "cache_aware")),
+            RouterKind::VllmRouterRoundRobin => Some((PeerProduct::VllmRouter, "round_robin")),
             _ => None,
         }
     }
@@ -212,17 +261,23 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
         RouterKind::Default,
     ]);
     if args.peers {
-        for peer in [RouterKind::SmgCacheAware, RouterKind::SmgRoundRobin] {
+        for peer in [
+            RouterKind::SmgCacheAware,
+            RouterKind::SmgRoundRobin,
+            RouterKind::VllmRouterCacheAware,
+            RouterKind::VllmRouterRoundRobin,
+        ] {
             if !routers.contains(&peer) {
                 routers.push(peer);
             }
         }
     }
-    let smg = if routers.iter().any(|r| r.smg_policy().is_some()) {
-        Some(install_smg()?)
-    } else {
-        None
-    };
+    let mut peers = BTreeMap::new();
+    for (product, _) in routers.iter().filter_map(|r| r.peer()) {
+        if !peers.contains_key(&product) {
+            peers.insert(product, install_peer(product)?);
+        }
+    }
     anyhow::ensure!(args.time_scale > 0.0, "--time-scale must be positive");
     if routers.contains(&RouterKind::Tuned) {
         let path = args
@@ -260,19 +315,9 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
             let dataset = workload::generate(workload, requests_per_run, seed);
             for &router in &routers {
                 bar.set_message(format!("{} blocks={num_blocks} seed={seed}", router.name()));
-                let result = one_run(
-                    &bin,
-                    smg.as_deref(),
-                    &out,
-                    &args,
-                    router,
-                    num_blocks,
-                    seed,
-                    &dataset,
-                    &bar,
-                )
-                .await
-                .with_context(|| format!("{} run, blocks {num_blocks}, seed {seed}", router.name()))?;
+                let result = one_run(&bin, &peers, &out, &args, router, num_blocks, seed, &dataset, &bar)
+                    .await
+                    .with_context(|| format!("{} run, blocks {num_blocks}, seed {seed}", router.name()))?;
                 results.entry((num_blocks, router)).or_default().push(result);
             }
         }
@@ -320,7 +365,7 @@ fn mean(runs: &[RunResult], key: &str) -> f64 {
 #[allow(clippy::too_many_arguments)]
 async fn one_run(
     bin: &Path,
-    smg: Option<&Path>,
+    peers: &BTreeMap<PeerProduct, PathBuf>,
     out: &Path,
     args: &RoutingArgs,
     router: RouterKind,
@@ -416,14 +461,18 @@ async fn one_run(
             gateway = Some(proc);
             ("qwq", vec![format!("http://{PROXY}")])
         }
-        None => match (router.smg_policy(), smg) {
-            (Some(policy), Some(smg)) => {
+        None => match router
+            .peer()
+            .and_then(|(product, policy)| Some((product, policy, peers.get(&product)?)))
+        {
+            Some((product, policy, launcher)) => {
                 let (host, port) = PEER_LISTEN;
-                let mut peer_args: Vec<String> = vec!["launch".into(), "--host".into(), host.into()];
+                let mut peer_args: Vec<String> = product.subcommand().iter().map(|a| (*a).to_owned()).collect();
+                peer_args.extend(["--host".into(), host.into()]);
                 peer_args.extend(["--port".into(), port.to_string(), "--policy".into(), policy.into()]);
                 peer_args.extend([
                     "--log-level".into(),
-                    "warn".into(),
+                    product.log_level().into(),
                     "--prometheus-host".into(),
                     host.into(),
                 ]);
@@ -433,14 +482,15 @@ async fn one_run(
                     "--worker-urls".into(),
                 ]);
                 peer_args.extend(pods.iter().map(|p| format!("http://{p}")));
-                let mut proc = Proc::spawn("smg", smg, &peer_args, Some(&out.join("smg.log")))?;
+                let name = product.command();
+                let mut proc = Proc::spawn(name, launcher, &peer_args, Some(&out.join(format!("{name}.log"))))?;
                 let health = format!("http://{host}:{port}/health");
                 procs::wait_ready(&health, Duration::from_secs(60), &mut [&mut proc, &mut sim]).await?;
                 gateway = Some(proc);
                 // The peer forwards the model name untouched, so clients ask for the served name.
                 ("qwq-32b", vec![format!("http://{host}:{port}")])
             }
-            _ => ("qwq-32b", pods.iter().map(|p| format!("http://{p}")).collect()),
+            None => ("qwq-32b", pods.iter().map(|p| format!("http://{p}")).collect()),
         },
     };
 
@@ -694,12 +744,13 @@ fn report(
         md,
         "Simulated QwQ-32B on 4×A10 (vllm-sim, V0 scheduler); times in simulated ms; means over seeds.\n"
     );
-    if results.keys().any(|(_, r)| r.smg_policy().is_some()) {
+    if results.keys().any(|(_, r)| r.peer().is_some()) {
         let _ = writeln!(
             md,
-            "Peers: `{SMG_PACKAGE}` (`smg launch --policy cache_aware|round_robin --worker-urls <5 pods>`, defaults \
-             otherwise). Not raced: `vllm-router`, whose cache-aware policy posts `/v1/completions/render` or \
-             `/tokenize` to every worker per request, which vllm-sim does not serve yet.\n"
+            "Peers: `{SMG_PACKAGE}` (`smg launch --policy cache_aware|round_robin --worker-urls <5 pods>`) and \
+             `{VLLM_ROUTER_PACKAGE}` (`vllm-router --policy cache_aware|round_robin --worker-urls <5 pods>`), \
+             defaults otherwise. vllm-sim answers vllm-router's per-request `/v1/completions/render` with 404, so \
+             its cache-aware policy works on the request text, as it does against a vLLM without that endpoint.\n"
         );
     }
     let mut last_blocks = None;
@@ -848,19 +899,20 @@ fn svg_lines(
     svg
 }
 
-/// Installs the pinned `smg` into a venv under target/bench (once) and returns its launcher.
-fn install_smg() -> anyhow::Result<PathBuf> {
-    let venv = procs::workspace_root().join("target/bench/peers-venv");
-    let smg = venv.join("bin/smg");
-    if !smg.exists() {
+/// Installs a pinned peer router into its own venv under target/bench (once) and returns its launcher; each
+/// gets its own venv because their packages ship overlapping commands.
+fn install_peer(product: PeerProduct) -> anyhow::Result<PathBuf> {
+    let venv = procs::workspace_root().join(format!("target/bench/peers-venv-{}", product.command()));
+    let launcher = venv.join("bin").join(product.command());
+    if !launcher.exists() {
         let venv_str = venv.display().to_string();
         procs::run("python3", &["-m", "venv", &venv_str])?;
         let pip = venv.join("bin/pip").display().to_string();
         procs::run(
             &pip,
-            &["install", "--quiet", "--disable-pip-version-check", SMG_PACKAGE],
+            &["install", "--quiet", "--disable-pip-version-check", product.package()],
         )
-        .context("installing the peer router smg from PyPI")?;
+        .with_context(|| format!("installing the peer router {} from PyPI", product.package()))?;
     }
-    Ok(smg)
+    Ok(launcher)
 }
