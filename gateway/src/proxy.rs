@@ -389,6 +389,11 @@ impl HttpBody for ObservedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                    if this.first_byte.is_none()
+                        && let Some(finish) = this.finish.as_mut()
+                    {
+                        finish.director.first_byte(&mut finish.plan);
+                    }
                     this.first_byte.get_or_insert_with(Instant::now);
                     this.usage.observe(data);
                 }

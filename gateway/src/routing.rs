@@ -53,6 +53,8 @@ pub struct RoutePlan {
     pub body: Bytes,
     pub stream: bool,
     pub started: Instant,
+    /// Prompt tokens counted in the endpoint's prefill backlog until the first response byte (then 0).
+    pub prefill_tokens: u64,
     /// Proxy mode: a copy of this request to send to the model's mirror target. Boxed: a plan inside a plan.
     pub mirror: Option<Box<MirrorCopy>>,
 }
@@ -86,13 +88,25 @@ pub struct Director {
     next_id: AtomicU64,
     /// Set when `--dashboard-url` is given: every finished decision is also queued for the dashboard.
     pub shipper: std::sync::OnceLock<crate::shipper::Shipper>,
-    /// Requests routed to each endpoint and not yet finished; fed to the scheduler's `inflight` scorer.
-    endpoint_inflight: std::sync::Mutex<std::collections::HashMap<EndpointId, u32>>,
+    /// What this gateway has outstanding on each endpoint; fed to the `inflight` and `prefill-backlog` scorers.
+    endpoint_inflight: std::sync::Mutex<std::collections::HashMap<EndpointId, EndpointLoad>>,
     /// Per model, millionths of a request owed to its mirror: each request adds the mirror fraction, and a copy is
     /// due whenever a whole one has accumulated, so 10 % is exactly every tenth request.
     mirror_credit: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     mirror_permits: Arc<Semaphore>,
 }
+
+/// This gateway's unfinished work on one endpoint.
+#[derive(Clone, Copy, Debug, Default)]
+struct EndpointLoad {
+    /// Requests routed and not finished.
+    requests: u32,
+    /// Prompt tokens (uncached on the endpoint) of those requests whose first response byte has not come back.
+    prefill_tokens: u64,
+}
+
+/// Characters per token, the estimate the prefix blocks use too.
+const CHARS_PER_TOKEN: usize = 4;
 
 /// Identity of a copy: its own request id, the original's, and when the original arrived.
 struct CopyIds {
@@ -273,7 +287,7 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
-                *inflight.entry(endpoint.clone()).or_default() += 1;
+                let prefill_tokens = self.claim(&mut inflight, &endpoint, &endpoints, &decision, &parsed.prompt);
                 drop(inflight);
                 let mirror = match copy {
                     CopyKind::Mirror => self.mirror_copy(model, &parsed, &raw, &decision, received_at_ms),
@@ -286,6 +300,7 @@ impl Director {
                     endpoint,
                     decision,
                     started,
+                    prefill_tokens,
                     mirror,
                 })
             }
@@ -308,17 +323,64 @@ impl Director {
     /// The scheduler's view of `views`: each with its latest metrics and this gateway's requests in flight to it.
     fn candidates<'a>(
         &self,
-        inflight: &std::collections::HashMap<EndpointId, u32>,
+        inflight: &std::collections::HashMap<EndpointId, EndpointLoad>,
         views: impl Iterator<Item = &'a EndpointView>,
     ) -> Vec<Endpoint> {
         views
-            .map(|e| Endpoint {
-                id: e.id.clone(),
-                pod: e.pod.clone(),
-                metrics: self.metrics_store.get(&e.id),
-                inflight: inflight.get(&e.id).copied().unwrap_or(0),
+            .map(|e| {
+                let load = inflight.get(&e.id).copied().unwrap_or_default();
+                Endpoint {
+                    id: e.id.clone(),
+                    pod: e.pod.clone(),
+                    metrics: self.metrics_store.get(&e.id),
+                    inflight: load.requests,
+                    pending_prefill_tokens: load.prefill_tokens,
+                }
             })
             .collect()
+    }
+
+    /// Counts a routed request on its endpoint; returns the prompt tokens it adds to the endpoint's prefill
+    /// backlog (those the endpoint is not believed to hold in its prefix cache).
+    fn claim(
+        &self,
+        inflight: &mut std::collections::HashMap<EndpointId, EndpointLoad>,
+        endpoint: &EndpointId,
+        endpoints: &[Endpoint],
+        decision: &scheduler::Decision,
+        prompt: &str,
+    ) -> u64 {
+        let caches = endpoints
+            .iter()
+            .find(|e| &e.id == endpoint)
+            .is_none_or(|e| e.metrics.prefix_caching != Some(false));
+        let matched_blocks = decision
+            .candidates
+            .iter()
+            .find(|c| &c.endpoint == endpoint)
+            .map_or(0, |c| c.prefix_match_blocks as usize);
+        let cached_chars = if caches {
+            matched_blocks * self.scheduler.prefix_config().block_size_chars.get()
+        } else {
+            0
+        };
+        let tokens = (prompt.len().saturating_sub(cached_chars) / CHARS_PER_TOKEN) as u64;
+        let load = inflight.entry(endpoint.clone()).or_default();
+        load.requests += 1;
+        load.prefill_tokens += tokens;
+        tokens
+    }
+
+    /// The first response byte of a routed request came back: its prompt is no longer waiting for prefill.
+    pub fn first_byte(&self, plan: &mut RoutePlan) {
+        let tokens = std::mem::take(&mut plan.prefill_tokens);
+        if tokens == 0 {
+            return;
+        }
+        let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(load) = inflight.get_mut(&plan.endpoint) {
+            load.prefill_tokens = load.prefill_tokens.saturating_sub(tokens);
+        }
     }
 
     /// Whether this request of `model` is due for a copy; advances the model's credit.
@@ -459,7 +521,7 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
-                *inflight.entry(endpoint.clone()).or_default() += 1;
+                let prefill_tokens = self.claim(&mut inflight, &endpoint, &endpoints, &decision, &parsed.prompt);
                 drop(inflight);
                 decision.mirror_of = Some(ids.mirror_of);
                 decision.reason = format!("mirrored copy: {}", decision.reason);
@@ -470,6 +532,7 @@ impl Director {
                     endpoint,
                     decision,
                     started,
+                    prefill_tokens,
                     mirror: None,
                 })
             }
@@ -496,9 +559,11 @@ impl Director {
         self.metrics.inflight.dec();
         {
             let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(count) = inflight.get_mut(&plan.endpoint) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
+            if let Some(load) = inflight.get_mut(&plan.endpoint) {
+                load.requests = load.requests.saturating_sub(1);
+                // A request that never produced a byte (refused, failed) leaves the backlog now.
+                load.prefill_tokens = load.prefill_tokens.saturating_sub(plan.prefill_tokens);
+                if load.requests == 0 {
                     inflight.remove(&plan.endpoint);
                 }
             }

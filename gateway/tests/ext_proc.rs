@@ -120,6 +120,20 @@ impl Setup {
         self.gw.director.decisions.latest(1).remove(0)
     }
 
+    /// The newest decision once every stream but one held open has finished.
+    async fn decision_while_one_stays_open(&self) -> scheduler::Decision {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.gw.director.inflight() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "in-flight stuck at {}",
+                self.gw.director.inflight()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.gw.director.decisions.latest(1).remove(0)
+    }
+
     async fn inflight_returns_to_zero(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.gw.director.inflight() != 0 {
@@ -1061,5 +1075,61 @@ async fn pod_gauges_are_exported_for_the_dashboard() {
     assert!(text.contains(&line), "{line} missing from:\n{text}");
     let kv = format!("switchyard_pod_kv_cache_usage{{endpoint=\"{}\"}} 0.5", s.id(1));
     assert!(text.contains(&kv), "{kv} missing");
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_counts_in_its_pods_prefill_backlog_until_the_first_response_byte() {
+    let s = setup("xp-backlog", 78, 2, &[]).await;
+    s.load(&[(0, 0.1), (0, 0.1)]).await;
+    let backlog_on = |d: &scheduler::Decision, pod: &str| {
+        d.candidates
+            .iter()
+            .find(|c| c.endpoint.as_str() == pod)
+            .map(|c| c.pending_prefill_tokens)
+    };
+
+    // A: a 400-character prompt (100 tokens), routed and left waiting for its first byte.
+    let mut first = s.envoy().await;
+    let prompt = "y".repeat(400);
+    let body = format!(r#"{{"model":"qwq","prompt":"{prompt}","stream":true}}"#);
+    let a = first
+        .request("/v1/completions", body.as_bytes(), 7, None)
+        .await
+        .routed();
+    let a_pod = a.destination().to_owned();
+
+    // B is decided while A waits: A's pod carries A's 100 tokens.
+    let mut second = s.envoy().await;
+    second
+        .request("/v1/completions", br#"{"model":"qwq","prompt":"hi"}"#, 7, None)
+        .await
+        .routed();
+    second.respond("application/json", &["{}", ""], None).await;
+    let b = s.decision_while_one_stays_open().await;
+    assert_eq!(backlog_on(&b, &a_pod), Some(100), "{:?}", b.candidates);
+
+    // A's first byte arrives (the stream goes on): the backlog is gone, A still counts as in flight.
+    first.send(response_headers("200", "text/event-stream", None)).await;
+    first.next().await;
+    first.send(response_body(b"data: {}\n\n", false)).await;
+    first.next().await;
+    let mut third = s.envoy().await;
+    third
+        .request("/v1/completions", br#"{"model":"qwq","prompt":"hi"}"#, 7, None)
+        .await
+        .routed();
+    third.respond("application/json", &["{}", ""], None).await;
+    let c = s.decision_while_one_stays_open().await;
+    assert_eq!(backlog_on(&c, &a_pod), Some(0));
+    let a_inflight = c
+        .candidates
+        .iter()
+        .find(|cand| cand.endpoint.as_str() == a_pod)
+        .map(|cand| cand.inflight);
+    assert_eq!(a_inflight, Some(1));
+    first.send(response_body(b"", true)).await;
+    first.next().await;
+    s.inflight_returns_to_zero().await;
     s.gw.stop().await;
 }

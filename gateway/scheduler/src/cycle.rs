@@ -15,6 +15,8 @@ pub struct Cycle<'a> {
     pub now: Instant,
     /// Full blocks of the prompt that were hashed for prefix affinity.
     pub prefix_blocks: u32,
+    /// Characters per prefix block.
+    pub prefix_block_chars: usize,
     /// Leading prompt blocks each endpoint is believed to hold, by endpoint index.
     pub prefix_matches: &'a [u32],
     /// State of the requested adapter on each endpoint, by endpoint index.

@@ -41,6 +41,9 @@ pub struct Candidate {
     /// Requests this gateway had in flight to the endpoint at decision time.
     #[serde(default)]
     pub inflight: u32,
+    /// Prompt tokens this gateway had waiting for their first byte on the endpoint at decision time.
+    #[serde(default)]
+    pub pending_prefill_tokens: u64,
     pub kv_usage: f64,
     pub prefix_match_blocks: u32,
     pub lora_state: LoraState,

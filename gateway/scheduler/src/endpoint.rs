@@ -98,4 +98,7 @@ pub struct Endpoint {
     pub metrics: EndpointMetrics,
     /// Requests this gateway routed here that have not finished: exact and current, unlike scraped metrics.
     pub inflight: u32,
+    /// Prompt tokens this gateway sent here whose first response byte has not come back yet: prefill work queued
+    /// or running on the server, exact and current like `inflight`.
+    pub pending_prefill_tokens: u64,
 }

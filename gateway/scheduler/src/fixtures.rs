@@ -18,11 +18,22 @@ impl Endpoint {
                 ..Default::default()
             },
             inflight: 0,
+            pending_prefill_tokens: 0,
         }
     }
 
     pub(crate) fn queue(mut self, waiting: u32) -> Self {
         self.metrics.waiting_queue = waiting;
+        self
+    }
+
+    pub(crate) fn pending_prefill(mut self, tokens: u64) -> Self {
+        self.pending_prefill_tokens = tokens;
+        self
+    }
+
+    pub(crate) fn prefix_caching(mut self, enabled: bool) -> Self {
+        self.metrics.prefix_caching = Some(enabled);
         self
     }
 
@@ -121,6 +132,7 @@ impl CycleFixture {
             endpoints: &self.endpoints,
             now: self.now,
             prefix_blocks: self.prefix_blocks,
+            prefix_block_chars: 64,
             prefix_matches: &self.prefix_matches,
             lora: &self.lora,
         }

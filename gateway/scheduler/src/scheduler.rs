@@ -44,6 +44,11 @@ impl Scheduler {
         })
     }
 
+    /// How prompts are cut into prefix blocks.
+    pub fn prefix_config(&self) -> &PrefixConfig {
+        &self.prefix
+    }
+
     pub fn profile_name(&self) -> &str {
         self.profile.name()
     }
@@ -84,6 +89,7 @@ impl Scheduler {
             endpoints,
             now,
             prefix_blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
+            prefix_block_chars: self.prefix.block_size_chars.get(),
             prefix_matches: &prefix_matches,
             lora: &lora,
         };
@@ -195,6 +201,7 @@ fn candidate(cycle: &Cycle<'_>, idx: usize, run: Option<&Run>) -> Candidate {
         queue: metrics.waiting_queue,
         running: metrics.running,
         inflight: endpoint.inflight,
+        pending_prefill_tokens: endpoint.pending_prefill_tokens,
         kv_usage: metrics.kv_cache_usage,
         prefix_match_blocks: cycle.prefix_matches[idx],
         lora_state: cycle.lora[idx],

@@ -355,8 +355,9 @@ impl Stream {
     fn response_body(&mut self, body: HttpBody, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
         self.require_upstream("response body")?;
         if let Some(routed) = self.routed.as_mut() {
-            if !body.body.is_empty() {
-                routed.first_byte.get_or_insert_with(Instant::now);
+            if !body.body.is_empty() && routed.first_byte.is_none() {
+                routed.first_byte = Some(Instant::now());
+                self.director.first_byte(&mut routed.plan);
             }
             routed
                 .usage

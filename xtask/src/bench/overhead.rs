@@ -101,6 +101,7 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
             id: EndpointId::new(format!("10.0.{}.{}:8000", i / 250, i % 250)),
             pod: PodName::new(format!("default/vllm-{i}")),
             inflight: 0,
+            pending_prefill_tokens: 0,
             metrics: EndpointMetrics {
                 waiting_queue: rng.random_range(0..6),
                 running: rng.random_range(0..20),

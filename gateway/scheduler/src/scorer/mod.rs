@@ -3,6 +3,7 @@
 mod inflight;
 mod kv_cache;
 mod lora_affinity;
+mod prefill_backlog;
 mod prefix_cache;
 mod queue;
 mod running_requests;
@@ -11,7 +12,8 @@ use serde::Deserialize;
 
 pub use self::{
     inflight::InflightScorer, kv_cache::KvCacheScorer, lora_affinity::LoraAffinityScorer,
-    prefix_cache::PrefixCacheScorer, queue::QueueScorer, running_requests::RunningRequestsScorer,
+    prefill_backlog::PrefillBacklogScorer, prefix_cache::PrefixCacheScorer, queue::QueueScorer,
+    running_requests::RunningRequestsScorer,
 };
 use crate::cycle::Cycle;
 
@@ -54,6 +56,10 @@ pub enum ScorerConfig {
         #[serde(default)]
         weight: Weight,
     },
+    PrefillBacklog {
+        #[serde(default)]
+        weight: Weight,
+    },
 }
 
 impl ScorerConfig {
@@ -65,6 +71,7 @@ impl ScorerConfig {
             Self::LoraAffinity { .. } => &LoraAffinityScorer,
             Self::RunningRequests { .. } => &RunningRequestsScorer,
             Self::Inflight { .. } => &InflightScorer,
+            Self::PrefillBacklog { .. } => &PrefillBacklogScorer,
         }
     }
 
@@ -75,7 +82,8 @@ impl ScorerConfig {
             | Self::PrefixCache { weight }
             | Self::LoraAffinity { weight }
             | Self::RunningRequests { weight }
-            | Self::Inflight { weight } => weight.0,
+            | Self::Inflight { weight }
+            | Self::PrefillBacklog { weight } => weight.0,
         }
     }
 }

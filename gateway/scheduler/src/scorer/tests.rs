@@ -102,3 +102,31 @@ fn negative_or_infinite_weights_are_rejected() {
     assert_eq!(Weight::new(0.0).map(Weight::get), Ok(0.0));
     assert_eq!(Weight::default().get(), 1.0);
 }
+
+#[test]
+fn prefill_backlog_falls_with_the_tokens_ahead_of_the_request() {
+    let now = Instant::now();
+    // A 4 096-token prompt (16 384 characters, 256 blocks of 64) behind 0, 4 096 and 20 000 pending tokens.
+    let endpoints = [0, 4_096, 20_000]
+        .map(|t| Endpoint::test("p", now).pending_prefill(t))
+        .to_vec();
+    let fixture = CycleFixture::new(Request::test(&"x".repeat(16_384)), endpoints, now);
+    assert_eq!(run(&PrefillBacklogScorer, &fixture), vec![1.0, 0.5, 0.0]);
+}
+
+#[test]
+fn a_prefix_hit_shrinks_the_backlog_only_where_the_server_caches_prefixes() {
+    let now = Instant::now();
+    let endpoints = vec![
+        // Holds 128 of the 256 blocks (2 048 tokens) and has 2 048 pending: 2 048 + 2 048 = 4 096 ahead.
+        Endpoint::test("warm", now).pending_prefill(2_048),
+        // Nothing cached, nothing pending: the whole 4 096-token prompt.
+        Endpoint::test("cold", now),
+        // Claims the same 128 blocks, but its server does not cache prefixes: 2 048 + 4 096 ahead.
+        Endpoint::test("no-apc", now)
+            .pending_prefill(2_048)
+            .prefix_caching(false),
+    ];
+    let fixture = CycleFixture::new(Request::test(&"x".repeat(16_384)), endpoints, now).prefix(256, &[128, 0, 128]);
+    assert_eq!(run(&PrefillBacklogScorer, &fixture), vec![1.0, 1.0, 0.75]);
+}
