@@ -1,10 +1,13 @@
 //! End to end in dir mode: simulated vLLM pods, a real gateway over a YAML directory, client load through its
 //! proxy, and the controller's canary driver judging the release from the gateway's /metrics. A healthy canary is
-//! promoted to 100 %; a canary that fails half its requests is rolled back to 0 %, naming the broken limit.
+//! promoted to 100 %; a canary that fails half its requests, and one that is slow to start, are rolled back to
+//! 0 %, naming the broken limit and the numbers.
 //!
 //! Every pod serves both targets (the stable base model and the canary as an adapter), as pods of one
-//! InferencePool must; the failing canary is a fault scoped to the canary's model name, so the stable target
-//! stays healthy on the same pods.
+//! InferencePool must; the failing and the slow canary are faults scoped to the canary's model name, so the
+//! stable target stays healthy on the same pods. (Two fleets in one pool, stable-only pods beside canary pods,
+//! would get canary requests routed to pods that do not serve the adapter: the default profile's LoRA scorer is
+//! a preference, and a target counts as an adapter only once some pod reports it active.)
 
 use std::{
     net::Ipv4Addr,
@@ -275,4 +278,61 @@ async fn a_failing_canary_is_rolled_back_naming_the_limit() {
     let canary = status.canary.unwrap();
     assert!(canary.error_rate > 0.2, "{canary:?}");
     assert_eq!(status.stable.unwrap().error_rate, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_on_its_ttft_p90() {
+    // Each canary request waits 149 solo prefills (≈ 6.6 simulated s, 131 ms of wall time at 50×) before the
+    // engine, outside the batch its stable neighbours share. A debug gateway on 2 busy cores puts stable's P90
+    // (a whole 6-token answer: the proxy's TTFT is its first body byte) near 20 ms, so a factor of 40 only just
+    // crossed the 3× limit; 150 stays far beyond it even when the machine doubles stable's latency.
+    let fault = Fault {
+        slow_model: Some("qwq-32b-v2".into()),
+        slow_factor: 150.0,
+        ..Fault::default()
+    };
+    let (status, weights, _dir) = release_with(73, "slow", fault).await;
+    assert_eq!(
+        (status.phase, status.canary_percent),
+        (Phase::RolledBack, 0),
+        "{status:#?}"
+    );
+    assert_eq!(weights, [("qwq-32b".to_owned(), 100), ("qwq-32b-v2".to_owned(), 0)]);
+    let rollback = status.history.last().unwrap();
+    assert_eq!(
+        (rollback.from_percent, rollback.to_percent),
+        (10, 0),
+        "rolled back in the first step: {rollback:#?}"
+    );
+    let reason = &rollback.reason;
+    assert!(
+        reason.starts_with("rolled back from 10 %: canary TTFT P90 ") && reason.contains("maxTtftP90Ratio 3×"),
+        "{reason}"
+    );
+    // The reason carries the two P90s the rollback was decided on: the same window as the status' observations.
+    let (canary, stable) = (status.canary.clone().unwrap(), status.stable.clone().unwrap());
+    let said_canary = number_after(reason, "canary TTFT P90 ");
+    let said_stable = number_after(reason, "stable's ");
+    assert!(said_canary > 3.0 * said_stable, "{reason}");
+    for (said, observed) in [(said_canary, canary.ttft_p90_ms), (said_stable, stable.ttft_p90_ms)] {
+        let observed = observed.unwrap_or_else(|| panic!("no TTFT observed: {status:#?}"));
+        assert!((said - observed).abs() <= 0.6, "{reason} vs observed {observed} ms");
+    }
+    // Slow, not failing: latency alone broke the release.
+    assert_eq!((canary.error_rate, stable.error_rate), (0.0, 0.0), "{status:#?}");
+}
+
+/// The number that follows `prefix` in `text` (e.g. `12` in "… P90 12 ms …").
+fn number_after(text: &str, prefix: &str) -> f64 {
+    let start = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} not in {text:?}"))
+        + prefix.len();
+    let number: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    number
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: no number after {prefix:?} in {text:?}"))
 }

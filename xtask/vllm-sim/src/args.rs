@@ -76,6 +76,16 @@ pub struct Args {
     /// Fault injection: every engine step takes this many times its profiled duration (1 = healthy).
     #[arg(long, env = "SWITCHYARD_SIM_SLOWDOWN", default_value_t = 1.0, value_parser = parse_slowdown)]
     pub slowdown: f64,
+
+    /// Fault injection: apply --slow-factor only to requests for this model name (base or adapter).
+    #[arg(long, env = "SWITCHYARD_SIM_SLOW_MODEL")]
+    pub slow_model: Option<String>,
+
+    /// Fault injection: a slow request's idle-replica TTFT is this many times the healthy one (1 = healthy). It
+    /// waits (factor − 1) × its solo prefill time before entering the engine, counted in its TTFT; requests of
+    /// other models and the shared batch keep their speed.
+    #[arg(long, env = "SWITCHYARD_SIM_SLOW_FACTOR", default_value_t = 1.0, value_parser = parse_slowdown)]
+    pub slow_factor: f64,
 }
 
 impl Args {
@@ -104,6 +114,8 @@ impl Args {
                 error_rate: self.error_rate,
                 error_model: self.error_model.clone(),
                 slowdown: self.slowdown,
+                slow_model: self.slow_model.clone(),
+                slow_factor: self.slow_factor,
             },
         }
     }
@@ -186,6 +198,14 @@ mod tests {
             "v2",
             "--slowdown",
             "3",
+            "--slow-model",
+            "v2",
+            "--slow-factor",
+            "10",
+            "--lora-adapters",
+            "v2",
+            "--max-loras",
+            "1",
         ])
         .unwrap();
         let cfg = args.replica_config();
@@ -194,7 +214,9 @@ mod tests {
             Fault {
                 error_rate: 0.25,
                 error_model: Some("v2".into()),
-                slowdown: 3.0
+                slowdown: 3.0,
+                slow_model: Some("v2".into()),
+                slow_factor: 10.0,
             }
         );
         cfg.validate().unwrap();
@@ -211,6 +233,8 @@ mod tests {
             &["vllm-sim", "--addr", "[::1]:8000"],
             &["vllm-sim", "--error-rate", "1.1"],
             &["vllm-sim", "--slowdown", "0.5"],
+            &["vllm-sim", "--slow-factor", "0"],
+            &["vllm-sim", "--slow-factor", "inf"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?} accepted");
         }

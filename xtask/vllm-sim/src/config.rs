@@ -122,7 +122,8 @@ pub struct ReplicaConfig {
     pub fault: Fault,
 }
 
-/// Faults a replica injects: a share of requests answered with HTTP 500, and every step taking longer.
+/// Faults a replica injects: a share of requests answered with HTTP 500, every step taking longer, and one
+/// model's requests waiting before they reach the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     /// Share of generation requests (0..=1) refused with HTTP 500 before they reach the engine.
@@ -132,6 +133,19 @@ pub struct Fault {
     pub error_model: Option<String>,
     /// Every engine step takes this many times its profiled duration (1 = as profiled).
     pub slowdown: f64,
+    /// Requests for this model name (a base model or an adapter) are the slow ones; every request when absent.
+    pub slow_model: Option<String>,
+    /// A slow request's time to first token on an idle replica is this many times the healthy one (1 = healthy).
+    ///
+    /// The request waits `(slow_factor − 1) ×` the profiled time of prefilling its prompt alone before it enters
+    /// the engine, and that wait counts in its TTFT (as vLLM's `arrival_time` is taken when the server receives
+    /// the request). It is a per-request cost outside the shared batch, such as a new version's heavier prompt
+    /// preprocessing: unlike [`Fault::slowdown`], which stretches every step and so every request co-batched
+    /// with a slow one, the other models' requests on the same replica keep their latency. The waiting request
+    /// is not yet in vLLM's queue, so `vllm:num_requests_waiting` does not count it. Under load the TTFT grows
+    /// by less than the factor, since queueing in the engine is not multiplied; with the zero-delay profile the
+    /// wait is zero.
+    pub slow_factor: f64,
 }
 
 impl Default for Fault {
@@ -140,6 +154,8 @@ impl Default for Fault {
             error_rate: 0.0,
             error_model: None,
             slowdown: 1.0,
+            slow_model: None,
+            slow_factor: 1.0,
         }
     }
 }
@@ -184,6 +200,21 @@ impl ReplicaConfig {
             return Err(ConfigError::Invalid(format!(
                 "slowdown must be a number ≥ 1, got {}",
                 self.fault.slowdown
+            )));
+        }
+        if !(self.fault.slow_factor.is_finite() && self.fault.slow_factor >= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "slow_factor must be a number ≥ 1, got {}",
+                self.fault.slow_factor
+            )));
+        }
+        // A misspelt name would silently leave every model healthy.
+        if let Some(slow) = &self.fault.slow_model
+            && *slow != self.served_model_name
+            && !self.lora_adapters.contains(slow)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "slow_model {slow:?} is neither the served model nor one of the lora adapters"
             )));
         }
         if self.served_model_name.is_empty() {
@@ -262,6 +293,19 @@ mod tests {
             },
             Fault {
                 slowdown: 0.5,
+                ..Fault::default()
+            },
+            Fault {
+                slow_factor: 0.9,
+                ..Fault::default()
+            },
+            Fault {
+                slow_factor: f64::INFINITY,
+                ..Fault::default()
+            },
+            Fault {
+                slow_model: Some("qwq-32b-v3".into()),
+                slow_factor: 2.0,
                 ..Fault::default()
             },
         ] {

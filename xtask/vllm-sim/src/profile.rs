@@ -96,6 +96,22 @@ impl StepModel {
             + self.per_kilo_context_ms * shape.decode_context as f64 / 1000.0
             + self.attention_ms * shape.prefill_attention
     }
+
+    /// How long prefilling a `tokens`-long prompt takes on an otherwise idle engine that computes at most
+    /// `chunk` tokens per step (one step when `chunk` covers the prompt).
+    pub fn solo_prefill_ms(&self, tokens: u64, chunk: u64) -> f64 {
+        let chunk = chunk.max(1);
+        let mut done = 0;
+        let mut total = 0.0;
+        while done < tokens {
+            let new = chunk.min(tokens - done);
+            let mut shape = StepShape::default();
+            shape.add_prefill(new, done);
+            total += self.step_ms(&shape);
+            done += new;
+        }
+        total
+    }
 }
 
 /// What a step computes, accumulated by the scheduler while it builds the batch.
@@ -193,6 +209,20 @@ mod tests {
         let mut fresh_2400 = StepShape::default();
         fresh_2400.add_prefill(2400, 0);
         assert!(warm > model.step_ms(&fresh_2400));
+    }
+
+    #[test]
+    fn solo_prefill_sums_its_chunks() {
+        let model = StepModel::QWQ_32B_4XA10;
+        assert_close(model.solo_prefill_ms(1000, 8192), 440.0, 0.02);
+        assert_eq!(model.solo_prefill_ms(1000, 8192), prefill_ms(1000));
+        // Two chunks pay the per-step cost twice and the second attends to the first.
+        let chunked = model.solo_prefill_ms(4096, 2048);
+        assert!(
+            chunked > prefill_ms(4096) - 10.0 && chunked > 2.0 * prefill_ms(2048),
+            "{chunked}"
+        );
+        assert_eq!(model.solo_prefill_ms(0, 2048), 0.0);
     }
 
     #[test]

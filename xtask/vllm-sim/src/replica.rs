@@ -157,15 +157,49 @@ impl Shared {
         format!("{kind}-{}-{n}", self.id_prefix)
     }
 
-    /// Queues a request; its tokens arrive on the returned receiver as engine steps complete.
-    pub(crate) fn submit(self: &Arc<Self>, req: NewRequest) -> Result<Submission, SubmitError> {
+    /// How long a request for `model` with a `prompt_tokens`-long prompt is held before the engine, in wall time:
+    /// `(slow_factor − 1) ×` its solo prefill (stretched by any [`crate::Fault::slowdown`], which an idle engine
+    /// would pay too) when it is one of the slow ones ([`crate::Fault::slow_factor`]), zero otherwise.
+    pub(crate) fn slow_wait(&self, model: &str, prompt_tokens: usize) -> Duration {
+        let fault = &self.cfg.fault;
+        if fault.slow_factor <= 1.0 || fault.slow_model.as_deref().is_some_and(|only| only != model) {
+            return Duration::ZERO;
+        }
+        let engine = &self.cfg.engine;
+        let solo_ms = engine
+            .profile
+            .model()
+            .solo_prefill_ms(prompt_tokens as u64, u64::from(engine.max_num_batched_tokens));
+        let sim_ms = (fault.slow_factor - 1.0) * solo_ms * fault.slowdown;
+        Duration::from_secs_f64(sim_ms / 1000.0 / self.cfg.time_scale)
+    }
+
+    /// Queues a request for `model`, first holding it for its [`Shared::slow_wait`]. The arrival is taken before
+    /// the wait, so the wait counts in the request's TTFT as a slow front end's would.
+    pub(crate) async fn admit(self: &Arc<Self>, model: &str, req: NewRequest) -> Result<Submission, SubmitError> {
+        let arrival = self.sim_now();
+        let wait = self.slow_wait(model, req.prompt.len());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        self.submit_at(req, arrival)
+    }
+
+    /// Queues a request arriving now, skipping any injected wait (the engine-pacing tests).
+    #[cfg(test)]
+    fn submit(self: &Arc<Self>, req: NewRequest) -> Result<Submission, SubmitError> {
+        self.submit_at(req, self.sim_now())
+    }
+
+    /// Queues a request that arrived at simulated time `arrival` (now or earlier); its tokens arrive on the returned
+    /// receiver as engine steps complete.
+    fn submit_at(self: &Arc<Self>, req: NewRequest, arrival: f64) -> Result<Submission, SubmitError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
             let mut st = self.lock();
             if st.closed {
                 return Err(SubmitError::Closed);
             }
-            let arrival = self.sim_now();
             let id = st.engine.add_request(req, arrival)?;
             st.senders.insert(id, tx);
             id
@@ -478,6 +512,95 @@ mod tests {
         // Twice the healthy 440 ms prefill and 43 ms decode step.
         assert!((870..=890).contains(&times[0]), "{times:?}");
         assert!((80..=92).contains(&(times[1] - times[0])), "{times:?}");
+    }
+
+    /// A replica serving `qwq-32b` and the adapter `v2`, whose `v2` requests are three times slower to start.
+    fn slow_v2(time_scale: f64) -> (Arc<Shared>, watch::Sender<bool>, JoinHandle<()>) {
+        let mut cfg = ReplicaConfig {
+            time_scale,
+            lora_adapters: vec!["v2".into()],
+            fault: crate::Fault {
+                slow_model: Some("v2".into()),
+                slow_factor: 3.0,
+                ..crate::Fault::default()
+            },
+            seed: Some(7),
+            ..ReplicaConfig::default()
+        };
+        cfg.engine.max_loras = 1;
+        let shared = Arc::new(Shared::new(cfg).unwrap());
+        let (stop, rx) = watch::channel(false);
+        let driver = tokio::spawn(Arc::clone(&shared).drive(rx));
+        (shared, stop, driver)
+    }
+
+    fn prompt_of(tokens: usize, lora: Option<LoraId>) -> NewRequest {
+        NewRequest {
+            prompt: vec![1; tokens],
+            max_tokens: 2,
+            lora,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slow_model_starts_factor_times_later_and_the_others_do_not() {
+        let (shared, _stop, _driver) = slow_v2(1.0);
+        assert_eq!(shared.slow_wait("qwq-32b", 1000), Duration::ZERO);
+        let wait = shared.slow_wait("v2", 1000).as_secs_f64();
+        assert!(
+            (wait - 0.88).abs() < 0.02,
+            "two extra solo prefills of 440 ms, got {wait}"
+        );
+
+        // Both arrive together; the base request is served as if the slow one were not there.
+        let t0 = Instant::now();
+        let (slow, base) = tokio::join!(
+            async {
+                let mut sub = shared.admit("v2", prompt_of(1000, Some(0))).await.unwrap();
+                token_times(&mut sub, t0).await
+            },
+            async {
+                let mut sub = shared.admit("qwq-32b", prompt_of(1000, None)).await.unwrap();
+                token_times(&mut sub, t0).await
+            },
+        );
+        assert!((435..=445).contains(&base[0]), "healthy 440 ms TTFT, got {base:?}");
+        assert!((1310..=1330).contains(&slow[0]), "3 × 440 ms, got {slow:?}");
+        assert!(
+            (40..=46).contains(&(slow[1] - slow[0])),
+            "decodes keep their speed: {slow:?}"
+        );
+        // The engine's own TTFT histogram counts the wait, as vLLM's does for a slow front end.
+        let ttft = shared.snapshot().metrics.ttft;
+        assert_eq!(ttft.count(), 2);
+        assert!((ttft.sum() - (0.44 + 1.32)).abs() < 0.03, "ttft sum {}", ttft.sum());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slow_wait_follows_time_scale_and_slowdown() {
+        let (shared, _stop, _driver) = slow_v2(10.0);
+        let t0 = Instant::now();
+        let mut sub = shared.admit("v2", prompt_of(1000, Some(0))).await.unwrap();
+        let times = token_times(&mut sub, t0).await;
+        assert!(
+            (130..=134).contains(&times[0]),
+            "1320 simulated ms at 10×, got {times:?}"
+        );
+
+        let cfg = ReplicaConfig {
+            fault: crate::Fault {
+                slowdown: 2.0,
+                slow_factor: 4.0,
+                ..crate::Fault::default()
+            },
+            ..ReplicaConfig::default()
+        };
+        let every_model = Shared::new(cfg).unwrap();
+        let wait = every_model.slow_wait("anything", 1000).as_secs_f64();
+        assert!(
+            (wait - 3.0 * 0.88).abs() < 0.05,
+            "3 extra prefills at half speed, got {wait}"
+        );
     }
 
     #[test]

@@ -140,11 +140,12 @@ async fn generate(shared: Arc<Shared>, g: Generation) -> Response {
         );
     }
     let prompt_tokens = g.prompt.len() as u32;
-    let submission = match shared.submit(NewRequest {
+    let request = NewRequest {
         prompt: g.prompt,
         max_tokens: g.max_tokens,
         lora: g.lora,
-    }) {
+    };
+    let submission = match shared.admit(&g.model, request).await {
         Ok(s) => s,
         Err(SubmitError::Invalid(err)) => return bad_request(&shared, &err.to_string()),
         Err(SubmitError::Closed) => {

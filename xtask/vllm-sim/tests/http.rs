@@ -428,3 +428,44 @@ async fn injected_errors_are_500s_with_an_openai_body_and_counted() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_slow_model_waits_before_the_engine_and_its_ttft_shows_it() {
+    // Real time (scale 1): a short prompt's solo prefill is ≈ 44 ms, so the adapter's TTFT is ≈ 5 × 44 ms.
+    let mut cfg = ReplicaConfig {
+        lora_adapters: vec!["v2".into()],
+        fault: vllm_sim::Fault {
+            slow_model: Some("v2".into()),
+            slow_factor: 5.0,
+            ..vllm_sim::Fault::default()
+        },
+        ..ReplicaConfig::default()
+    };
+    cfg.engine.max_loras = 1;
+    let sim = start(cfg).await;
+    let ttft = |sim: &ReplicaHandle| {
+        let m = sim.engine_snapshot().metrics.ttft;
+        (m.count(), m.sum())
+    };
+    let body = |model: &str| json!({"model": model, "prompt": "hello", "max_tokens": 1});
+
+    let (status, _) = post_json(&sim, "/v1/completions", body("qwq-32b")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (n, base) = ttft(&sim);
+    assert_eq!(n, 1);
+    let started = tokio::time::Instant::now();
+    let (status, answer) = post_json(&sim, "/v1/completions", body("v2")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Lower bounds only: a busy machine can make either request slower, never the slow one faster.
+    assert!(
+        started.elapsed() >= Duration::from_millis(4 * 44),
+        "{:?}",
+        started.elapsed()
+    );
+    let (n, both) = ttft(&sim);
+    assert_eq!(n, 2);
+    let slow = both - base;
+    assert!(slow >= 5.0 * 0.044 * 0.95, "slow TTFT {slow} s");
+    assert!(slow > base, "slow {slow} s, base {base} s");
+    assert_eq!(sim.stats().requests_completed, 2);
+}
