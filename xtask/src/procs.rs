@@ -99,6 +99,18 @@ impl Proc {
 
 /// Polls `url` until it answers 200, the deadline passes, or one of `procs` dies.
 pub(crate) async fn wait_ready(url: &str, deadline: Duration, procs: &mut [&mut Proc]) -> anyhow::Result<()> {
+    wait_ready_with(url, None, deadline, procs).await
+}
+
+/// Like [`wait_ready`], and the body must also contain `needle` (a peer router that answers its health check
+/// before it has registered its workers is not ready).
+pub(crate) async fn wait_ready_with(
+    url: &str,
+    needle: Option<&str>,
+    deadline: Duration,
+    procs: &mut [&mut Proc],
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
     let client = crate::load::http_client();
     let until = tokio::time::Instant::now() + deadline;
     loop {
@@ -109,7 +121,14 @@ pub(crate) async fn wait_ready(url: &str, deadline: Duration, procs: &mut [&mut 
             && let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
             && response.status().is_success()
         {
-            return Ok(());
+            let Some(needle) = needle else {
+                return Ok(());
+            };
+            if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(1), response.into_body().collect()).await
+                && String::from_utf8_lossy(&body.to_bytes()).contains(needle)
+            {
+                return Ok(());
+            }
         }
         if tokio::time::Instant::now() > until {
             bail!("{url} did not become ready within {deadline:?}");
