@@ -184,6 +184,14 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
 }
 
 async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Streamed completions are many small writes: with Nagle's algorithm each one after the headers waits for the
+    // client's delayed ACK (tens of milliseconds), which lands on the first token of every response.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;

@@ -365,16 +365,17 @@ async fn a_burst_is_spread_before_any_scrape_can_see_it() {
 async fn a_warm_prefix_holds_its_pod_only_a_few_requests_past_the_others() {
     let s = setup("burst-prefix", 41, 3, &[]).await;
     let prompt = "shared system prompt ".repeat(40);
-    // A full prefix match (weight 3) outweighs up to two extra requests in flight (a quarter of 4 each).
+    // A full prefix match (weight 4, plus a sliver of prefill backlog for this short prompt) outweighs up to four
+    // extra requests in flight (one point of 8 each).
     let mut first = burst(&s, 3, &prompt).await;
     first.sort_unstable();
     assert_eq!(first, [0, 0, 3], "the warm pod keeps a small burst");
-    // A larger burst spills over: once the warm pod carries three more than the others they tie, the prefix
+    // A larger burst spills over: once the warm pod carries five more than the others it loses, the prefix
     // spreads, and the load evens out instead of piling onto one pod (which would take all twelve).
     let before: Vec<usize> = s.pods.iter().map(FakePod::received).collect();
     let after = burst(&s, 12, &prompt).await;
     let got: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(got.iter().all(|&n| n >= 1), "every pod took part: {got:?}");
-    assert!(got.iter().all(|&n| n <= 6), "no pile-up: {got:?}");
+    assert!(got.iter().all(|&n| n <= 8), "no pile-up: {got:?}");
     s.gw.stop().await;
 }

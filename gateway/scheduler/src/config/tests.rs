@@ -109,8 +109,9 @@ fn the_default_profile_weights_queue_kv_prefix_and_lora() {
         [
             ("queue", 2.0),
             ("kv-cache", 2.0),
-            ("prefix-cache", 3.0),
-            ("inflight", 4.0),
+            ("prefix-cache", 4.0),
+            ("inflight", 8.0),
+            ("prefill-backlog", 4.0),
             ("lora-affinity", 1.0)
         ]
     );

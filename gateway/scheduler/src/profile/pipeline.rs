@@ -44,8 +44,9 @@ impl Default for Pipeline {
             scorers: vec![
                 ScorerConfig::Queue { weight: weight(2.0) },
                 ScorerConfig::KvCache { weight: weight(2.0) },
-                ScorerConfig::PrefixCache { weight: weight(3.0) },
-                ScorerConfig::Inflight { weight: weight(4.0) },
+                ScorerConfig::PrefixCache { weight: weight(4.0) },
+                ScorerConfig::Inflight { weight: weight(8.0) },
+                ScorerConfig::PrefillBacklog { weight: weight(4.0) },
                 ScorerConfig::LoraAffinity { weight: weight(1.0) },
             ],
             picker: PickerConfig::MaxScore {},

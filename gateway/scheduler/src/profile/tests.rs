@@ -78,7 +78,7 @@ fn max_score_reports_ties() {
     let run = run(&ProfileConfig::Pipeline(Pipeline::default()), &fixture, 1);
     assert!(
         run.reason.starts_with(
-            "max score 8.00 of 11.00: queue 2.00, kv-cache 2.00, prefix-cache 0.00, inflight 4.00; 2 tied"
+            "max score 16.00 of 20.00: queue 2.00, kv-cache 2.00, prefix-cache 0.00, inflight 8.00, prefill-backlog 4.00; 2 tied"
         ),
         "{}",
         run.reason

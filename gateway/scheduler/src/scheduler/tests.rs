@@ -254,15 +254,17 @@ fn a_routed_decision_is_filled_in() {
     assert_eq!(a.lora_state, LoraState::NotApplicable);
     assert_eq!(
         a.scores.keys().collect::<Vec<_>>(),
-        ["queue", "kv-cache", "prefix-cache", "inflight"]
+        ["queue", "kv-cache", "prefix-cache", "inflight", "prefill-backlog"]
     );
-    // No pod has requests in flight, so `inflight` gives everyone its full weight.
-    assert_eq!(a.total, 2.0 * 0.0 + 2.0 * 0.75 + 3.0 * 0.0 + 4.0);
+    // No pod has requests in flight, so `inflight` gives everyone its full weight; a's two queued requests count as
+    // two more one-token prompts ahead of this one than on b.
+    let expected = 2.0 * 0.0 + 2.0 * 0.75 + 4.0 * 0.0 + 8.0 + 4.0 * (1.0 - 2.0 / 8_192.0);
+    assert!((a.total - expected).abs() < 1e-9, "{} vs {expected}", a.total);
     let b = &decision.candidates[1];
-    assert_eq!(b.total, 2.0 + 1.0 + 4.0);
+    assert_eq!(b.total, 2.0 + 1.0 + 8.0 + 4.0);
     assert_eq!(
         decision.reason,
-        "max score 7.00 of 11.00: queue 2.00, kv-cache 1.00, prefix-cache 0.00, inflight 4.00; 3 of 4 endpoints passed the filters"
+        "max score 15.00 of 20.00: queue 2.00, kv-cache 1.00, prefix-cache 0.00, inflight 8.00, prefill-backlog 4.00; 3 of 4 endpoints passed the filters"
     );
     let d = &decision.candidates[3];
     assert_eq!(d.filtered_by.as_deref(), Some("fresh-metrics"));

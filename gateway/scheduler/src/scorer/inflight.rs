@@ -11,8 +11,10 @@
 use super::Scorer;
 use crate::cycle::Cycle;
 
-/// Requests above the least-loaded candidate at which the score reaches zero.
-const SPREAD: u32 = 4;
+/// Requests above the least-loaded candidate at which the score reaches zero. With the default weight (8) each
+/// request costs one point, and the cap (8) lies above what prefix affinity and the prefill backlog can add up
+/// to for a short prompt, so a popular prefix spills over instead of piling onto its pod.
+const SPREAD: u32 = 8;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InflightScorer;

@@ -21,15 +21,21 @@ pub struct PrefillBacklogScorer;
 
 impl PrefillBacklogScorer {
     /// Tokens to prefill on `idx` before this request's first token: the backlog plus its uncached tokens.
+    ///
+    /// The backlog is the gateway's own pending tokens or, when the server reports more waiting requests than
+    /// those explain (other gateways, traffic from before a restart), its waiting queue counted as prompts as
+    /// long as this one: the best guess without their lengths.
     fn backlog(cycle: &Cycle<'_>, idx: usize) -> f64 {
         let prompt_tokens = cycle.request.prompt.len() / CHARS_PER_TOKEN;
+        let queued = u64::from(cycle.metrics(idx).waiting_queue).saturating_mul(prompt_tokens as u64);
+        let pending = cycle.endpoints[idx].pending_prefill_tokens.max(queued);
         let cached_tokens = if cycle.metrics(idx).prefix_caching == Some(false) {
             0
         } else {
             cycle.prefix_matches[idx] as usize * cycle.prefix_block_chars / CHARS_PER_TOKEN
         };
         let own = prompt_tokens.saturating_sub(cached_tokens);
-        cycle.endpoints[idx].pending_prefill_tokens as f64 + own as f64
+        pending as f64 + own as f64
     }
 }
 

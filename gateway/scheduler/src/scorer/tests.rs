@@ -41,11 +41,11 @@ fn running_requests_is_min_max_normalised() {
 }
 
 #[test]
-fn inflight_falls_a_quarter_per_request_above_the_least_loaded() {
+fn inflight_falls_an_eighth_per_request_above_the_least_loaded() {
     let now = Instant::now();
-    let endpoints = [1, 2, 3, 9].map(|n| Endpoint::test("p", now).inflight(n)).to_vec();
+    let endpoints = [1, 2, 5, 9, 30].map(|n| Endpoint::test("p", now).inflight(n)).to_vec();
     let fixture = CycleFixture::new(Request::test(""), endpoints, now);
-    assert_eq!(run(&InflightScorer, &fixture), vec![1.0, 0.75, 0.5, 0.0]);
+    assert_eq!(run(&InflightScorer, &fixture), vec![1.0, 0.875, 0.5, 0.0, 0.0]);
 }
 
 #[test]
@@ -129,4 +129,16 @@ fn a_prefix_hit_shrinks_the_backlog_only_where_the_server_caches_prefixes() {
     ];
     let fixture = CycleFixture::new(Request::test(&"x".repeat(16_384)), endpoints, now).prefix(256, &[128, 0, 128]);
     assert_eq!(run(&PrefillBacklogScorer, &fixture), vec![1.0, 1.0, 0.75]);
+}
+
+#[test]
+fn a_reported_queue_longer_than_the_gateways_own_backlog_counts_as_prompts_like_this_one() {
+    let now = Instant::now();
+    // A 1 024-token prompt; pod a reports 8 waiting requests the gateway did not send (8 × 1 024 = 8 192 tokens).
+    let endpoints = vec![
+        Endpoint::test("a", now).queue(8),
+        Endpoint::test("b", now).pending_prefill(1_024),
+    ];
+    let fixture = CycleFixture::new(Request::test(&"x".repeat(4_096)), endpoints, now);
+    assert_eq!(run(&PrefillBacklogScorer, &fixture), vec![0.125, 1.0]);
 }
