@@ -1,5 +1,7 @@
 //! `cargo xtask bench <name>`: benchmarks that print a table and write `target/bench/<name>/summary.json`.
 
+mod arrivals;
+mod classes;
 mod dashboard;
 mod extproc;
 mod overhead;

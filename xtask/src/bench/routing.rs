@@ -28,6 +28,11 @@ use crate::{
     workload::{self, BenchRequest, Workload},
 };
 
+use super::{
+    arrivals::{self, Arrival},
+    classes,
+};
+
 /// First simulated pod; the five pods use 127.0.0.51–55 so a running demo (.11–.15) is never disturbed.
 const FIRST_POD: u8 = 51;
 const PODS: u8 = 5;
@@ -63,6 +68,23 @@ pub(crate) struct RoutingArgs {
     /// replaces the built-in) and `prefix` keys are used; `profile` and `saturation` are set by the benchmark.
     #[arg(long)]
     pub(crate) scheduler_config: Option<PathBuf>,
+    /// How requests are released (default: poisson for criticality-overload, closed for the others).
+    #[arg(long, value_enum)]
+    pub(crate) arrival: Option<Arrival>,
+    /// Open-loop rate in requests per simulated second (default: the saturation estimate of the dataset, see
+    /// `workload::saturation_rate`); criticality-overload ramps from 0.5× to 1.5× of it.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Open-loop gamma shape of the inter-arrival gaps: 1 is Poisson, below 1 burstier (as benchmark_serving).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) burstiness: f64,
+    /// Open loop: most requests unanswered at once (default 10× the workload's concurrency); arrivals beyond
+    /// it are dropped and counted.
+    #[arg(long)]
+    pub(crate) max_in_flight: Option<usize>,
+    /// Adapter slots per pod for the lora workload (vLLM `--max-loras`).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) max_loras: u32,
 }
 
 /// The peer router raced with `--peers`, pinned so reports stay comparable.
@@ -97,6 +119,15 @@ impl PeerProduct {
         match self {
             PeerProduct::Smg => &["launch"],
             PeerProduct::VllmRouter => &[],
+        }
+    }
+
+    /// The URL path that says the peer is ready, and what its body must contain with `pods` workers.
+    fn readiness(self, pods: u8) -> (&'static str, Option<String>) {
+        match self {
+            PeerProduct::Smg => ("/readiness", Some(format!("\"healthy_workers\":{pods}"))),
+            // vllm-router waits for its workers' health before it listens at all.
+            PeerProduct::VllmRouter => ("/health", None),
         }
     }
 
@@ -174,6 +205,8 @@ type KvSeries = BTreeMap<String, Vec<(f64, f64)>>;
 #[derive(Clone, Debug, Default)]
 struct Measured {
     index: usize,
+    /// HTTP status of the response; 0 when none arrived.
+    status: u16,
     ok: bool,
     ttft: f64,
     latency: f64,
@@ -199,6 +232,7 @@ struct RunResult {
     duration_s: f64,
     ttfts_ms: Vec<f64>,
     kv_series: BTreeMap<String, Vec<(f64, f64)>>,
+    extras: classes::RunExtras,
 }
 
 const FIELDS: [(&str, &str); 13] = [
@@ -274,8 +308,8 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     }
     let mut peers = BTreeMap::new();
     for (product, _) in routers.iter().filter_map(|r| r.peer()) {
-        if !peers.contains_key(&product) {
-            peers.insert(product, install_peer(product)?);
+        if let std::collections::btree_map::Entry::Vacant(slot) = peers.entry(product) {
+            slot.insert(install_peer(product)?);
         }
     }
     anyhow::ensure!(args.time_scale > 0.0, "--time-scale must be positive");
@@ -353,6 +387,9 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
             }
         }
     }
+    summary.extend(classes::summary(results.iter().map(|((blocks, router), runs)| {
+        (*blocks, router.name(), runs.iter().map(|r| &r.extras).collect())
+    })));
     let path = super::write_summary(&format!("routing/{}", workload.name()), summary)?;
     println!("wrote {} and {}", path.display(), out.join("report.md").display());
     Ok(())
@@ -391,6 +428,7 @@ async fn one_run(
     if args.workload.prefix_caching() {
         sim_args.push("--prefix-caching".into());
     }
+    sim_args.extend(args.workload.sim_args(args.max_loras));
     let mut sim = Proc::spawn(
         "vllm-sim",
         &bin.join("vllm-sim"),
@@ -412,6 +450,9 @@ async fn one_run(
             std::fs::create_dir_all(&config)?;
             std::fs::write(config.join("pool.yaml"), demo::SEED_POOL)?;
             std::fs::write(config.join("model.yaml"), demo::SEED_MODEL)?;
+            if let Some(models) = args.workload.extra_models() {
+                std::fs::write(config.join("models-extra.yaml"), models)?;
+            }
             let pod_ips: String = demo::pod_documents(PODS);
             let pod_ips = (0..PODS).fold(pod_ips, |text, i| {
                 text.replace(
@@ -484,8 +525,17 @@ async fn one_run(
                 peer_args.extend(pods.iter().map(|p| format!("http://{p}")));
                 let name = product.command();
                 let mut proc = Proc::spawn(name, launcher, &peer_args, Some(&out.join(format!("{name}.log"))))?;
-                let health = format!("http://{host}:{port}/health");
-                procs::wait_ready(&health, Duration::from_secs(60), &mut [&mut proc, &mut sim]).await?;
+                // Ready means every pod registered: smg answers /health before its workers are probed, and
+                // requests in between fail with "no worker serves model".
+                let (path, needle) = product.readiness(PODS);
+                let url = format!("http://{host}:{port}{path}");
+                procs::wait_ready_with(
+                    &url,
+                    needle.as_deref(),
+                    Duration::from_secs(60),
+                    &mut [&mut proc, &mut sim],
+                )
+                .await?;
                 gateway = Some(proc);
                 // The peer forwards the model name untouched, so clients ask for the served name.
                 ("qwq-32b", vec![format!("http://{host}:{port}")])
@@ -498,17 +548,33 @@ async fn one_run(
     let kv: Arc<Mutex<KvSeries>> = Arc::default();
     let run_started = Instant::now();
     let sampler = tokio::spawn(sample_kv(client.clone(), pods.clone(), kv.clone(), run_started));
-    let measured = closed_loop(
-        &client,
-        router,
-        model,
-        &bases,
-        dataset,
-        args.workload.concurrency(),
-        seed,
-        bar,
-    )
-    .await;
+    let (measured, arrival_figures) = match open_loop_schedule(args, dataset, num_blocks, seed)? {
+        None => (
+            closed_loop(
+                &client,
+                router,
+                model,
+                &bases,
+                dataset,
+                args.workload.concurrency(),
+                seed,
+                bar,
+            )
+            .await,
+            None,
+        ),
+        Some(plan) => open_loop(&client, router, model, &bases, dataset, &plan, args, seed, bar).await,
+    };
+    let outcomes: Vec<classes::Outcome> = measured
+        .iter()
+        .map(|m| classes::Outcome {
+            group: dataset[m.index].class.group(),
+            status: m.status,
+            ok: m.ok,
+            ttft_ms: m.ttft * scale * 1e3,
+            tpot_ms: (m.output_tokens > 1).then(|| (m.latency - m.ttft) * scale * 1e3 / (m.output_tokens - 1) as f64),
+        })
+        .collect();
     let wall = run_started.elapsed().as_secs_f64();
     sampler.abort();
     let mut preemptions = 0.0;
@@ -522,14 +588,93 @@ async fn one_run(
     }
     sim.stop(Duration::from_secs(5)).await;
     let kv_series = kv.lock().await.clone();
-    Ok(summarize(
+    let mut result = summarize(
         measured,
         wall,
         scale,
         args.workload.concurrency(),
         preemptions,
         kv_series,
-    ))
+    );
+    result.extras = classes::RunExtras {
+        classes: classes::figures(&outcomes, wall * scale),
+        arrivals: arrival_figures,
+    };
+    Ok(result)
+}
+
+/// The open-loop arrival schedule of this run, or `None` for a closed loop.
+fn open_loop_schedule(
+    args: &RoutingArgs,
+    dataset: &[BenchRequest],
+    num_blocks: u32,
+    seed: u64,
+) -> anyhow::Result<Option<arrivals::Schedule>> {
+    let open = match args.arrival {
+        Some(arrival) => arrival == Arrival::Poisson,
+        None => args.workload.open_loop_by_default(),
+    };
+    if !open {
+        return Ok(None);
+    }
+    let rate = args
+        .rate
+        .unwrap_or_else(|| workload::saturation_rate(dataset, usize::from(PODS), num_blocks));
+    anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be positive");
+    anyhow::ensure!(
+        args.burstiness.is_finite() && args.burstiness > 0.0,
+        "--burstiness must be positive"
+    );
+    let (from, to) = args.workload.rate_ramp();
+    Ok(Some(arrivals::schedule(
+        dataset.len(),
+        rate * from,
+        rate * to,
+        args.burstiness,
+        seed,
+    )))
+}
+
+/// Sends the dataset on the schedule's arrival times, each request on its own task, picking pods like
+/// `closed_loop` does.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    client: &HttpClient,
+    router: RouterKind,
+    model: &str,
+    bases: &[String],
+    dataset: &[BenchRequest],
+    plan: &arrivals::Schedule,
+    args: &RoutingArgs,
+    seed: u64,
+    bar: &ProgressBar,
+) -> (Vec<Measured>, Option<classes::ArrivalFigures>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED);
+    let dataset: Arc<Vec<BenchRequest>> = Arc::new(dataset.to_vec());
+    let max_in_flight = args.max_in_flight.unwrap_or(10 * args.workload.concurrency()).max(1);
+    let run = arrivals::open_loop(&plan.offsets, args.time_scale, max_in_flight, |index| {
+        let base = match router {
+            RouterKind::Random => bases[rng.random_range(0..bases.len())].clone(),
+            _ => bases[index % bases.len()].clone(),
+        };
+        let (client, dataset, bar) = (client.clone(), dataset.clone(), bar.clone());
+        let model = dataset[index].class.model(model);
+        async move {
+            let measured = stream_one(&client, &base, &model, &dataset[index], index).await;
+            bar.inc(1);
+            measured
+        }
+    })
+    .await;
+    bar.inc(run.dropped as u64);
+    let figures = classes::ArrivalFigures {
+        offered_rate: plan.offered_rate,
+        ramp: plan.ramp,
+        burstiness: plan.burstiness,
+        achieved_rate: run.achieved_rate,
+        dropped: run.dropped as f64,
+    };
+    (run.results, Some(figures))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -571,6 +716,7 @@ async fn closed_loop(
                     }
                     _ => &bases[index % bases.len()],
                 };
+                let model = request.class.model(&model);
                 out.push(stream_one(&client, base, &model, request, index).await);
                 bar.inc(1);
             }
@@ -609,6 +755,7 @@ async fn stream_one(client: &HttpClient, base: &str, model: &str, request: &Benc
     };
     let attempt = async {
         let response = client.request(http_request).await.ok()?;
+        measured.status = response.status().as_u16();
         if !response.status().is_success() {
             return None;
         }
@@ -715,6 +862,7 @@ fn summarize(
         duration_s: wall * scale,
         ttfts_ms: ttfts,
         kv_series,
+        extras: classes::RunExtras::default(),
     }
 }
 
@@ -782,6 +930,11 @@ fn report(
             .map(|random| format!("{:.2}×", mean(runs, "ttft_mean_ms") / mean(random, "ttft_mean_ms")))
             .unwrap_or_else(|| "–".into());
         let _ = writeln!(md, " {ratio} |");
+    }
+    if classes::worth_reporting(results.values().flatten().map(|r| &r.extras)) {
+        md.push_str(&classes::report(results.iter().map(|((blocks, router), runs)| {
+            (*blocks, router.name(), runs.iter().map(|r| &r.extras).collect())
+        })));
     }
     if workload == Workload::Seed {
         let _ = writeln!(
