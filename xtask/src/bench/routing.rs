@@ -879,11 +879,19 @@ fn report(
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>();
     let _ = writeln!(md, "# Routing benchmark: workload `{}`\n", workload.name());
+    let open = match args.arrival {
+        Some(arrival) => arrival == Arrival::Poisson,
+        None => workload.open_loop_by_default(),
+    };
+    let arrivals = if open {
+        format!("open loop (gamma arrivals, burstiness {})", args.burstiness)
+    } else {
+        format!("closed loop of {}", workload.concurrency())
+    };
     let _ = writeln!(
         md,
-        "Command: `{}` · {requests} requests per run, seeds {seeds:?}, closed loop of {}, time scale {} · wall time {:.0} s · {} cores.\n",
+        "Command: `{}` · {requests} requests per run, seeds {seeds:?}, {arrivals}, time scale {} · wall time {:.0} s · {} cores.\n",
         command.join(" "),
-        workload.concurrency(),
         args.time_scale,
         wall.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
