@@ -26,16 +26,15 @@ pub struct Pipeline {
 
 /// The built-in `default` profile.
 ///
-/// Weights start from upstream v1.4's built-in default (queue 2, kv-cache 2, prefix-cache 3): prefix
-/// affinity weighs most because a warm prefix saves prefill, the dominant TTFT cost for long prompts,
-/// while the two load scorers together (worth up to 4) still outvote a full match when the warm pod has
-/// both the longest queue and a much fuller KV cache. `inflight` 4 adds the gateway's own count of
-/// unfinished requests per pod (a quarter of its weight per request above the least loaded): scraped
+/// Weights started from upstream v1.4's built-in default (queue 2, kv-cache 2, prefix-cache 3) and were tuned
+/// with `cargo xtask bench routing` on W0, W3a and W7 (BENCHMARKS.md). `inflight` 8 adds the gateway's own
+/// count of unfinished requests per pod (one point per request above the least loaded, up to 8): scraped
 /// numbers lag a scrape interval behind, and without it a burst (the seed's 60 requests at t=0) lands on
-/// whichever pod won the first pick. A full prefix match (3) holds its pod until it carries three more
-/// requests than the least loaded one. `lora-affinity` 1 only
-/// counts for adapter requests (it abstains otherwise). Stale pods are filtered out first, failing open, so a pod whose scrapes
-/// stopped stops attracting traffic on its last good numbers.
+/// whichever pod won the first pick. `prefill-backlog` 4 counts the prompt tokens waiting for a first byte,
+/// the work ahead of this request's first token. A full prefix match (4) holds its pod until it carries four
+/// more requests than the least loaded one. `lora-affinity` only counts for adapter requests (it abstains
+/// otherwise). Stale pods are filtered out first, failing open, so a pod whose scrapes stopped stops
+/// attracting traffic on its last good numbers.
 impl Default for Pipeline {
     fn default() -> Self {
         let weight = |w| Weight::new(w).unwrap_or_default();
