@@ -55,6 +55,8 @@ pub struct RoutePlan {
     pub started: Instant,
     /// Prompt tokens counted in the endpoint's prefill backlog until the first response byte (then 0).
     pub prefill_tokens: u64,
+    /// The LoRA adapter this request holds on its endpoint (in [`EndpointLoad::adapters`]) until it finishes.
+    pub adapter: Option<String>,
     /// Proxy mode: a copy of this request to send to the model's mirror target. Boxed: a plan inside a plan.
     pub mirror: Option<Box<MirrorCopy>>,
 }
@@ -97,12 +99,15 @@ pub struct Director {
 }
 
 /// This gateway's unfinished work on one endpoint.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct EndpointLoad {
     /// Requests routed and not finished.
     requests: u32,
     /// Prompt tokens (uncached on the endpoint) of those requests whose first response byte has not come back.
     prefill_tokens: u64,
+    /// LoRA adapters of those requests, each with its count of unfinished requests (a handful at most: a
+    /// server holds `max_loras` adapters).
+    adapters: Vec<(String, u32)>,
 }
 
 /// Characters per token, the estimate the prefix blocks use too.
@@ -267,7 +272,7 @@ impl Director {
             let err = RouteError::NoCapacity("failed to find candidate pods for serving the request".into());
             return Err(record(&parsed.model, err));
         }
-        let lora_adapter = lora_adapter(&endpoints, &target);
+        let lora_adapter = self.lora_adapter(&target);
         let request = Request {
             request_id,
             received_at_ms,
@@ -287,7 +292,15 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
-                let prefill_tokens = self.claim(&mut inflight, &endpoint, &endpoints, &decision, &parsed.prompt);
+                let adapter = request.lora_adapter.clone();
+                let prefill_tokens = self.claim(
+                    &mut inflight,
+                    &endpoint,
+                    &endpoints,
+                    &decision,
+                    &parsed.prompt,
+                    adapter.as_deref(),
+                );
                 drop(inflight);
                 let mirror = match copy {
                     CopyKind::Mirror => self.mirror_copy(model, &parsed, &raw, &decision, received_at_ms),
@@ -301,6 +314,7 @@ impl Director {
                     decision,
                     started,
                     prefill_tokens,
+                    adapter,
                     mirror,
                 })
             }
@@ -328,13 +342,15 @@ impl Director {
     ) -> Vec<Endpoint> {
         views
             .map(|e| {
-                let load = inflight.get(&e.id).copied().unwrap_or_default();
+                let load = inflight.get(&e.id);
                 Endpoint {
                     id: e.id.clone(),
                     pod: e.pod.clone(),
                     metrics: self.metrics_store.get(&e.id),
-                    inflight: load.requests,
-                    pending_prefill_tokens: load.prefill_tokens,
+                    inflight: load.map_or(0, |l| l.requests),
+                    pending_prefill_tokens: load.map_or(0, |l| l.prefill_tokens),
+                    inflight_adapters: load
+                        .map_or_else(Vec::new, |l| l.adapters.iter().map(|(name, _)| name.clone()).collect()),
                 }
             })
             .collect()
@@ -349,6 +365,7 @@ impl Director {
         endpoints: &[Endpoint],
         decision: &scheduler::Decision,
         prompt: &str,
+        adapter: Option<&str>,
     ) -> u64 {
         let caches = endpoints
             .iter()
@@ -368,7 +385,19 @@ impl Director {
         let load = inflight.entry(endpoint.clone()).or_default();
         load.requests += 1;
         load.prefill_tokens += tokens;
+        if let Some(adapter) = adapter {
+            match load.adapters.iter_mut().find(|(name, _)| name == adapter) {
+                Some((_, count)) => *count += 1,
+                None => load.adapters.push((adapter.to_owned(), 1)),
+            }
+        }
         tokens
+    }
+
+    /// The target as a LoRA adapter when any scrape listed it as one, even if it is resident nowhere now (then its
+    /// request must go to a free slot, not be scored like a base-model request), else `None`.
+    fn lora_adapter(&self, target: &str) -> Option<String> {
+        self.metrics_store.is_adapter(target).then(|| target.to_owned())
     }
 
     /// The first response byte of a routed request came back: its prompt is no longer waiting for prefill.
@@ -506,7 +535,7 @@ impl Director {
         let mut inflight = self.endpoint_inflight.lock().unwrap_or_else(|p| p.into_inner());
         let endpoints = self.candidates(&inflight, route.endpoints.iter());
         let request = Request {
-            lora_adapter: lora_adapter(&endpoints, &target),
+            lora_adapter: self.lora_adapter(&target),
             request_id: ids.request_id,
             received_at_ms: ids.received_at_ms,
             model: model.to_owned(),
@@ -521,7 +550,15 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
-                let prefill_tokens = self.claim(&mut inflight, &endpoint, &endpoints, &decision, &parsed.prompt);
+                let adapter = request.lora_adapter.clone();
+                let prefill_tokens = self.claim(
+                    &mut inflight,
+                    &endpoint,
+                    &endpoints,
+                    &decision,
+                    &parsed.prompt,
+                    adapter.as_deref(),
+                );
                 drop(inflight);
                 decision.mirror_of = Some(ids.mirror_of);
                 decision.reason = format!("mirrored copy: {}", decision.reason);
@@ -533,6 +570,7 @@ impl Director {
                     decision,
                     started,
                     prefill_tokens,
+                    adapter,
                     mirror: None,
                 })
             }
@@ -563,6 +601,14 @@ impl Director {
                 load.requests = load.requests.saturating_sub(1);
                 // A request that never produced a byte (refused, failed) leaves the backlog now.
                 load.prefill_tokens = load.prefill_tokens.saturating_sub(plan.prefill_tokens);
+                if let Some(adapter) = plan.adapter.as_deref()
+                    && let Some(at) = load.adapters.iter().position(|(name, _)| name == adapter)
+                {
+                    load.adapters[at].1 -= 1;
+                    if load.adapters[at].1 == 0 {
+                        load.adapters.swap_remove(at);
+                    }
+                }
                 if load.requests == 0 {
                     inflight.remove(&plan.endpoint);
                 }
@@ -687,16 +733,6 @@ enum CopyKind {
     Mirror,
     /// A shadow copy Envoy made of the request `mirror_of`, with the original's [`MODEL_HEADER`].
     Shadow { mirror_of: String, model: Option<String> },
-}
-
-/// The target as a LoRA adapter when some endpoint reports it (active or waiting), else `None`.
-fn lora_adapter(endpoints: &[Endpoint], target: &str) -> Option<String> {
-    endpoints
-        .iter()
-        .any(|e| {
-            e.metrics.active_loras.iter().any(|l| l == target) || e.metrics.waiting_loras.iter().any(|l| l == target)
-        })
-        .then(|| target.to_owned())
 }
 
 /// The model a shadow copy belongs to. Envoy copies the request as its router sees it, after the picker rewrote

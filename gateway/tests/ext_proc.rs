@@ -524,6 +524,66 @@ async fn lora_affinity_beats_a_lower_kv_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_requests_go_where_a_slot_is_free_or_the_adapter_already_went() {
+    let s = setup("xp-lora-own", 79, 3, &[]).await;
+    // A scrape lists the adapter once, so the gateway knows `sql-lora-1fdg2` is an adapter...
+    s.pods[0].set_lora(&["sql-lora-1fdg2"], 2);
+    s.settle(|i, m| m.active_loras.len() == [1, 0, 0][i]).await;
+    // ...and then it is resident nowhere: pods 0 and 2 have both slots taken by other adapters, pod 1 has none.
+    s.pods[0].set_lora(&["a", "b"], 2);
+    s.pods[1].set_lora(&[], 2);
+    s.pods[2].set_lora(&["c", "d"], 2);
+    s.settle(|i, m| m.active_loras.len() == [2, 0, 2][i] && m.max_loras == Some(2))
+        .await;
+    for i in 0..5 {
+        let body = format!(r#"{{"model":"sql-lora","prompt":"cold adapter {i}"}}"#);
+        let routed = s.ask("/v1/completions", &body).await.routed();
+        assert_eq!(
+            routed.destination(),
+            s.id(1),
+            "request {i} went to a pod without a free adapter slot"
+        );
+    }
+
+    // Now pods 1 and 2 each report one free slot. While the gateway's own request for the adapter is unfinished on
+    // pod 1, the scrape does not show it there yet, but the next request for it joins it on pod 1 rather than
+    // taking pod 2's last slot, even though pod 1 carries one more request.
+    s.pods[1].set_lora(&["x"], 2);
+    s.pods[2].set_lora(&["y"], 2);
+    s.settle(|i, m| m.active_loras.len() == [2, 1, 1][i]).await;
+    let mut held = s.envoy().await;
+    let first = held
+        .request(
+            "/v1/completions",
+            br#"{"model":"sql-lora","prompt":"held"}"#,
+            1 << 16,
+            None,
+        )
+        .await
+        .routed();
+    let on = first.destination().to_owned();
+    let next = s
+        .ask("/v1/completions", r#"{"model":"sql-lora","prompt":"follows"}"#)
+        .await
+        .routed();
+    assert_eq!(
+        next.destination(),
+        on,
+        "the second request did not join the adapter's batch"
+    );
+    let d = s.decision_while_one_stays_open().await;
+    let joined = d.candidates.iter().find(|c| c.endpoint.as_str() == on).unwrap();
+    assert_eq!(
+        (joined.inflight, joined.lora_state),
+        (1, scheduler::LoraState::Active),
+        "{d:?}"
+    );
+    drop(held);
+    s.inflight_returns_to_zero().await;
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_split_rewrites_the_model_and_content_length() {
     let s = setup("xp-canary", 64, 1, &[]).await;
     let original = r#"{"model":"canary","prompt":"ünïcödé prompt","max_tokens":7}"#;

@@ -41,18 +41,35 @@ pub fn is_fresh(metrics: &EndpointMetrics, now: Instant, staleness: Duration) ->
 
 /// Where the requested adapter stands on a pod, in the precedence order of the upstream LoRA scorer
 /// (active, then a free slot, then waiting).
-pub fn lora_state(request: &Request, metrics: &EndpointMetrics) -> LoraState {
+///
+/// The scraped adapter lists are merged with the adapters of the gateway's own unfinished requests on the pod:
+/// an adapter it sent there since the last scrape is resident or queued there (so `Active`: a request for it
+/// joins that batch instead of evicting for another adapter), and it occupies a slot.
+pub fn lora_state(request: &Request, endpoint: &Endpoint) -> LoraState {
+    let metrics = &endpoint.metrics;
     let (Some(adapter), Some(max_loras)) = (request.lora_adapter.as_deref(), metrics.max_loras) else {
         return LoraState::NotApplicable;
     };
     let listed = |loras: &[String]| loras.iter().any(|name| name == adapter);
-    if listed(&metrics.active_loras) {
+    if listed(&metrics.active_loras) || listed(&endpoint.inflight_adapters) {
         LoraState::Active
-    } else if metrics.active_loras.len() + metrics.waiting_loras.len() < max_loras as usize {
+    } else if occupied_slots(endpoint) < max_loras as usize {
         LoraState::FreeSlot
     } else if listed(&metrics.waiting_loras) {
         LoraState::Waiting
     } else {
         LoraState::NoSlot
     }
+}
+
+/// Distinct adapters running or waiting on a pod, by its last scrape and the gateway's unfinished requests.
+fn occupied_slots(endpoint: &Endpoint) -> usize {
+    let metrics = &endpoint.metrics;
+    let scraped = metrics.active_loras.len() + metrics.waiting_loras.len();
+    let unseen = endpoint
+        .inflight_adapters
+        .iter()
+        .filter(|a| !metrics.active_loras.contains(a) && !metrics.waiting_loras.contains(a))
+        .count();
+    scraped + unseen
 }

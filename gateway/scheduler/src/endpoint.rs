@@ -101,4 +101,7 @@ pub struct Endpoint {
     /// Prompt tokens this gateway sent here whose first response byte has not come back yet: prefill work queued
     /// or running on the server, exact and current like `inflight`.
     pub pending_prefill_tokens: u64,
+    /// LoRA adapters of this gateway's unfinished requests here. Each is loaded or queued on the server now,
+    /// even if the last scrape predates it: the scrape lags, the gateway's own bookkeeping does not.
+    pub inflight_adapters: Vec<String>,
 }

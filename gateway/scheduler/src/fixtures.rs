@@ -19,6 +19,7 @@ impl Endpoint {
             },
             inflight: 0,
             pending_prefill_tokens: 0,
+            inflight_adapters: Vec::new(),
         }
     }
 
@@ -61,6 +62,12 @@ impl Endpoint {
         self.metrics.active_loras = active.iter().map(|s| s.to_string()).collect();
         self.metrics.waiting_loras = waiting.iter().map(|s| s.to_string()).collect();
         self.metrics.max_loras = Some(max);
+        self
+    }
+
+    /// Adapters of the gateway's own unfinished requests on this endpoint.
+    pub(crate) fn sent(mut self, adapters: &[&str]) -> Self {
+        self.inflight_adapters = adapters.iter().map(|s| s.to_string()).collect();
         self
     }
 }
@@ -108,7 +115,7 @@ pub(crate) struct CycleFixture {
 
 impl CycleFixture {
     pub(crate) fn new(request: Request, endpoints: Vec<Endpoint>, now: Instant) -> Self {
-        let lora = endpoints.iter().map(|e| lora_state(&request, &e.metrics)).collect();
+        let lora = endpoints.iter().map(|e| lora_state(&request, e)).collect();
         let prefix_matches = vec![0; endpoints.len()];
         Self {
             request,

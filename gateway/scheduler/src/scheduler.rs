@@ -80,10 +80,7 @@ impl Scheduler {
                 .map(|endpoint| u32::try_from(index.longest_match(&endpoint.id, &hashes)).unwrap_or(u32::MAX))
                 .collect()
         };
-        let lora: Vec<LoraState> = endpoints
-            .iter()
-            .map(|e| cycle::lora_state(request, &e.metrics))
-            .collect();
+        let lora: Vec<LoraState> = endpoints.iter().map(|e| cycle::lora_state(request, e)).collect();
         let cycle = Cycle {
             request,
             endpoints,

@@ -46,6 +46,9 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 #[derive(Debug, Default)]
 pub struct MetricsStore {
     entries: RwLock<HashMap<EndpointId, EndpointMetrics>>,
+    /// Every name a scrape ever listed as a LoRA adapter, running or waiting. An adapter resident nowhere right
+    /// now is still an adapter: the scheduler must steer its next request to a free adapter slot.
+    adapters: RwLock<HashSet<String>>,
     scrapes: Counter,
     failures: Counter,
 }
@@ -80,6 +83,14 @@ impl MetricsStore {
         self.read().iter().map(|(id, m)| (id.clone(), m.clone())).collect()
     }
 
+    /// Whether any scrape so far listed `model` as a LoRA adapter.
+    pub fn is_adapter(&self, model: &str) -> bool {
+        self.adapters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(model)
+    }
+
     /// Registers the scrape counters (`scrapes_total`, `scrape_failures_total`) under the caller's prefix.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
@@ -102,12 +113,23 @@ impl MetricsStore {
     /// Stores unless the endpoint's task was cancelled; checked under the lock so a scrape finishing while its
     /// endpoint is removed cannot resurrect the entry.
     fn put(&self, id: &EndpointId, metrics: EndpointMetrics, task: &CancellationToken) -> bool {
+        self.learn_adapters(&metrics);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if task.is_cancelled() {
             return false;
         }
         entries.insert(id.clone(), metrics);
         true
+    }
+
+    /// Remembers adapter names not seen before; the write lock is taken only for a new name.
+    fn learn_adapters(&self, metrics: &EndpointMetrics) {
+        let listed = || metrics.active_loras.iter().chain(&metrics.waiting_loras);
+        if listed().all(|name| self.is_adapter(name)) {
+            return;
+        }
+        let mut adapters = self.adapters.write().unwrap_or_else(PoisonError::into_inner);
+        adapters.extend(listed().cloned());
     }
 
     fn remove(&self, id: &EndpointId) {

@@ -102,6 +102,7 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
             pod: PodName::new(format!("default/vllm-{i}")),
             inflight: 0,
             pending_prefill_tokens: 0,
+            inflight_adapters: Vec::new(),
             metrics: EndpointMetrics {
                 waiting_queue: rng.random_range(0..6),
                 running: rng.random_range(0..20),

@@ -112,7 +112,7 @@ fn the_default_profile_weights_queue_kv_prefix_and_lora() {
             ("prefix-cache", 4.0),
             ("inflight", 8.0),
             ("prefill-backlog", 4.0),
-            ("lora-affinity", 1.0)
+            ("lora-affinity", 8.0)
         ]
     );
     assert_eq!(pipeline.picker, PickerConfig::MaxScore {});

@@ -32,8 +32,10 @@ pub struct Pipeline {
 /// numbers lag a scrape interval behind, and without it a burst (the seed's 60 requests at t=0) lands on
 /// whichever pod won the first pick. `prefill-backlog` 4 counts the prompt tokens waiting for a first byte,
 /// the work ahead of this request's first token. A full prefix match (4) holds its pod until it carries four
-/// more requests than the least loaded one. `lora-affinity` only counts for adapter requests (it abstains
-/// otherwise). Stale pods are filtered out first, failing open, so a pod whose scrapes stopped stops
+/// more requests than the least loaded one. `lora-affinity` 8 only counts for adapter requests (it abstains
+/// otherwise): a pod with no free adapter slot makes the request wait until a whole adapter's batch drains, a
+/// cost like eight queued requests, so it weighs as much as `inflight`; an active adapter still spills over to
+/// a free slot two requests past the least loaded pod (its lead over a free slot is 0.2 × 8). Stale pods are filtered out first, failing open, so a pod whose scrapes stopped stops
 /// attracting traffic on its last good numbers.
 impl Default for Pipeline {
     fn default() -> Self {
@@ -46,7 +48,7 @@ impl Default for Pipeline {
                 ScorerConfig::PrefixCache { weight: weight(4.0) },
                 ScorerConfig::Inflight { weight: weight(8.0) },
                 ScorerConfig::PrefillBacklog { weight: weight(4.0) },
-                ScorerConfig::LoraAffinity { weight: weight(1.0) },
+                ScorerConfig::LoraAffinity { weight: weight(8.0) },
             ],
             picker: PickerConfig::MaxScore {},
         }

@@ -96,6 +96,21 @@ fn lora_affinity_follows_the_ladder() {
 }
 
 #[test]
+fn lora_affinity_counts_the_adapters_the_gateway_sent_since_the_last_scrape() {
+    let now = Instant::now();
+    let endpoints = vec![
+        // Scraped idle, but the gateway has an `x` request there: x is resident or queued, join it.
+        Endpoint::test("sent-x", now).loras(&[], &[], 2).sent(&["x"]),
+        // Scraped with one free slot, which the gateway's `z` request has taken since.
+        Endpoint::test("filled", now).loras(&["y"], &[], 2).sent(&["z"]),
+        // A request of an adapter the scrape already lists takes no second slot.
+        Endpoint::test("counted", now).loras(&["y"], &[], 2).sent(&["y"]),
+    ];
+    let fixture = CycleFixture::new(Request::test("").lora("x"), endpoints, now);
+    assert_eq!(run(&LoraAffinityScorer, &fixture), vec![1.0, 0.0, 0.8]);
+}
+
+#[test]
 fn negative_or_infinite_weights_are_rejected() {
     assert!(Weight::new(-1.0).is_err());
     assert!(Weight::new(f64::INFINITY).is_err());
