@@ -292,15 +292,8 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
-                let adapter = request.lora_adapter.clone();
-                let prefill_tokens = self.claim(
-                    &mut inflight,
-                    &endpoint,
-                    &endpoints,
-                    &decision,
-                    &parsed.prompt,
-                    adapter.as_deref(),
-                );
+                let prefill_tokens = self.claim(&mut inflight, &endpoint, &endpoints, &decision, &request);
+                let adapter = request.lora_adapter;
                 drop(inflight);
                 let mirror = match copy {
                     CopyKind::Mirror => self.mirror_copy(model, &parsed, &raw, &decision, received_at_ms),
@@ -364,8 +357,7 @@ impl Director {
         endpoint: &EndpointId,
         endpoints: &[Endpoint],
         decision: &scheduler::Decision,
-        prompt: &str,
-        adapter: Option<&str>,
+        request: &Request,
     ) -> u64 {
         let caches = endpoints
             .iter()
@@ -381,11 +373,11 @@ impl Director {
         } else {
             0
         };
-        let tokens = (prompt.len().saturating_sub(cached_chars) / CHARS_PER_TOKEN) as u64;
+        let tokens = (request.prompt.len().saturating_sub(cached_chars) / CHARS_PER_TOKEN) as u64;
         let load = inflight.entry(endpoint.clone()).or_default();
         load.requests += 1;
         load.prefill_tokens += tokens;
-        if let Some(adapter) = adapter {
+        if let Some(adapter) = request.lora_adapter.as_deref() {
             match load.adapters.iter_mut().find(|(name, _)| name == adapter) {
                 Some((_, count)) => *count += 1,
                 None => load.adapters.push((adapter.to_owned(), 1)),
@@ -550,15 +542,8 @@ impl Director {
         match (decision.outcome, decision.endpoint.clone()) {
             (Outcome::Routed, Some(endpoint)) => {
                 self.metrics.inflight.inc();
-                let adapter = request.lora_adapter.clone();
-                let prefill_tokens = self.claim(
-                    &mut inflight,
-                    &endpoint,
-                    &endpoints,
-                    &decision,
-                    &parsed.prompt,
-                    adapter.as_deref(),
-                );
+                let prefill_tokens = self.claim(&mut inflight, &endpoint, &endpoints, &decision, &request);
+                let adapter = request.lora_adapter;
                 drop(inflight);
                 decision.mirror_of = Some(ids.mirror_of);
                 decision.reason = format!("mirrored copy: {}", decision.reason);
