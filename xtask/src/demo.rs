@@ -20,7 +20,8 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
-    /// Stop by itself after this many seconds (counted from the start); serve until Ctrl-C when omitted.
+    /// Stop by itself after this many seconds (counted once the binaries are built); serve until Ctrl-C when
+    /// omitted.
     #[arg(long)]
     pub(crate) duration: Option<u64>,
     /// Simulated vLLM replicas (pods 127.0.0.11, .12, …).
@@ -157,12 +158,13 @@ pub(crate) fn write_config(dir: &Path, replicas: u8) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
     let root = procs::workspace_root();
     let work = root.join("target/demo");
     let config = work.join("config");
     eprintln!("building gateway, dashboard, vllm-sim and controller …");
     let bin = procs::build_bins(false, &["gateway", "vllm-sim", "dashboard", "controller"])?;
+    // `--duration` counts from here: on a fresh clone the build alone can take longer than the demo should run.
+    let started = Instant::now();
     write_config(&config, args.replicas)?;
     let release_file = config.join("canaryrelease-qwq-v2.yaml");
     // A release left from an earlier run would otherwise resume (or stay finished).
