@@ -132,7 +132,7 @@ async fn a_decision_page_explains_the_winner() {
         "{}",
         page.body
     );
-    assert!(page.body.contains("largest lead was queue (+1.00)"));
+    assert!(page.body.contains("largest lead was queue (+1.00 before weighting)"));
     assert!(page.body.contains("kv-cache") && page.body.contains("winner"));
     let api = app.get("/api/v1/decisions/req-1").await;
     assert_eq!(api.status, StatusCode::OK);
