@@ -298,7 +298,9 @@ fn explain(d: &Decision) -> String {
                 .map(|(name, v)| (name, v - r.scores.get(name).copied().unwrap_or(0.0)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             let lead = match lead {
-                Some((name, delta)) if delta > 0.0 => format!("; the largest lead was {name} (+{delta:.2} before weighting)"),
+                Some((name, delta)) if delta > 0.0 => {
+                    format!("; the largest lead was {name} (+{delta:.2} before weighting)")
+                }
                 _ => String::new(),
             };
             if (winner.total - r.total).abs() < 1e-9 {
