@@ -107,7 +107,7 @@ struct EndpointLoad {
     prefill_tokens: u64,
     /// LoRA adapters of those requests, each with its count of unfinished requests (a handful at most: a
     /// server holds `max_loras` adapters).
-    adapters: Vec<(String, u32)>,
+    adapters: Vec<(Arc<str>, u32)>,
 }
 
 /// Characters per token, the estimate the prefix blocks use too.
@@ -378,9 +378,9 @@ impl Director {
         load.requests += 1;
         load.prefill_tokens += tokens;
         if let Some(adapter) = request.lora_adapter.as_deref() {
-            match load.adapters.iter_mut().find(|(name, _)| name == adapter) {
+            match load.adapters.iter_mut().find(|(name, _)| &**name == adapter) {
                 Some((_, count)) => *count += 1,
-                None => load.adapters.push((adapter.to_owned(), 1)),
+                None => load.adapters.push((adapter.into(), 1)),
             }
         }
         tokens
@@ -587,7 +587,7 @@ impl Director {
                 // A request that never produced a byte (refused, failed) leaves the backlog now.
                 load.prefill_tokens = load.prefill_tokens.saturating_sub(plan.prefill_tokens);
                 if let Some(adapter) = plan.adapter.as_deref()
-                    && let Some(at) = load.adapters.iter().position(|(name, _)| name == adapter)
+                    && let Some(at) = load.adapters.iter().position(|(name, _)| &**name == adapter)
                 {
                     load.adapters[at].1 -= 1;
                     if load.adapters[at].1 == 0 {

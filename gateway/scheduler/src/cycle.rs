@@ -51,7 +51,7 @@ pub fn lora_state(request: &Request, endpoint: &Endpoint) -> LoraState {
         return LoraState::NotApplicable;
     };
     let listed = |loras: &[String]| loras.iter().any(|name| name == adapter);
-    if listed(&metrics.active_loras) || listed(&endpoint.inflight_adapters) {
+    if listed(&metrics.active_loras) || endpoint.inflight_adapters.iter().any(|name| &**name == adapter) {
         LoraState::Active
     } else if occupied_slots(endpoint) < max_loras as usize {
         LoraState::FreeSlot
@@ -66,10 +66,10 @@ pub fn lora_state(request: &Request, endpoint: &Endpoint) -> LoraState {
 fn occupied_slots(endpoint: &Endpoint) -> usize {
     let metrics = &endpoint.metrics;
     let scraped = metrics.active_loras.len() + metrics.waiting_loras.len();
-    let unseen = endpoint
-        .inflight_adapters
-        .iter()
-        .filter(|a| !metrics.active_loras.contains(a) && !metrics.waiting_loras.contains(a))
-        .count();
+    let scraped_lists = |adapter: &str| {
+        let listed = |loras: &[String]| loras.iter().any(|name| name == adapter);
+        listed(&metrics.active_loras) || listed(&metrics.waiting_loras)
+    };
+    let unseen = endpoint.inflight_adapters.iter().filter(|a| !scraped_lists(a)).count();
     scraped + unseen
 }

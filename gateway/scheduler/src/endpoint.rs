@@ -102,6 +102,7 @@ pub struct Endpoint {
     /// or running on the server, exact and current like `inflight`.
     pub pending_prefill_tokens: u64,
     /// LoRA adapters of this gateway's unfinished requests here. Each is loaded or queued on the server now,
-    /// even if the last scrape predates it: the scrape lags, the gateway's own bookkeeping does not.
-    pub inflight_adapters: Vec<String>,
+    /// even if the last scrape predates it: the scrape lags, the gateway's own bookkeeping does not. Shared
+    /// names, because the gateway copies them for every candidate of every decision.
+    pub inflight_adapters: Vec<Arc<str>>,
 }

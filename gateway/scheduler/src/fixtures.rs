@@ -67,7 +67,7 @@ impl Endpoint {
 
     /// Adapters of the gateway's own unfinished requests on this endpoint.
     pub(crate) fn sent(mut self, adapters: &[&str]) -> Self {
-        self.inflight_adapters = adapters.iter().map(|s| s.to_string()).collect();
+        self.inflight_adapters = adapters.iter().map(|&s| s.into()).collect();
         self
     }
 }

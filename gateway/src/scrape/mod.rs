@@ -125,9 +125,11 @@ impl MetricsStore {
     /// Remembers adapter names not seen before; the write lock is taken only for a new name.
     fn learn_adapters(&self, metrics: &EndpointMetrics) {
         let listed = || metrics.active_loras.iter().chain(&metrics.waiting_loras);
-        if listed().all(|name| self.is_adapter(name)) {
+        let known = self.adapters.read().unwrap_or_else(PoisonError::into_inner);
+        if listed().all(|name| known.contains(name)) {
             return;
         }
+        drop(known);
         let mut adapters = self.adapters.write().unwrap_or_else(PoisonError::into_inner);
         adapters.extend(listed().cloned());
     }

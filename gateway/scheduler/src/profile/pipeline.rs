@@ -35,8 +35,9 @@ pub struct Pipeline {
 /// more requests than the least loaded one. `lora-affinity` 8 only counts for adapter requests (it abstains
 /// otherwise): a pod with no free adapter slot makes the request wait until a whole adapter's batch drains, a
 /// cost like eight queued requests, so it weighs as much as `inflight`; an active adapter still spills over to
-/// a free slot two requests past the least loaded pod (its lead over a free slot is 0.2 × 8). Stale pods are filtered out first, failing open, so a pod whose scrapes stopped stops
-/// attracting traffic on its last good numbers.
+/// a free slot two requests past the least loaded pod (its lead over a free slot is 0.2 × 8). Stale pods are
+/// filtered out first, failing open, so a pod whose scrapes stopped stops attracting traffic on its last good
+/// numbers.
 impl Default for Pipeline {
     fn default() -> Self {
         let weight = |w| Weight::new(w).unwrap_or_default();
