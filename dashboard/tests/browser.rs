@@ -4,7 +4,7 @@
 //! Log in, open Releases, change `qwq` from 100/0 to 90/10 between two targets, see the history row, check that
 //! about 10 % of 500 requests through the gateway reach the new target, roll back, then start a guarded release
 //! from its card (a status sidecar written here stands in for the controller), pause, resume and abort it, and
-//! save a screenshot of every page under `target/browser-test/`. Needs `chromium` and `chromium-driver` (installed by `.ci/run`); run by
+//! save a screenshot of every page under `target/browser-test/`. Needs `chromium` and `chromium-driver` (installed by `cargo xtask ci`); run by
 //! `cargo xtask ci` as `cargo test -p dashboard --test browser`.
 
 use std::{

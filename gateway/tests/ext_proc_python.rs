@@ -1,8 +1,8 @@
 //! Runs the Python ext_proc suite (`tests/python/test_ext_proc.py`, client `envoy-data-plane`) against a real
 //! gateway over fake pods, so an independent protobuf implementation judges the wire format too.
 //!
-//! The interpreter is `$SWITCHYARD_PYTHON`, else the venv `.ci/run` installs at `target/pyenv-extproc`. Without
-//! it the test says so and passes, unless `SWITCHYARD_REQUIRE_PYTHON` is set (CI sets it), where it fails.
+//! The interpreter is `$SWITCHYARD_PYTHON`, else the venv `cargo xtask ci` installs at `target/pyenv-extproc`.
+//! Without it the test fails with the command that creates it: it never passes by skipping.
 
 mod common;
 
@@ -15,27 +15,18 @@ use std::{
 use common::*;
 use scheduler::EndpointId;
 
-fn python() -> Option<PathBuf> {
+fn python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let path = std::env::var_os("SWITCHYARD_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/pyenv-extproc/bin/python"));
-    if path.exists() {
-        return Some(path);
-    }
-    let hint = "create it with: python3 -m venv target/pyenv-extproc && \
-                target/pyenv-extproc/bin/pip install -r gateway/tests/python/requirements.txt (what .ci/run does)";
-    if std::env::var_os("SWITCHYARD_REQUIRE_PYTHON").is_some() {
-        panic!(
-            "SWITCHYARD_REQUIRE_PYTHON is set but {} is missing; {hint}",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipping the Python ext_proc suite: {} is missing; {hint}",
+    assert!(
+        path.exists(),
+        "the Python ext_proc suite needs {}: `cargo xtask ci` creates it (or python3 -m venv target/pyenv-extproc && \
+         target/pyenv-extproc/bin/pip install -r gateway/tests/python/requirements.txt)",
         path.display()
     );
-    None
+    path
 }
 
 /// Runs one scenario of the script; its output is shown when it fails.
@@ -68,9 +59,7 @@ async fn run_script(python: &Path, addr: std::net::SocketAddr, pods: &[String], 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_envoy_data_plane_client_agrees() {
-    let Some(python) = python() else {
-        return;
-    };
+    let python = python();
     let (port, listeners) = bind_same_port(80, 3).await;
     let mut pods = Vec::new();
     for listener in listeners {

@@ -19,9 +19,15 @@ pub(crate) fn workspace_root() -> PathBuf {
 
 /// Runs a command to completion, failing with its name when it exits non-zero.
 pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables for the child.
+pub(crate) fn run_with_env(program: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
     eprintln!("$ {program} {}", args.join(" "));
     let status = std::process::Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("starting {program}"))?;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: benchmarks that print a table and write `target/bench/<name>/summary.json`.
 
 mod arrivals;
+mod calibrate;
 mod classes;
 mod dashboard;
 mod extproc;
@@ -26,6 +27,8 @@ pub(crate) enum Which {
     Overhead(overhead::OverheadArgs),
     /// The seed's experiment and other workloads: random, round-robin and Switchyard's profiles on five simulated pods.
     Routing(routing::RoutingArgs),
+    /// The seed's experiment beside the seed's own table: relative error of every figure over a KV-size sweep.
+    Calibrate(calibrate::CalibrateArgs),
     /// Dashboard ingest rate over HTTP and filtered audit-page latency with 5 million stored decisions.
     Dashboard(dashboard::DashboardArgs),
     /// Latency the ext_proc picker adds (first message → routing answer) by body size, mode and concurrency.
@@ -50,6 +53,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Dashboard(args) => dashboard::run(args).await,
         Which::Extproc(args) => extproc::run(args).await,
         Which::Routing(args) => routing::run(args).await,
+        Which::Calibrate(args) => calibrate::run(args).await,
     }
 }
 

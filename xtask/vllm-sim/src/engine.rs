@@ -191,6 +191,8 @@ pub struct Engine {
     next_id: u64,
     /// Simulated time in seconds.
     clock: f64,
+    /// Every step takes this many times its profiled duration (an injected fault; 1 = as profiled).
+    slowdown: f64,
     metrics: EngineMetrics,
 }
 
@@ -206,8 +208,14 @@ impl Engine {
             active_loras: HashMap::new(),
             next_id: 0,
             clock: 0.0,
+            slowdown: 1.0,
             metrics: EngineMetrics::default(),
         })
+    }
+
+    /// Stretches every later step to `factor` times its profiled duration, as a slower GPU would.
+    pub fn set_slowdown(&mut self, factor: f64) {
+        self.slowdown = factor;
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -219,7 +227,7 @@ impl Engine {
         self.clock
     }
 
-    /// Moves the simulated clock forward (never backwards), e.g. to account for idle wall time.
+    /// Moves the simulated clock forward (never backwards): an idle engine jumps to the next arrival.
     pub fn advance_clock_to(&mut self, t: f64) {
         if t > self.clock {
             self.clock = t;
@@ -320,7 +328,7 @@ impl Engine {
             (_, 0) => StepKind::Decode,
             _ => StepKind::Mixed,
         };
-        let duration_ms = self.model.step_ms(&shape);
+        let duration_ms = self.model.step_ms(&shape) * self.slowdown;
         self.clock += duration_ms / 1000.0;
         let now = self.clock;
 

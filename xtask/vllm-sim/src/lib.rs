@@ -7,6 +7,7 @@ pub mod engine;
 mod kv;
 pub mod metrics;
 mod openai;
+pub mod oracle;
 pub mod profile;
 mod replica;
 mod server;

@@ -100,8 +100,14 @@ impl StepModel {
     /// How long prefilling a `tokens`-long prompt takes on an otherwise idle engine that computes at most
     /// `chunk` tokens per step (one step when `chunk` covers the prompt).
     pub fn solo_prefill_ms(&self, tokens: u64, chunk: u64) -> f64 {
+        self.solo_prefill_after_hit_ms(tokens, 0, chunk)
+    }
+
+    /// [`StepModel::solo_prefill_ms`] of a prompt whose first `cached` tokens are already in the prefix cache:
+    /// only the rest is computed, though it still attends over the cached part.
+    pub fn solo_prefill_after_hit_ms(&self, tokens: u64, cached: u64, chunk: u64) -> f64 {
         let chunk = chunk.max(1);
-        let mut done = 0;
+        let mut done = cached.min(tokens);
         let mut total = 0.0;
         while done < tokens {
             let new = chunk.min(tokens - done);

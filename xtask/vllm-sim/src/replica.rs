@@ -1,5 +1,10 @@
-//! One simulated replica: the engine behind a mutex, the async loop that paces its steps in (scaled)
-//! real time, request submission with abort-on-drop, and the handle used to observe and stop it.
+//! One simulated replica: the engine behind a mutex, the async loop that paces its steps against an absolute
+//! (scaled) wall-clock schedule, request submission with abort-on-drop, and the handle used to observe and stop it.
+//!
+//! Simulated time belongs to the engine: while busy its clock advances by exactly its own step durations, and the
+//! wall clock only decides *when* a step's tokens are delivered (`origin + clock / time_scale`). Wall overshoot
+//! between steps (timer granularity, token delivery, locks) therefore delays delivery a little but never lengthens
+//! simulated time, so results do not depend on the time scale.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +20,9 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, ReplicaConfig};
 use crate::engine::{Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId};
+
+/// Half of tokio's timer resolution (1 ms).
+const HALF_TIMER_TICK: Duration = Duration::from_micros(500);
 
 /// Why a replica could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,8 @@ struct State {
     engine: Engine,
     /// Where each live request's tokens go.
     senders: HashMap<RequestId, mpsc::UnboundedSender<Emission>>,
+    /// Simulated time at which work arrived for an idle engine: its clock jumps there before the next step.
+    woken_at: Option<f64>,
     closed: bool,
 }
 
@@ -84,7 +94,8 @@ pub(crate) struct Shared {
 impl Shared {
     fn new(cfg: ReplicaConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let engine = Engine::new(cfg.engine.clone())?;
+        let mut engine = Engine::new(cfg.engine.clone())?;
+        engine.set_slowdown(cfg.fault.slowdown);
         let mut rng = match cfg.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
@@ -102,6 +113,7 @@ impl Shared {
             state: Mutex::new(State {
                 engine,
                 senders: HashMap::new(),
+                woken_at: None,
                 closed: false,
             }),
             work: Notify::new(),
@@ -119,9 +131,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Simulated seconds since the replica started.
-    fn sim_now(&self) -> f64 {
+    /// Simulated seconds since the replica started, read off the wall clock (the engine's own clock may lag it).
+    pub(crate) fn sim_now(&self) -> f64 {
         self.origin.elapsed().as_secs_f64() * self.cfg.time_scale
+    }
+
+    /// The wall instant at which simulated time `sim` is due.
+    fn wall_at(&self, sim: f64) -> Instant {
+        self.origin + Duration::from_secs_f64(sim.max(0.0) / self.cfg.time_scale)
     }
 
     /// `None` for the base model, the adapter for a LoRA name, `Err` for an unknown model.
@@ -174,32 +191,48 @@ impl Shared {
         Duration::from_secs_f64(sim_ms / 1000.0 / self.cfg.time_scale)
     }
 
-    /// Queues a request for `model`, first holding it for its [`Shared::slow_wait`]. The arrival is taken before
-    /// the wait, so the wait counts in the request's TTFT as a slow front end's would.
-    pub(crate) async fn admit(self: &Arc<Self>, model: &str, req: NewRequest) -> Result<Submission, SubmitError> {
-        let arrival = self.sim_now();
+    /// Queues a request for `model` that arrived at simulated time `received`, first holding it for its
+    /// [`Shared::slow_wait`]. The wait counts in the request's TTFT, as a slow front end's would; the wall time spent
+    /// between `received` and the engine (reading, parsing, tokenizing) does not.
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        model: &str,
+        req: NewRequest,
+        received: f64,
+    ) -> Result<Submission, SubmitError> {
         let wait = self.slow_wait(model, req.prompt.len());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        self.submit_at(req, arrival)
+        let ready = received + wait.as_secs_f64() * self.cfg.time_scale;
+        self.submit_at(req, received, ready)
     }
 
     /// Queues a request arriving now, skipping any injected wait (the engine-pacing tests).
     #[cfg(test)]
     fn submit(self: &Arc<Self>, req: NewRequest) -> Result<Submission, SubmitError> {
-        self.submit_at(req, self.sim_now())
+        let now = self.sim_now();
+        self.submit_at(req, now, now)
     }
 
-    /// Queues a request that arrived at simulated time `arrival` (now or earlier); its tokens arrive on the returned
-    /// receiver as engine steps complete.
-    fn submit_at(self: &Arc<Self>, req: NewRequest, arrival: f64) -> Result<Submission, SubmitError> {
+    /// Queues a request that arrived at simulated time `arrival` and could be scheduled from `ready` on (both now or
+    /// earlier); its tokens arrive on the returned receiver as engine steps complete.
+    fn submit_at(self: &Arc<Self>, req: NewRequest, arrival: f64, ready: f64) -> Result<Submission, SubmitError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
             let mut st = self.lock();
             if st.closed {
                 return Err(SubmitError::Closed);
             }
+            let arrival = if st.engine.has_work() {
+                // A busy engine that lags the wall is delivering the step ending at its clock right now, so in
+                // its time the request arrives no later than that.
+                arrival.min(st.engine.clock())
+            } else {
+                // An idle engine starts when the earliest of the requests that woke it was ready.
+                st.woken_at = Some(st.woken_at.map_or(ready, |t| t.min(ready)));
+                arrival
+            };
             let id = st.engine.add_request(req, arrival)?;
             st.senders.insert(id, tx);
             id
@@ -244,17 +277,16 @@ impl Shared {
         }
     }
 
-    /// The engine loop: step, wait out the step's (scaled) duration, deliver its tokens.
+    /// The engine loop: step, wait until the step's end is due on the wall clock, deliver its tokens.
     async fn drive(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        // An injected slowdown stretches every step in simulated time, like a slower GPU would.
-        let scale = self.cfg.time_scale / self.cfg.fault.slowdown;
         loop {
-            let started = Instant::now();
-            let outcome = {
+            let (outcome, due) = {
                 let mut st = self.lock();
-                let now = self.sim_now();
-                st.engine.advance_clock_to(now);
-                st.engine.step()
+                if let Some(woken_at) = st.woken_at.take() {
+                    st.engine.advance_clock_to(woken_at);
+                }
+                let outcome = st.engine.step();
+                (outcome, self.wall_at(st.engine.clock()))
             };
             if outcome.is_idle() {
                 tokio::select! {
@@ -263,9 +295,13 @@ impl Shared {
                 }
             }
             if outcome.duration_ms > 0.0 {
-                let deadline = started + Duration::from_secs_f64(outcome.duration_ms / 1000.0 / scale);
+                // Absolute schedule: a late wake-up shortens the next wait instead of stretching simulated time.
+                // Tokio's timer fires on the first millisecond tick at or after its deadline, half a tick late on
+                // average; aiming half a tick early makes delivery unbiased, which matters once a millisecond of
+                // wall time is 25 simulated ones.
+                let wake = due.checked_sub(HALF_TIMER_TICK).unwrap_or(due);
                 tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
+                    () = tokio::time::sleep_until(wake) => {}
                     _ = shutdown.wait_for(|&stop| stop) => break,
                 }
             } else {
@@ -493,6 +529,35 @@ mod tests {
         assert!((shared.snapshot().metrics.ttft.sum() - 0.44).abs() < 0.01);
     }
 
+    /// Real time, one thread, and a task that hogs it for a few milliseconds at a time: every step's wake-up is
+    /// late (by up to 75 simulated ms at 25×). Simulated step times must still be the step model's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn wall_overshoot_never_stretches_simulated_time() {
+        let (shared, _stop, _driver) = shared(25.0);
+        let hog = tokio::spawn(async {
+            loop {
+                std::thread::sleep(Duration::from_millis(3));
+                tokio::task::yield_now().await;
+            }
+        });
+        let t0 = Instant::now();
+        let mut sub = shared
+            .submit(NewRequest {
+                prompt: vec![1; 1000],
+                max_tokens: 40,
+                lora: None,
+            })
+            .unwrap();
+        let times = token_times(&mut sub, t0).await;
+        hog.abort();
+        assert_eq!(times.len(), 40);
+        let m = shared.snapshot().metrics;
+        // 39 decode steps of one sequence: 7 + 35.6 + 0.213 + 0.10 + 0.16 × context/1000 ≈ 43.1 ms each.
+        let tpot_ms = m.tpot.sum() / m.tpot.count() as f64 * 1000.0;
+        assert!((42.9..=43.5).contains(&tpot_ms), "simulated TPOT {tpot_ms} ms");
+        assert!((m.ttft.sum() - 0.44).abs() < 0.01, "simulated TTFT {}", m.ttft.sum());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn slowdown_stretches_every_step() {
         let fault = crate::Fault {
@@ -556,11 +621,17 @@ mod tests {
         let t0 = Instant::now();
         let (slow, base) = tokio::join!(
             async {
-                let mut sub = shared.admit("v2", prompt_of(1000, Some(0))).await.unwrap();
+                let mut sub = shared
+                    .admit("v2", prompt_of(1000, Some(0)), shared.sim_now())
+                    .await
+                    .unwrap();
                 token_times(&mut sub, t0).await
             },
             async {
-                let mut sub = shared.admit("qwq-32b", prompt_of(1000, None)).await.unwrap();
+                let mut sub = shared
+                    .admit("qwq-32b", prompt_of(1000, None), shared.sim_now())
+                    .await
+                    .unwrap();
                 token_times(&mut sub, t0).await
             },
         );
@@ -580,7 +651,10 @@ mod tests {
     async fn the_slow_wait_follows_time_scale_and_slowdown() {
         let (shared, _stop, _driver) = slow_v2(10.0);
         let t0 = Instant::now();
-        let mut sub = shared.admit("v2", prompt_of(1000, Some(0))).await.unwrap();
+        let mut sub = shared
+            .admit("v2", prompt_of(1000, Some(0)), shared.sim_now())
+            .await
+            .unwrap();
         let times = token_times(&mut sub, t0).await;
         assert!(
             (130..=134).contains(&times[0]),

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use bytes::Bytes;
 use futures::Stream;
 
@@ -36,7 +36,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), stamp_arrival))
         .with_state(shared)
+}
+
+/// When a request's headers arrived, in simulated seconds: its arrival time. Reading and parsing the body and
+/// tokenizing take wall time that every time scale would multiply differently, so the engine counts from here.
+#[derive(Debug, Clone, Copy)]
+struct Received(f64);
+
+async fn stamp_arrival(
+    State(shared): State<Arc<Shared>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.extensions_mut().insert(Received(shared.sim_now()));
+    next.run(request).await
 }
 
 /// Which endpoint a generation came from; decides the response shapes.
@@ -58,7 +73,11 @@ struct Generation {
     include_usage: bool,
 }
 
-async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    Extension(received): Extension<Received>,
+    body: Bytes,
+) -> Response {
     let req: CompletionRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(err) => return bad_request(&shared, &format!("invalid request body: {err}")),
@@ -85,10 +104,14 @@ async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
     };
-    generate(shared, generation).await
+    generate(shared, generation, received).await
 }
 
-async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    Extension(received): Extension<Received>,
+    body: Bytes,
+) -> Response {
     let req: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(err) => return bad_request(&shared, &format!("invalid request body: {err}")),
@@ -128,10 +151,10 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
     };
-    generate(shared, generation).await
+    generate(shared, generation, received).await
 }
 
-async fn generate(shared: Arc<Shared>, g: Generation) -> Response {
+async fn generate(shared: Arc<Shared>, g: Generation, Received(received): Received) -> Response {
     if shared.inject_error(&g.model) {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,7 +168,7 @@ async fn generate(shared: Arc<Shared>, g: Generation) -> Response {
         max_tokens: g.max_tokens,
         lora: g.lora,
     };
-    let submission = match shared.admit(&g.model, request).await {
+    let submission = match shared.admit(&g.model, request, received).await {
         Ok(s) => s,
         Err(SubmitError::Invalid(err)) => return bad_request(&shared, &err.to_string()),
         Err(SubmitError::Closed) => {
