@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 
 use crate::procs::{run, run_with_env, workspace_root};
 
-/// The venv of the independent Python ext_proc client (gateway/tests/ext_proc_python.rs reads it here).
+/// The venv of the independent Python ext_proc client (crates/gateway/tests/ext_proc_python.rs reads it here).
 const PYTHON_VENV: &str = "target/pyenv-extproc";
 /// What the browser test drives (dashboard/tests/browser.rs).
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -61,7 +61,7 @@ fn python_venv() -> anyhow::Result<PathBuf> {
                 "--quiet",
                 "--disable-pip-version-check",
                 "-r",
-                "gateway/tests/python/requirements.txt",
+                "crates/gateway/tests/python/requirements.txt",
             ],
         )?;
         if !usable() {

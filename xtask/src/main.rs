@@ -25,7 +25,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks; each prints a table and writes target/bench/<name>/summary.json.
     Bench(bench::BenchArgs),
-    /// Writes the CRD YAML generated from controller/api into deploy/crds/ (`--check`: fail on drift instead).
+    /// Writes the CRD YAML generated from crates/api into deploy/crds/ (`--check`: fail on drift instead).
     Codegen(codegen::CodegenArgs),
 }
 

@@ -1,0 +1,11 @@
+//! `gateway` binary: parse flags, initialise logging, run.
+
+use clap::Parser;
+use gateway::args::Args;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    cli::init_logging(args.log_format);
+    cli::exit("gateway", gateway::run(args).await)
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the tests of several packages: simulated pods bound like a pool's pods, and the check that
+//! every flag of a binary also reads a `SWITCHYARD_…` environment variable. A dev-dependency only.
+
+use std::net::Ipv4Addr;
+
+use tokio::net::TcpListener;
+
+/// Binds `n` listeners on 127.0.`block`.1, .2, … sharing one port, as the pods of a pool share its target port.
+/// Retries with a fresh port when another test holds it on one of the addresses.
+pub async fn bind_pods(block: u8, n: u8) -> (u16, Vec<TcpListener>) {
+    for _attempt in 0..50 {
+        let first = TcpListener::bind((Ipv4Addr::new(127, 0, block, 1), 0))
+            .await
+            .expect("binding a loopback port");
+        let port = first.local_addr().expect("a bound listener has an address").port();
+        let mut listeners = vec![first];
+        for i in 2..=n {
+            match TcpListener::bind((Ipv4Addr::new(127, 0, block, i), port)).await {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => break,
+            }
+        }
+        if listeners.len() == usize::from(n) {
+            return (port, listeners);
+        }
+    }
+    panic!("could not bind {n} pods on one port in 127.0.{block}.0/24");
+}
+
+/// Asserts that every flag of `command` (but `--help` and `--version`) has a `SWITCHYARD_…` environment variable.
+pub fn assert_every_flag_has_an_env_var(command: &clap::Command) {
+    for arg in command.get_arguments() {
+        if matches!(arg.get_id().as_str(), "help" | "version") {
+            continue;
+        }
+        let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        assert!(
+            env.as_deref().is_some_and(|e| e.starts_with("SWITCHYARD_")),
+            "flag --{} of {} has no SWITCHYARD_ env var",
+            arg.get_id(),
+            command.get_name()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pods_share_one_port_on_consecutive_addresses() {
+        let (port, listeners) = bind_pods(97, 3).await;
+        let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        assert_eq!(addrs.len(), 3);
+        for (i, addr) in addrs.iter().enumerate() {
+            assert_eq!(addr.port(), port);
+            assert_eq!(addr.ip(), std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 97, i as u8 + 1)));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "flag --plain of demo has no SWITCHYARD_ env var")]
+    fn a_flag_without_an_env_var_is_named() {
+        let command = clap::Command::new("demo")
+            .arg(clap::Arg::new("good").long("good").env("SWITCHYARD_GOOD"))
+            .arg(clap::Arg::new("plain").long("plain"));
+        assert_every_flag_has_an_env_var(&command);
+    }
+}
