@@ -16,7 +16,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub(crate) fn run_ci() -> anyhow::Result<()> {
     let python = python_venv()?;
     browser()?;
-    tidy(&workspace_root())?;
+    crate::tidy::check(&workspace_root())?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
     crate::codegen::check()?;
     run(
@@ -97,43 +97,6 @@ fn browser() -> anyhow::Result<()> {
     )?;
     if !present() {
         bail!("apt installed chromium but {CHROMIUM} or {CHROMEDRIVER} is still missing");
-    }
-    Ok(())
-}
-
-/// Every Rust file starts with a `//!` line saying what it is (ARCHITECTURE.md relies on it for the code map).
-pub(crate) fn tidy(root: &Path) -> anyhow::Result<()> {
-    let mut missing = Vec::new();
-    visit(root, &mut |path| {
-        if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            if !text.starts_with("//!") {
-                missing.push(path.strip_prefix(root).unwrap_or(path).display().to_string());
-            }
-        }
-    })?;
-    if !missing.is_empty() {
-        bail!(
-            "tidy: these files do not start with a `//!` doc line:\n  {}",
-            missing.join("\n  ")
-        );
-    }
-    eprintln!("tidy: every Rust file has a //! header");
-    Ok(())
-}
-
-fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() {
-            if name == "target" || name.starts_with('.') || name == "node_modules" {
-                continue;
-            }
-            visit(&path, f)?;
-        } else {
-            f(&path);
-        }
     }
     Ok(())
 }

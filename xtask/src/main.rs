@@ -6,6 +6,7 @@ mod codegen;
 mod demo;
 mod load;
 mod procs;
+mod tidy;
 mod workload;
 
 use clap::{Parser, Subcommand};
