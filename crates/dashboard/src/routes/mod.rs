@@ -4,7 +4,6 @@
 mod api;
 mod auth;
 mod decisions;
-mod guarded;
 mod ingest;
 mod overview;
 mod pods;
@@ -28,7 +27,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(overview::router())
         .merge(decisions::router())
         .merge(releases::router())
-        .merge(guarded::router())
         .merge(pods::router())
         .merge(auth::router())
         .merge(api::router())

@@ -17,12 +17,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Nav,
-    auth::writer,
-    encode,
-    releases::{HistoryItem, TargetView, history_items, model_link, target_views},
-    session,
+    HISTORY, field,
+    manual::{self, HistoryItem, TargetView, history_items, model_link, target_views},
 };
+use crate::routes::{Nav, auth::writer, encode, session};
 use crate::{
     AppState, auth,
     db::{NewRelease, ReleaseKind, ReleaseRow},
@@ -37,9 +35,6 @@ use crate::{
     time::{format_ms, now_ms},
 };
 use api::canary::{CanaryLimits, Control, Phase, TargetObservation};
-
-/// History rows shown and returned.
-const HISTORY: u32 = 100;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -498,14 +493,6 @@ async fn card_route(
     Ok(page.into_response())
 }
 
-fn field<'f>(fields: &'f [(String, String)], name: &str) -> &'f str {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
-}
-
 /// Validates and creates a release, recording it (and a canary added to the model) in the history.
 async fn start(state: &AppState, key: &ModelKey, request: &StartRequest, actor: &str) -> Result<Guarded, AppError> {
     let (model, _) = load(state, key).await?;
@@ -622,7 +609,7 @@ async fn start_form(
             errors.fields.entry(k).or_insert(v);
         }
     }
-    let page = super::releases::detail_page(&state, &headers, key, None, FormErrors::default())
+    let page = manual::detail_page(&state, &headers, key, None, FormErrors::default())
         .await?
         .with_start_form(form, errors);
     Ok((status, page).into_response())

@@ -16,12 +16,10 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Nav,
-    auth::writer,
-    encode,
+    HISTORY, field,
     guarded::{self, GuardedCard, StartForm},
-    session,
 };
+use crate::routes::{Nav, auth::writer, encode, session};
 use crate::{
     AppState,
     db::{NewRelease, ReleaseKind, ReleaseRow},
@@ -29,9 +27,6 @@ use crate::{
     releases::{self, FormErrors, ModelKey, ModelState, Target, WeightForm, shares},
     time::format_ms,
 };
-
-/// History rows shown and returned.
-const HISTORY: u32 = 100;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -318,14 +313,6 @@ async fn apply(
         .unwrap_or_default();
     tracing::info!(model = %key, actor, kind = kind.as_str(), release = id, "release applied");
     Ok((after, id))
-}
-
-fn field<'f>(fields: &'f [(String, String)], name: &str) -> &'f str {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
 }
 
 async fn apply_form(
