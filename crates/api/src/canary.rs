@@ -132,12 +132,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The release ended (promoted, rolled back or aborted): its history is complete and the model is free for the
+    /// next one. `Invalid` is not finished: a corrected spec resumes it.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+    }
+
     /// A terminal phase never moves weights again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Phase::Promoted | Phase::RolledBack | Phase::Aborted | Phase::Invalid
-        )
+        self.is_finished() || self == Phase::Invalid
     }
 }
 

@@ -141,10 +141,10 @@ pub fn scan(dir: &Path, kind: &str) -> Result<Scan, DirError> {
             Err(e) => return Err(DirError::io(&path, &e)),
         };
         for (index, doc) in split_documents(&text).iter().enumerate() {
-            if !doc.contains(kind) {
+            if !doc.raw.contains(kind) || doc.is_empty() {
                 continue;
             }
-            match serde_saphyr::from_str::<Value>(doc) {
+            match serde_saphyr::from_str::<Value>(&doc.parse_text()) {
                 Ok(value) if value.get("kind").and_then(Value::as_str) == Some(kind) => {
                     scan.documents.push(Document {
                         path: path.clone(),
@@ -189,16 +189,17 @@ pub fn rewrite(doc: &Document, value: &impl Serialize) -> Result<(), DirError> {
     let current = Document {
         path: doc.path.clone(),
         index: doc.index,
-        value: serde_saphyr::from_str(current).map_err(|_| moved())?,
+        value: serde_saphyr::from_str(&current.parse_text()).map_err(|_| moved())?,
     };
     if (current.kind(), current.namespace(), current.name()) != (doc.kind(), doc.namespace(), doc.name()) {
         return Err(moved());
     }
-    docs[doc.index] = serde_saphyr::to_string(value).map_err(|e| DirError::Parse {
+    let yaml = serde_saphyr::to_string(value).map_err(|e| DirError::Parse {
         path: doc.path.display().to_string(),
         index: doc.index,
         message: e.to_string(),
     })?;
+    docs[doc.index] = docs[doc.index].replaced(&yaml);
     write_atomically(&doc.path, &join_documents(&docs))
 }
 
@@ -212,34 +213,113 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), DirError> {
     std::fs::rename(&tmp, path).map_err(|e| DirError::io(path, &e))
 }
 
-/// Splits a YAML stream at `---` lines, keeping each document's text verbatim (without the marker line).
-pub fn split_documents(text: &str) -> Vec<String> {
-    let mut docs = vec![String::new()];
-    for line in text.split_inclusive('\n') {
-        let bare = line.trim_end();
-        if bare == "---" || bare.starts_with("--- ") {
-            docs.push(String::new());
-        } else if let Some(doc) = docs.last_mut() {
-            doc.push_str(line);
+/// One document of a YAML stream as it stands in the file: the stream's only splitter, shared by the gateway's
+/// `dir` provider (which parses) and the writers here (which rewrite one document and keep the others verbatim), so
+/// both count documents the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlDocument {
+    /// 0-based line of the file where the document starts (its `---` marker, when it has one).
+    pub first_line: usize,
+    /// Its lines verbatim, marker first; the documents' `raw` texts concatenated give back the file.
+    pub raw: String,
+}
+
+fn is_marker(line: &str, marker: &str) -> bool {
+    let line = line.trim_end_matches(['\n', '\r']);
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+fn is_blank(line: &str) -> bool {
+    let line = line.trim_start();
+    line.is_empty() || line.starts_with('#')
+}
+
+impl YamlDocument {
+    /// What a YAML parser should read, line for line with `raw` (so parse errors point into the file): the `---`
+    /// marker blanked (content after it on that line kept), directives before the content, the `...` end marker and
+    /// everything after it blanked.
+    pub fn parse_text(&self) -> String {
+        let mut out = String::with_capacity(self.raw.len());
+        let (mut ended, mut content) = (false, false);
+        for (i, line) in self.raw.split_inclusive('\n').enumerate() {
+            let bare = line.trim_end_matches(['\n', '\r']);
+            if i == 0 && is_marker(bare, "---") {
+                out.push_str("   ");
+                out.push_str(&bare[3..]);
+                content |= !is_blank(&bare[3..]);
+            } else if is_marker(bare, "...") {
+                ended = true;
+            } else if !(ended || (bare.starts_with('%') && !content)) {
+                out.push_str(bare);
+                content |= !is_blank(bare);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Whether the document holds nothing but blank lines, comments, markers and directives.
+    pub fn is_empty(&self) -> bool {
+        self.parse_text().lines().all(is_blank)
+    }
+
+    /// This document with its content replaced by `yaml`, keeping its `---` marker line and anything from its `...`
+    /// end marker on (directives of the next document may stand there).
+    pub fn replaced(&self, yaml: &str) -> YamlDocument {
+        let mut raw = String::new();
+        let mut lines = self.raw.split_inclusive('\n').peekable();
+        if let Some(first) = lines.peek()
+            && is_marker(first, "---")
+        {
+            raw.push_str("---\n");
+            lines.next();
+        }
+        raw.push_str(yaml);
+        if !yaml.is_empty() && !yaml.ends_with('\n') {
+            raw.push('\n');
+        }
+        let mut tail = lines.skip_while(|l| !is_marker(l, "...")).peekable();
+        if tail.peek().is_some() {
+            raw.extend(tail);
+        }
+        YamlDocument {
+            first_line: self.first_line,
+            raw,
         }
     }
-    if docs.len() > 1 && docs[0].trim().is_empty() {
-        docs.remove(0);
+}
+
+/// Splits a YAML stream into its documents: a new one starts at every `---` line (`---`, or `--- ` followed by
+/// content); a `...` line ends one. Empty documents are kept (see [`YamlDocument::is_empty`]), so positions are
+/// stable between readers and writers.
+pub fn split_documents(text: &str) -> Vec<YamlDocument> {
+    let mut docs = vec![YamlDocument {
+        first_line: 0,
+        raw: String::new(),
+    }];
+    for (idx, line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(line, "---") {
+            docs.push(YamlDocument {
+                first_line: idx,
+                raw: String::new(),
+            });
+        }
+        if let Some(doc) = docs.last_mut() {
+            doc.raw.push_str(line);
+        }
     }
     docs
 }
 
-/// Joins documents with `---` lines; the inverse of [`split_documents`].
-pub fn join_documents(docs: &[String]) -> String {
+/// Concatenates documents back into a stream; the inverse of [`split_documents`].
+pub fn join_documents(docs: &[YamlDocument]) -> String {
     let mut out = String::new();
-    for (i, doc) in docs.iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
-        }
-        out.push_str(doc);
-        if !doc.is_empty() && !doc.ends_with('\n') {
+    for doc in docs {
+        if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
+        out.push_str(&doc.raw);
     }
     out
 }
@@ -309,9 +389,29 @@ spec:
     fn documents_split_and_join_back_verbatim() {
         let text = "a: 1 # keep\n---\nb: 2\n--- \nc: 3\n";
         let docs = split_documents(text);
-        assert_eq!(docs, ["a: 1 # keep\n", "b: 2\n", "c: 3\n"]);
-        assert_eq!(join_documents(&docs), "a: 1 # keep\n---\nb: 2\n---\nc: 3\n");
-        assert_eq!(split_documents("---\na: 1\n"), ["a: 1\n"]);
+        let raw: Vec<&str> = docs.iter().map(|d| d.raw.as_str()).collect();
+        assert_eq!(raw, ["a: 1 # keep\n", "---\nb: 2\n", "--- \nc: 3\n"]);
+        assert_eq!(docs.iter().map(|d| d.first_line).collect::<Vec<_>>(), [0, 1, 3]);
+        assert_eq!(join_documents(&docs), text);
+        let leading = split_documents("---\na: 1\n");
+        assert!(leading[0].is_empty() && !leading[1].is_empty());
+    }
+
+    #[test]
+    fn end_markers_directives_and_inline_content_are_read_as_yaml_reads_them() {
+        let text = "%YAML 1.2\n--- {a: 1}\n...\n%TAG ! tag:x,2026:\n--- # second\nb: 2\n...\n# trailing\n";
+        let docs = split_documents(text);
+        assert_eq!(join_documents(&docs), text, "verbatim round trip");
+        let parsed: Vec<String> = docs.iter().map(YamlDocument::parse_text).collect();
+        assert!(docs[0].is_empty(), "a directive alone is no document: {parsed:?}");
+        assert_eq!(
+            parsed[1], "    {a: 1}\n\n\n",
+            "content after `--- ` stays, the rest is blanked"
+        );
+        assert_eq!(parsed[2], "    # second\nb: 2\n\n\n", "columns are kept");
+        // Rewriting keeps the marker and what follows the end marker.
+        let second = docs[2].replaced("b: 3\n");
+        assert_eq!(second.raw, "---\nb: 3\n...\n# trailing\n");
     }
 
     #[test]

@@ -92,9 +92,7 @@ impl DirDriver {
             releases.push((key, doc, status));
         }
         self.releases.retain(|k| releases.iter().any(|(key, _, _)| key == k));
-        let active = releases
-            .iter()
-            .any(|(_, _, s)| !matches!(s.phase, Phase::Promoted | Phase::RolledBack | Phase::Aborted));
+        let active = releases.iter().any(|(_, _, s)| !s.phase.is_finished());
         if !active {
             return Ok(());
         }
@@ -114,7 +112,7 @@ impl DirDriver {
         status: CanaryReleaseStatus,
         totals: &Result<super::metrics::Totals, String>,
     ) -> Result<(), TickError> {
-        if matches!(status.phase, Phase::Promoted | Phase::RolledBack | Phase::Aborted) {
+        if status.phase.is_finished() {
             return Ok(());
         }
         let release: CanaryRelease = match doc.decode() {

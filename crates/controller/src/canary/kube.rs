@@ -49,7 +49,7 @@ pub async fn reconcile(release: Arc<CanaryRelease>, ctx: Arc<CanaryContext>) -> 
         name: release.name_any(),
     };
     let status = release.status.clone().unwrap_or_default();
-    if matches!(status.phase, Phase::Promoted | Phase::RolledBack | Phase::Aborted) {
+    if status.phase.is_finished() {
         // Terminal phases never move weights again: nothing to read or write.
         return Ok(Action::await_change());
     }

@@ -135,7 +135,7 @@ struct Eval {
 impl Eval {
     fn run(&mut self, input: &Input<'_>) {
         let spec = input.spec;
-        if matches!(self.status.phase, Phase::Promoted | Phase::RolledBack | Phase::Aborted) {
+        if self.status.phase.is_finished() {
             return;
         }
         if let Err(errors) = spec.validate() {

@@ -478,47 +478,17 @@ fn is_blank(line: &str) -> bool {
     line.is_empty() || line.starts_with('#')
 }
 
-/// Splits a YAML stream at `---` (and `...`) lines, keeping line numbers so errors point into the file. Content
-/// after `--- ` on the marker line stays in the document, with the marker blanked to keep its columns.
+/// The file's documents (`api::dir::split_documents`, the splitter the dashboard's writers use too), as the text a
+/// parser reads with line numbers kept so errors point into the file; empty ones are dropped.
 fn split_documents(text: &str) -> Vec<Document> {
-    fn is_marker(line: &str, marker: &str) -> bool {
-        line.strip_prefix(marker)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
-    }
-
-    let mut docs = Vec::new();
-    let mut current = Document {
-        line_offset: 0,
-        text: String::new(),
-    };
-    let mut after_end = false;
-    for (idx, line) in text.lines().enumerate() {
-        if is_marker(line, "---") {
-            docs.push(std::mem::replace(
-                &mut current,
-                Document {
-                    line_offset: idx,
-                    text: String::new(),
-                },
-            ));
-            after_end = false;
-            current.text.push_str("   ");
-            current.text.push_str(&line[3..]);
-            current.text.push('\n');
-        } else if is_marker(line, "...") {
-            after_end = true;
-            current.text.push('\n');
-        } else if after_end || (line.starts_with('%') && current.text.lines().all(is_blank)) {
-            // Directives and anything after a document end belong to no document; keep the line count.
-            current.text.push('\n');
-        } else {
-            current.text.push_str(line);
-            current.text.push('\n');
-        }
-    }
-    docs.push(current);
-    docs.retain(|doc| !doc.text.lines().all(is_blank));
-    docs
+    api::dir::split_documents(text)
+        .into_iter()
+        .filter(|doc| !doc.is_empty())
+        .map(|doc| Document {
+            line_offset: doc.first_line,
+            text: doc.parse_text(),
+        })
+        .collect()
 }
 
 /// The shape of one block-style YAML line: its `- ` markers and its `key:`.
