@@ -16,6 +16,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub(crate) fn run_ci() -> anyhow::Result<()> {
     let python = python_venv()?;
     browser()?;
+    kubectl()?;
     crate::tidy::check(&workspace_root())?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
     crate::codegen::check()?;
@@ -72,6 +73,20 @@ fn python_venv() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(python)
+}
+
+/// kubectl, for the client-side dry run of deploy/ (no Debian package carries it, so it is not installed here).
+fn kubectl() -> anyhow::Result<()> {
+    let found = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        bail!(
+            "the deploy/ manifest test needs kubectl on PATH: install it (https://kubernetes.io/docs/tasks/tools/), then again"
+        );
+    }
+    Ok(())
 }
 
 /// Debian's Chromium and its WebDriver, installed with apt when missing and we are root; otherwise the command to
