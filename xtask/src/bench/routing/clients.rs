@@ -60,10 +60,16 @@ impl Route<'_> {
 
     /// The base for request `index` when each request opens its own connection.
     fn per_request(&self, index: usize, rng: &mut StdRng) -> usize {
-        match self.router {
-            RouterKind::Random | RouterKind::KubeProxy => rng.random_range(0..self.bases.len()),
-            _ => index % self.bases.len(),
-        }
+        per_request(self.router, index, self.bases.len(), rng)
+    }
+}
+
+/// Which of `bases` request `index` goes to when it opens its own connection: client-side `random` and
+/// `kube-proxy` draw one, everything else takes them in turn (the gateways and peers are a single base).
+fn per_request(router: RouterKind, index: usize, bases: usize, rng: &mut StdRng) -> usize {
+    match router {
+        RouterKind::Random | RouterKind::KubeProxy => rng.random_range(0..bases),
+        _ => index % bases,
     }
 }
 
@@ -130,14 +136,8 @@ pub(super) async fn closed_loop(
             bases.clone(),
             bar.clone(),
         );
-        let (router, model, seed) = (route.router, route.model.to_owned(), route.seed);
+        let (router, model) = (route.router, route.model.to_owned());
         workers.spawn(async move {
-            let route = Route {
-                router,
-                model: &model,
-                bases: &bases,
-                seed,
-            };
             let mut out = Vec::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +146,7 @@ pub(super) async fn closed_loop(
                     Some(pod) => pod,
                     None => {
                         let mut rng = rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                        route.per_request(index, &mut rng)
+                        per_request(router, index, bases.len(), &mut rng)
                     }
                 };
                 let model = request.class.model(&model);

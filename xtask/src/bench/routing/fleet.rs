@@ -54,213 +54,199 @@ impl Run<'_> {
             num_blocks,
             seed,
         } = *self;
-        one_run(bin, peers, out, args, router, num_blocks, seed, dataset, bar).await
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn one_run(
-    bin: &Path,
-    peers: &BTreeMap<PeerProduct, PathBuf>,
-    out: &Path,
-    args: &RoutingArgs,
-    router: RouterKind,
-    num_blocks: u32,
-    seed: u64,
-    dataset: &[BenchRequest],
-    bar: &ProgressBar,
-) -> anyhow::Result<RunResult> {
-    let scale = args.time_scale;
-    let pods: Vec<String> = (0..PODS).map(|i| format!("127.0.0.{}:8000", FIRST_POD + i)).collect();
-    let mut sim_args = vec![
-        "--addr".to_owned(),
-        pods[0].clone(),
-        "--replicas".into(),
-        PODS.to_string(),
-        "--time-scale".into(),
-        scale.to_string(),
-        "--num-gpu-blocks".into(),
-        num_blocks.to_string(),
-        "--seed".into(),
-        seed.to_string(),
-    ];
-    if args.workload.prefix_caching() {
-        sim_args.push("--prefix-caching".into());
-    }
-    sim_args.extend(args.workload.sim_args(args.max_loras));
-    let mut sim = Proc::spawn(
-        "vllm-sim",
-        &bin.join("vllm-sim"),
-        &sim_args,
-        Some(&out.join("vllm-sim.log")),
-    )?;
-    for pod in &pods {
-        procs::wait_ready(
-            &format!("http://{pod}/health"),
-            Duration::from_secs(30),
-            &mut [&mut sim],
-        )
-        .await?;
-    }
-    let mut gateway = None;
-    let (model, bases) = match router.profile() {
-        Some(profile) => {
-            let config = out.join("config");
-            std::fs::create_dir_all(&config)?;
-            std::fs::write(config.join("pool.yaml"), demo::SEED_POOL)?;
-            std::fs::write(config.join("model.yaml"), demo::SEED_MODEL)?;
-            if let Some(models) = args.workload.extra_models() {
-                std::fs::write(config.join("models-extra.yaml"), models)?;
-            }
-            let pod_ips: String = demo::pod_documents(PODS);
-            let pod_ips = (0..PODS).fold(pod_ips, |text, i| {
-                text.replace(
-                    &format!("podIP: 127.0.0.{}\n", 11 + i),
-                    &format!("podIP: 127.0.0.{}\n", FIRST_POD + i),
-                )
-            });
-            std::fs::write(config.join("pods.yaml"), pod_ips)?;
-            // The gateway must see metrics as fresh as on real hardware, so its intervals shrink with time.
-            let staleness_ms = (200.0 / scale).ceil().max(1.0);
-            let scheduler = out.join("scheduler.yaml");
-            let extra = match &args.scheduler_config {
-                Some(path) => std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --scheduler-config {}", path.display()))?,
-                None => String::new(),
-            };
-            std::fs::write(
-                &scheduler,
-                format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n{extra}"),
-            )?;
-            let scrape = format!("{}ms", (50.0 / scale).max(1.0));
-            let mut proc = Proc::spawn(
-                "gateway",
-                &bin.join("gateway"),
-                &[
-                    "--dir".into(),
-                    config.display().to_string(),
-                    "--proxy-listen".into(),
-                    PROXY.into(),
-                    "--admin-listen".into(),
-                    ADMIN.into(),
-                    "--scrape-interval".into(),
-                    scrape,
-                    "--scheduler-config".into(),
-                    scheduler.display().to_string(),
-                    "--decisions-kept".into(),
-                    "100".into(),
-                ],
-                Some(&out.join("gateway.log")),
-            )?;
+        let scale = args.time_scale;
+        let pods: Vec<String> = (0..PODS).map(|i| format!("127.0.0.{}:8000", FIRST_POD + i)).collect();
+        let mut sim_args = vec![
+            "--addr".to_owned(),
+            pods[0].clone(),
+            "--replicas".into(),
+            PODS.to_string(),
+            "--time-scale".into(),
+            scale.to_string(),
+            "--num-gpu-blocks".into(),
+            num_blocks.to_string(),
+            "--seed".into(),
+            seed.to_string(),
+        ];
+        if args.workload.prefix_caching() {
+            sim_args.push("--prefix-caching".into());
+        }
+        sim_args.extend(args.workload.sim_args(args.max_loras));
+        let mut sim = Proc::spawn(
+            "vllm-sim",
+            &bin.join("vllm-sim"),
+            &sim_args,
+            Some(&out.join("vllm-sim.log")),
+        )?;
+        for pod in &pods {
             procs::wait_ready(
-                &format!("http://{ADMIN}/readyz"),
+                &format!("http://{pod}/health"),
                 Duration::from_secs(30),
-                &mut [&mut proc, &mut sim],
+                &mut [&mut sim],
             )
             .await?;
-            gateway = Some(proc);
-            ("qwq", vec![format!("http://{PROXY}")])
         }
-        None => match router
-            .peer()
-            .and_then(|(product, policy)| Some((product, policy, peers.get(&product)?)))
-        {
-            Some((product, policy, launcher)) => {
-                let (host, port) = PEER_LISTEN;
-                let mut peer_args: Vec<String> = product.subcommand().iter().map(|a| (*a).to_owned()).collect();
-                peer_args.extend(["--host".into(), host.into()]);
-                peer_args.extend(["--port".into(), port.to_string(), "--policy".into(), policy.into()]);
-                peer_args.extend([
-                    "--log-level".into(),
-                    product.log_level().into(),
-                    "--prometheus-host".into(),
-                    host.into(),
-                ]);
-                peer_args.extend([
-                    "--prometheus-port".into(),
-                    (port + 1000).to_string(),
-                    "--worker-urls".into(),
-                ]);
-                peer_args.extend(pods.iter().map(|p| format!("http://{p}")));
-                let name = product.command();
-                let mut proc = Proc::spawn(name, launcher, &peer_args, Some(&out.join(format!("{name}.log"))))?;
-                // Ready means every pod registered: smg answers /health before its workers are probed, and
-                // requests in between fail with "no worker serves model".
-                let (path, needle) = product.readiness(PODS);
-                let url = format!("http://{host}:{port}{path}");
-                procs::wait_ready_with(
-                    &url,
-                    needle.as_deref(),
-                    Duration::from_secs(60),
+        let mut gateway = None;
+        let (model, bases) = match router.profile() {
+            Some(profile) => {
+                let config = out.join("config");
+                std::fs::create_dir_all(&config)?;
+                std::fs::write(config.join("pool.yaml"), demo::SEED_POOL)?;
+                std::fs::write(config.join("model.yaml"), demo::SEED_MODEL)?;
+                if let Some(models) = args.workload.extra_models() {
+                    std::fs::write(config.join("models-extra.yaml"), models)?;
+                }
+                let pod_ips: String = demo::pod_documents(PODS);
+                let pod_ips = (0..PODS).fold(pod_ips, |text, i| {
+                    text.replace(
+                        &format!("podIP: 127.0.0.{}\n", 11 + i),
+                        &format!("podIP: 127.0.0.{}\n", FIRST_POD + i),
+                    )
+                });
+                std::fs::write(config.join("pods.yaml"), pod_ips)?;
+                // The gateway must see metrics as fresh as on real hardware, so its intervals shrink with time.
+                let staleness_ms = (200.0 / scale).ceil().max(1.0);
+                let scheduler = out.join("scheduler.yaml");
+                let extra = match &args.scheduler_config {
+                    Some(path) => std::fs::read_to_string(path)
+                        .with_context(|| format!("reading --scheduler-config {}", path.display()))?,
+                    None => String::new(),
+                };
+                std::fs::write(
+                    &scheduler,
+                    format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n{extra}"),
+                )?;
+                let scrape = format!("{}ms", (50.0 / scale).max(1.0));
+                let mut proc = Proc::spawn(
+                    "gateway",
+                    &bin.join("gateway"),
+                    &[
+                        "--dir".into(),
+                        config.display().to_string(),
+                        "--proxy-listen".into(),
+                        PROXY.into(),
+                        "--admin-listen".into(),
+                        ADMIN.into(),
+                        "--scrape-interval".into(),
+                        scrape,
+                        "--scheduler-config".into(),
+                        scheduler.display().to_string(),
+                        "--decisions-kept".into(),
+                        "100".into(),
+                    ],
+                    Some(&out.join("gateway.log")),
+                )?;
+                procs::wait_ready(
+                    &format!("http://{ADMIN}/readyz"),
+                    Duration::from_secs(30),
                     &mut [&mut proc, &mut sim],
                 )
                 .await?;
                 gateway = Some(proc);
-                // The peer forwards the model name untouched, so clients ask for the served name.
-                ("qwq-32b", vec![format!("http://{host}:{port}")])
+                ("qwq", vec![format!("http://{PROXY}")])
             }
-            None => ("qwq-32b", pods.iter().map(|p| format!("http://{p}")).collect()),
-        },
-    };
+            None => match router
+                .peer()
+                .and_then(|(product, policy)| Some((product, policy, peers.get(&product)?)))
+            {
+                Some((product, policy, launcher)) => {
+                    let (host, port) = PEER_LISTEN;
+                    let mut peer_args: Vec<String> = product.subcommand().iter().map(|a| (*a).to_owned()).collect();
+                    peer_args.extend(["--host".into(), host.into()]);
+                    peer_args.extend(["--port".into(), port.to_string(), "--policy".into(), policy.into()]);
+                    peer_args.extend([
+                        "--log-level".into(),
+                        product.log_level().into(),
+                        "--prometheus-host".into(),
+                        host.into(),
+                    ]);
+                    peer_args.extend([
+                        "--prometheus-port".into(),
+                        (port + 1000).to_string(),
+                        "--worker-urls".into(),
+                    ]);
+                    peer_args.extend(pods.iter().map(|p| format!("http://{p}")));
+                    let name = product.command();
+                    let mut proc = Proc::spawn(name, launcher, &peer_args, Some(&out.join(format!("{name}.log"))))?;
+                    // Ready means every pod registered: smg answers /health before its workers are probed, and
+                    // requests in between fail with "no worker serves model".
+                    let (path, needle) = product.readiness(PODS);
+                    let url = format!("http://{host}:{port}{path}");
+                    procs::wait_ready_with(
+                        &url,
+                        needle.as_deref(),
+                        Duration::from_secs(60),
+                        &mut [&mut proc, &mut sim],
+                    )
+                    .await?;
+                    gateway = Some(proc);
+                    // The peer forwards the model name untouched, so clients ask for the served name.
+                    ("qwq-32b", vec![format!("http://{host}:{port}")])
+                }
+                None => ("qwq-32b", pods.iter().map(|p| format!("http://{p}")).collect()),
+            },
+        };
 
-    let client = load::http_client();
-    let kv: Arc<Mutex<KvSeries>> = Arc::default();
-    let run_started = Instant::now();
-    let sampler = tokio::spawn(clients::sample_kv(
-        client.clone(),
-        pods.clone(),
-        kv.clone(),
-        run_started,
-    ));
-    let route = Route {
-        router,
-        model,
-        bases: &bases,
-        seed,
-    };
-    let (measured, arrival_figures) = match open_loop_schedule(args, dataset, num_blocks, seed)? {
-        None => (
-            clients::closed_loop(&client, &route, dataset, args.workload.concurrency(), bar).await,
-            None,
-        ),
-        Some(plan) => clients::open_loop(&client, &route, dataset, &plan, args, bar).await,
-    };
-    let outcomes: Vec<classes::Outcome> = measured
-        .iter()
-        .map(|m| classes::Outcome {
-            group: dataset[m.index].class.group(),
-            status: m.status,
-            ok: m.ok,
-            ttft_ms: m.ttft * scale * 1e3,
-            tpot_ms: (m.output_tokens > 1).then(|| (m.latency - m.ttft) * scale * 1e3 / (m.output_tokens - 1) as f64),
-        })
-        .collect();
-    let wall = run_started.elapsed().as_secs_f64();
-    sampler.abort();
-    let mut preemptions = 0.0;
-    for pod in &pods {
-        preemptions += demo::scrape_gauge(&client, pod, "vllm:num_preemptions_total")
-            .await
-            .unwrap_or(0.0);
+        let client = load::http_client();
+        let kv: Arc<Mutex<KvSeries>> = Arc::default();
+        let run_started = Instant::now();
+        let sampler = tokio::spawn(clients::sample_kv(
+            client.clone(),
+            pods.clone(),
+            kv.clone(),
+            run_started,
+        ));
+        let route = Route {
+            router,
+            model,
+            bases: &bases,
+            seed,
+        };
+        let (measured, arrival_figures) = match open_loop_schedule(args, dataset, num_blocks, seed)? {
+            None => (
+                clients::closed_loop(&client, &route, dataset, args.workload.concurrency(), bar).await,
+                None,
+            ),
+            Some(plan) => clients::open_loop(&client, &route, dataset, &plan, args, bar).await,
+        };
+        let outcomes: Vec<classes::Outcome> = measured
+            .iter()
+            .map(|m| classes::Outcome {
+                group: dataset[m.index].class.group(),
+                status: m.status,
+                ok: m.ok,
+                ttft_ms: m.ttft * scale * 1e3,
+                tpot_ms: (m.output_tokens > 1)
+                    .then(|| (m.latency - m.ttft) * scale * 1e3 / (m.output_tokens - 1) as f64),
+            })
+            .collect();
+        let wall = run_started.elapsed().as_secs_f64();
+        sampler.abort();
+        let mut preemptions = 0.0;
+        for pod in &pods {
+            preemptions += demo::scrape_gauge(&client, pod, "vllm:num_preemptions_total")
+                .await
+                .unwrap_or(0.0);
+        }
+        if let Some(proc) = gateway {
+            proc.stop(Duration::from_secs(5)).await;
+        }
+        sim.stop(Duration::from_secs(5)).await;
+        let kv_series = kv.lock().await.clone();
+        let mut result = stats::summarize(
+            measured,
+            wall,
+            scale,
+            args.workload.concurrency(),
+            preemptions,
+            kv_series,
+        );
+        result.extras = classes::RunExtras {
+            classes: classes::figures(&outcomes, wall * scale),
+            arrivals: arrival_figures,
+        };
+        Ok(result)
     }
-    if let Some(proc) = gateway {
-        proc.stop(Duration::from_secs(5)).await;
-    }
-    sim.stop(Duration::from_secs(5)).await;
-    let kv_series = kv.lock().await.clone();
-    let mut result = stats::summarize(
-        measured,
-        wall,
-        scale,
-        args.workload.concurrency(),
-        preemptions,
-        kv_series,
-    );
-    result.extras = classes::RunExtras {
-        classes: classes::figures(&outcomes, wall * scale),
-        arrivals: arrival_figures,
-    };
-    Ok(result)
 }
 
 /// The open-loop arrival schedule of this run, or `None` for a closed loop.

@@ -89,24 +89,18 @@ pub(crate) struct RoutingArgs {
 }
 
 impl RoutingArgs {
-    /// A run of `workload` at `time_scale` with every other option at its default.
+    /// A run of `workload` at `time_scale` with every other option at its command-line default (read from the
+    /// clap definition above, so the two cannot drift).
     pub(crate) fn defaults(workload: Workload, time_scale: f64) -> RoutingArgs {
-        RoutingArgs {
-            workload,
-            quick: false,
-            requests: None,
-            seeds: None,
-            blocks: None,
-            routers: None,
-            time_scale,
-            peers: false,
-            scheduler_config: None,
-            arrival: None,
-            rate: None,
-            burstiness: 1.0,
-            max_in_flight: None,
-            max_loras: 2,
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: RoutingArgs,
         }
+        let mut args = <Defaults as clap::Parser>::parse_from(["routing"]).args;
+        args.workload = workload;
+        args.time_scale = time_scale;
+        args
     }
 }
 
