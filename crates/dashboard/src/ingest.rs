@@ -1,23 +1,16 @@
-//! The ingest wire format: NDJSON, one record per line, each either `{"decision": <Decision>}` (DESIGN.md §5) or
-//! `{"sample": {"pod", "pool", "endpoint", "at_ms", "queue", "running", "kv_usage"}}`.
+//! Ingest: a gateway's NDJSON batch ([`audit::wire`], the one wire format the shipper writes) checked and turned
+//! into rows to store.
 //!
 //! A batch is all-or-nothing: one malformed line rejects it with the line number, so a gateway never believes a
 //! partly stored batch was stored.
 
-use scheduler::Decision;
-use serde::Deserialize;
+pub use audit::wire::LineError;
+use audit::wire::{self, Line};
 
 use crate::db::{NewDecision, NewSample};
 
 /// Largest accepted batch body; the gateway's shipper sends far smaller ones.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum Record {
-    Decision(Box<Decision>),
-    Sample(NewSample),
-}
 
 /// A parsed batch, ready to store.
 #[derive(Debug, Default)]
@@ -26,30 +19,28 @@ pub struct Batch {
     pub samples: Vec<NewSample>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("line {line}: {message}")]
-pub struct LineError {
-    pub line: usize,
-    pub message: String,
-}
-
-/// Parses an NDJSON batch; blank lines are skipped.
+/// Parses and checks an NDJSON batch; blank lines are skipped.
 pub fn parse(body: &[u8]) -> Result<Batch, LineError> {
     let mut batch = Batch::default();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let error = |message: String| LineError { line: i + 1, message };
-        match serde_json::from_slice::<Record>(line).map_err(|e| error(e.to_string()))? {
-            Record::Decision(d) => batch
+    for (number, line) in wire::parse(body)? {
+        let error = |message: String| LineError { line: number, message };
+        match line {
+            Line::Decision(d) => batch
                 .decisions
                 .push(NewDecision::from_decision(&d).map_err(|e| error(e.to_string()))?),
-            Record::Sample(s) => {
+            Line::Sample(s) => {
                 if !(0.0..=1.0).contains(&s.kv_usage) || s.pod.is_empty() {
                     return Err(error("sample needs a pod and kv_usage in 0..=1".into()));
                 }
-                batch.samples.push(s);
+                batch.samples.push(NewSample {
+                    at_ms: i64::try_from(s.at_ms).map_err(|_| error("sample at_ms out of range".into()))?,
+                    pod: s.pod,
+                    pool: s.pool,
+                    endpoint: s.endpoint,
+                    queue: s.queue,
+                    running: s.running,
+                    kv_usage: s.kv_usage,
+                });
             }
         }
     }

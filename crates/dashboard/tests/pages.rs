@@ -136,7 +136,7 @@ async fn a_decision_page_explains_the_winner() {
     assert!(page.body.contains("kv-cache") && page.body.contains("winner"));
     let api = app.get("/api/v1/decisions/req-1").await;
     assert_eq!(api.status, StatusCode::OK);
-    let d: scheduler::Decision = serde_json::from_str(&api.body).unwrap();
+    let d: audit::Record = serde_json::from_str(&api.body).unwrap();
     assert_eq!(d.candidates[0].scores.get("kv-cache"), Some(&0.75));
     assert_eq!(app.get("/decisions/nope").await.status, StatusCode::NOT_FOUND);
     let missing = app.get("/api/v1/decisions/nope").await;

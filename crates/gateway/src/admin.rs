@@ -26,7 +26,7 @@ pub fn router(director: Arc<Director>) -> Router {
 }
 
 async fn metrics(State(director): State<Arc<Director>>) -> Response {
-    let mut response = director.metrics.encode().into_response();
+    let mut response = director.recorder.metrics.encode().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -65,6 +65,11 @@ struct DecisionsQuery {
 async fn decisions(
     State(director): State<Arc<Director>>,
     Query(query): Query<DecisionsQuery>,
-) -> Json<Vec<scheduler::Decision>> {
-    Json(director.decisions.latest(query.limit.unwrap_or(DEFAULT_DECISIONS)))
+) -> Json<Vec<audit::Record>> {
+    Json(
+        director
+            .recorder
+            .decisions
+            .latest(query.limit.unwrap_or(DEFAULT_DECISIONS)),
+    )
 }

@@ -2,7 +2,7 @@
 
 use std::{collections::VecDeque, sync::Mutex};
 
-use scheduler::Decision;
+use audit::Record as Decision;
 
 /// A bounded ring of finished decisions; the oldest falls out when it is full.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ impl DecisionLog {
 
 #[cfg(test)]
 mod tests {
-    use scheduler::{Criticality, Outcome};
+    use audit::{Criticality, Outcome};
 
     use super::*;
 

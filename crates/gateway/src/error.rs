@@ -17,6 +17,9 @@ pub enum RouteError {
     NoCapacity(String),
     #[error("{0}")]
     Internal(String),
+    /// The model server could not be reached, or failed before answering.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl RouteError {
@@ -29,6 +32,7 @@ impl RouteError {
             RouteError::Shed => "ResourceExhausted",
             RouteError::NoCapacity(_) => "ServiceUnavailable",
             RouteError::Internal(_) => "Internal",
+            RouteError::BadGateway(_) => "BadGateway",
         }
     }
 
@@ -40,6 +44,7 @@ impl RouteError {
             RouteError::Shed => StatusCode::TOO_MANY_REQUESTS,
             RouteError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RouteError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -55,7 +60,7 @@ impl RouteError {
             RouteError::UnknownModel(_) => scheduler::Outcome::NotFound404,
             RouteError::Shed => scheduler::Outcome::Shed429,
             RouteError::NoCapacity(_) => scheduler::Outcome::NoCapacity503,
-            RouteError::Internal(_) => scheduler::Outcome::Error,
+            RouteError::Internal(_) | RouteError::BadGateway(_) => scheduler::Outcome::Error,
         }
     }
 }

@@ -22,7 +22,11 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{args::Args, decisions::DecisionLog, routing::Director};
+use crate::{
+    args::Args,
+    decisions::DecisionLog,
+    routing::{Director, Recorder},
+};
 
 /// A started gateway: its bound addresses and the handle to stop it.
 pub struct Gateway {
@@ -81,14 +85,38 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
     });
 
+    let metrics = telemetry::Metrics::new(&metrics_store);
+    let shipper = match (&args.dashboard_url, &args.dashboard_token) {
+        (Some(url), Some(token)) => {
+            let config = shipper::ShipperConfig {
+                url: url.clone(),
+                token: token.clone(),
+            };
+            let (shipper, drain) = shipper::spawn(config, metrics.shipper.clone(), cancel.clone())?;
+            tasks.spawn(async move {
+                let _ = drain.await;
+                Ok(())
+            });
+            tasks.spawn({
+                let (datastore, store, shipper, cancel) = (
+                    datastore.clone(),
+                    metrics_store.clone(),
+                    shipper.clone(),
+                    cancel.clone(),
+                );
+                async move {
+                    shipper::run_sampler(datastore, store, shipper, cancel).await;
+                    Ok(())
+                }
+            });
+            tracing::info!(url = %url, "shipping decisions and pod samples to the dashboard");
+            Some(shipper)
+        }
+        _ => None,
+    };
+    let recorder = Recorder::new(metrics, DecisionLog::new(args.decisions_kept), shipper);
     let director = Arc::new(
-        Director::new(
-            datastore,
-            metrics_store,
-            scheduler,
-            DecisionLog::new(args.decisions_kept),
-        )
-        .with_mirror_max_inflight(args.mirror_max_inflight),
+        Director::new(datastore, metrics_store, scheduler, recorder).with_mirror_max_inflight(args.mirror_max_inflight),
     );
 
     let admin = TcpListener::bind(args.admin_listen)
@@ -97,32 +125,6 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
     let admin_addr = admin.local_addr()?;
     tasks.spawn(serve(admin, admin::router(director.clone()), cancel.clone()));
     tracing::info!(addr = %admin_addr, "admin listening");
-
-    if let (Some(url), Some(token)) = (&args.dashboard_url, &args.dashboard_token) {
-        let config = shipper::ShipperConfig {
-            url: url.clone(),
-            token: token.clone(),
-        };
-        let (shipper, drain) = shipper::spawn(config, director.metrics.shipper.clone(), cancel.clone())?;
-        // Set once, before any listener accepts a request.
-        let _ = director.shipper.set(shipper.clone());
-        tasks.spawn(async move {
-            let _ = drain.await;
-            Ok(())
-        });
-        tasks.spawn({
-            let (datastore, store, cancel) = (
-                director.datastore.clone(),
-                director.metrics_store.clone(),
-                cancel.clone(),
-            );
-            async move {
-                shipper::run_sampler(datastore, store, shipper, cancel).await;
-                Ok(())
-            }
-        });
-        tracing::info!(url = %url, "shipping decisions and pod samples to the dashboard");
-    }
 
     let proxy_addr = match args.proxy_listen {
         Some(addr) => {

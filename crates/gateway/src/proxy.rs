@@ -32,8 +32,7 @@ use serde_json::json;
 use crate::{
     error::RouteError,
     openai::ApiKind,
-    routing::{Director, MirrorCopy, ResponseStats, RoutePlan},
-    usage::UsageObserver,
+    routing::{Director, Flight, Inbound, MirrorCopy},
 };
 
 /// Header naming the endpoint that served the request, as upstream's `x-gateway-destination-endpoint-served`.
@@ -116,6 +115,7 @@ fn error_response(err: &RouteError) -> Response {
 }
 
 async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
+    let received = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = parts
         .headers
@@ -126,16 +126,22 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         .unwrap_or_else(|| state.director.new_request_id());
 
     let limit = state.config.max_body_bytes;
-    let raw = match read_body(body, limit).await {
+    let body = match read_body(body, limit).await {
         Ok(raw) => raw,
         Err(err) => {
-            // The body never reached the director, so record the rejection here.
+            // The body never reached the director, so nothing records the rejection but this log line.
             tracing::debug!(request_id = %request_id, error = %err, "rejected request body");
             return error_response(&err);
         }
     };
-    let mut plan = match state.director.route(kind, raw, request_id.clone()) {
-        Ok(plan) => plan,
+    let inbound = Inbound {
+        kind,
+        body,
+        request_id: request_id.clone(),
+        received,
+    };
+    let mut routed = match state.director.route(inbound) {
+        Ok(routed) => routed,
         Err(err) => return error_response(&err),
     };
 
@@ -145,14 +151,14 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         .map(|p| p.as_str())
         .unwrap_or(parts.uri.path())
         .to_owned();
-    if let Some(copy) = plan.mirror.take() {
-        send_mirror(&state, *copy, &path, &parts.headers);
+    if let Some(copy) = routed.mirror.take() {
+        send_mirror(&state, copy, &path, &parts.headers);
     }
-    let targets = std::iter::once(plan.endpoint.clone()).chain(plan.fallbacks.iter().take(1).cloned());
-    let mut served_by_fallback = false;
+    let mut flight = routed.flight;
+    let targets = std::iter::once(flight.endpoint().clone()).chain(routed.fallbacks.iter().take(1).cloned());
     let mut last_error = None;
     for endpoint in targets {
-        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &plan, &request_id) {
+        let upstream = match upstream_request(&endpoint, &path, &parts.headers, &routed.body, &request_id) {
             Ok(req) => req,
             Err(err) => {
                 last_error = Some(err);
@@ -161,12 +167,12 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         };
         match state.client.request(upstream).await {
             Ok(response) => {
-                return stream_back(state.director.clone(), plan, endpoint, served_by_fallback, response);
+                flight.served_by(endpoint.clone());
+                return stream_back(flight, endpoint, response);
             }
             Err(err) if err.is_connect() => {
                 // Nothing was sent to the client yet, so the next-best endpoint can still take the request.
                 tracing::warn!(request_id = %request_id, endpoint = %endpoint, error = %err, "model server refused the connection");
-                served_by_fallback = true;
                 last_error = Some(format!("connecting to {endpoint}: {err}"));
             }
             Err(err) => {
@@ -176,84 +182,50 @@ async fn proxy(state: ProxyState, kind: ApiKind, request: Request) -> Response {
         }
     }
     let message = last_error.unwrap_or_else(|| "no endpoint left to try".into());
-    let endpoint = plan.endpoint.clone();
-    state.director.finish(
-        plan,
-        endpoint,
-        ResponseStats {
-            status: Some(502),
-            ..ResponseStats::default()
-        },
-    );
-    (
-        StatusCode::BAD_GATEWAY,
-        format!("inference error: BadGateway - {message}"),
-    )
-        .into_response()
+    let err = RouteError::BadGateway(message);
+    flight.fail(&err);
+    error_response(&err)
 }
 
-/// Sends a mirrored copy on its own task; its outcome only reaches the decision record and the mirror metrics.
+/// Sends a mirrored copy on its own task; its outcome only reaches the copy's audit record and the mirror metrics.
 fn send_mirror(state: &ProxyState, copy: MirrorCopy, path: &str, headers: &HeaderMap) {
-    let MirrorCopy { mut plan, slot } = copy;
-    let id = plan.decision.request_id.clone();
-    let request = upstream_request(&plan.endpoint, path, headers, &plan, &id).and_then(|mut request| {
-        let original = plan.decision.mirror_of.as_deref().unwrap_or_default();
+    let MirrorCopy { mut flight, body } = copy;
+    let endpoint = flight.endpoint().clone();
+    let request = upstream_request(&endpoint, path, headers, &body, flight.request_id()).and_then(|mut request| {
+        let original = flight.mirror_of().unwrap_or_default();
         let value = HeaderValue::from_str(original).map_err(|e| format!("mirror-of header: {e}"))?;
         request.headers_mut().insert(MIRROR_OF_HEADER, value);
         Ok(request)
     });
-    let (director, client, timeout) = (
-        state.director.clone(),
-        state.client.clone(),
-        state.config.mirror_timeout,
-    );
+    let (client, timeout) = (state.client.clone(), state.config.mirror_timeout);
     tokio::spawn(async move {
-        let endpoint = plan.endpoint.clone();
-        let mut first_byte = None;
         let exchange = async {
             let response = client.request(request?).await.map_err(|e| format!("sending: {e}"))?;
-            let status = response.status().as_u16();
             let content_type = response
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            let mut usage = UsageObserver::new(content_type);
+            flight.response(Some(response.status().as_u16()), content_type);
             let mut body = response.into_body();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| format!("reading the response: {e}"))?;
-                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
-                    first_byte.get_or_insert_with(Instant::now);
-                    usage.observe(data);
+                if let Some(data) = frame.data_ref() {
+                    flight.observe(data);
                 }
             }
-            Ok::<_, String>((status, usage.finish()))
+            Ok::<_, String>(())
         };
-        let outcome = tokio::time::timeout(timeout, exchange).await;
-        let started = plan.started;
-        let mut stats = ResponseStats {
-            ttft_ms: first_byte.map(|t: Instant| (t - started).as_secs_f64() * 1e3),
-            ..ResponseStats::default()
-        };
-        match outcome {
-            Ok(Ok((status, usage))) => {
-                stats.status = Some(status);
-                stats.usage = usage;
-            }
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(())) => flight.finish(),
             Ok(Err(error)) => {
-                tracing::debug!(request_id = %id, endpoint = %endpoint, %error, "mirrored copy failed");
-                plan.decision.reason.push_str(&format!("; mirror failed: {error}"));
-                stats.status = Some(502);
+                tracing::debug!(request_id = %flight.request_id(), endpoint = %endpoint, %error, "mirrored copy failed");
+                flight.fail(error);
             }
             Err(_) => {
-                tracing::debug!(request_id = %id, endpoint = %endpoint, ?timeout, "mirrored copy timed out");
-                plan.decision
-                    .reason
-                    .push_str(&format!("; mirror timed out after {timeout:?}"));
+                tracing::debug!(request_id = %flight.request_id(), endpoint = %endpoint, ?timeout, "mirrored copy timed out");
+                flight.time_out(timeout);
             }
         }
-        director.finish(plan, endpoint, stats);
-        // Released only now, so the bound covers the whole exchange.
-        drop(slot);
     });
 }
 
@@ -287,7 +259,7 @@ fn upstream_request(
     endpoint: &EndpointId,
     path: &str,
     headers: &HeaderMap,
-    plan: &RoutePlan,
+    body: &Bytes,
     request_id: &str,
 ) -> Result<http::Request<Full<Bytes>>, String> {
     let uri = format!("http://{endpoint}{path}");
@@ -296,44 +268,26 @@ fn upstream_request(
         builder = builder.header(name, value);
     }
     builder
-        .header(header::CONTENT_LENGTH, plan.body.len())
+        .header(header::CONTENT_LENGTH, body.len())
         .header(REQUEST_ID_HEADER, request_id)
-        .body(Full::new(plan.body.clone()))
+        .body(Full::new(body.clone()))
         .map_err(|e| format!("building the upstream request to {uri}: {e}"))
 }
 
-fn stream_back(
-    director: Arc<Director>,
-    plan: RoutePlan,
-    endpoint: EndpointId,
-    served_by_fallback: bool,
-    response: http::Response<hyper::body::Incoming>,
-) -> Response {
+fn stream_back(mut flight: Flight, endpoint: EndpointId, response: http::Response<hyper::body::Incoming>) -> Response {
     let (mut parts, body) = response.into_parts();
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let usage = UsageObserver::new(content_type);
+    flight.response(Some(parts.status.as_u16()), content_type);
     parts.headers.retain_forwardable();
     if let Ok(value) = HeaderValue::from_str(endpoint.as_str()) {
         parts.headers.insert(SERVED_HEADER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&plan.decision.request_id) {
+    if let Ok(value) = HeaderValue::from_str(flight.request_id()) {
         parts.headers.insert(REQUEST_ID_HEADER, value);
     }
-    let stats = ResponseStats {
-        status: Some(parts.status.as_u16()),
-        served_by_fallback,
-        ..ResponseStats::default()
-    };
     let observed = ObservedBody {
         inner: body,
-        usage,
-        first_byte: None,
-        finish: Some(Finish {
-            director,
-            plan,
-            endpoint,
-            stats,
-        }),
+        flight: Some(flight),
     };
     Response::from_parts(parts, Body::new(observed))
 }
@@ -351,32 +305,12 @@ impl RetainForwardable for HeaderMap {
     }
 }
 
-struct Finish {
-    director: Arc<Director>,
-    plan: RoutePlan,
-    endpoint: EndpointId,
-    stats: ResponseStats,
-}
-
-/// Passes the model server's body through untouched while timing the first byte and reading usage; the decision
-/// is finished when the body ends or, if the client goes away first, when it is dropped.
+/// Passes the model server's body through untouched while its [`Flight`] watches it; the flight ends when the body
+/// does or, if the client goes away first, when this is dropped (a 499).
 struct ObservedBody {
     inner: hyper::body::Incoming,
-    usage: UsageObserver,
-    first_byte: Option<Instant>,
-    finish: Option<Finish>,
-}
-
-impl ObservedBody {
-    fn complete(&mut self) {
-        if let Some(mut finish) = self.finish.take() {
-            // Measured from when the gateway received the request, as the client experiences it.
-            let received = finish.plan.started;
-            finish.stats.ttft_ms = self.first_byte.map(|t| (t - received).as_secs_f64() * 1e3);
-            finish.stats.usage = self.usage.finish();
-            finish.director.finish(finish.plan, finish.endpoint, finish.stats);
-        }
-    }
+    /// `None` once the flight ended.
+    flight: Option<Flight>,
 }
 
 impl HttpBody for ObservedBody {
@@ -388,24 +322,21 @@ impl HttpBody for ObservedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
-                    if this.first_byte.is_none()
-                        && let Some(finish) = this.finish.as_mut()
-                    {
-                        finish.director.first_byte(&mut finish.plan);
-                    }
-                    this.first_byte.get_or_insert_with(Instant::now);
-                    this.usage.observe(data);
+                if let (Some(data), Some(flight)) = (frame.data_ref(), this.flight.as_mut()) {
+                    flight.observe(data);
                 }
             }
             Poll::Ready(Some(Err(err))) => {
                 tracing::warn!(error = %err, "model server response body failed");
-                if let Some(finish) = this.finish.as_mut() {
-                    finish.stats.status = Some(502);
+                if let Some(flight) = this.flight.take() {
+                    flight.fail(err);
                 }
-                this.complete();
             }
-            Poll::Ready(None) => this.complete(),
+            Poll::Ready(None) => {
+                if let Some(flight) = this.flight.take() {
+                    flight.finish();
+                }
+            }
             Poll::Pending => {}
         }
         polled
@@ -422,18 +353,12 @@ impl HttpBody for ObservedBody {
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
-        if self.finish.is_some() && !self.inner.is_end_stream() {
-            // The client went away mid-response: record that, the model server connection is dropped with us.
-            if let Some(finish) = self.finish.as_mut() {
-                finish
-                    .plan
-                    .decision
-                    .reason
-                    .push_str("; client disconnected before the response ended");
-                // 499 as nginx logs it: not a server error, so the outcome stays Routed.
-                finish.stats.status = Some(499);
-            }
+        // A body at its end whose last poll was never made still counts as complete; otherwise the client went
+        // away mid-response and the dropped flight records a 499.
+        if let Some(flight) = self.flight.take()
+            && self.inner.is_end_stream()
+        {
+            flight.finish();
         }
-        self.complete();
     }
 }

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use audit::wire::{self, Line as Record, Sample};
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::Full;
@@ -15,8 +16,6 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use prometheus_client::metrics::counter::Counter;
-use scheduler::Decision;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,28 +34,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often per-pod samples are taken.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-
-/// One record of the ingest stream.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Record {
-    Decision(Box<Decision>),
-    Sample(Sample),
-}
-
-/// Queue, running requests and KV-cache use of one pod at one time.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Sample {
-    /// `namespace/name`.
-    pub pod: String,
-    pub pool: String,
-    /// `ip:port`.
-    pub endpoint: String,
-    pub at_ms: u64,
-    pub queue: u32,
-    pub running: u32,
-    pub kv_usage: f64,
-}
 
 /// Where and how to ship.
 #[derive(Clone, Debug)]
@@ -94,7 +71,7 @@ impl Shipper {
         }
     }
 
-    pub fn ship_decision(&self, decision: Decision) {
+    pub fn ship_decision(&self, decision: audit::Record) {
         self.ship(Record::Decision(Box::new(decision)));
     }
 }
@@ -168,12 +145,8 @@ impl Sender {
         }
         let n = batch.len() as u64;
         let mut body = Vec::with_capacity(batch.len() * 1024);
-        for record in batch.drain(..) {
-            // Serialising plain data into a Vec cannot fail.
-            if serde_json::to_writer(&mut body, &record).is_ok() {
-                body.push(b'\n');
-            }
-        }
+        wire::encode(batch.iter(), &mut body);
+        batch.clear();
         let body = Bytes::from(body);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {

@@ -77,7 +77,7 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
     let total: u64 = sims.iter().map(|s| s.stats().requests_completed).sum();
     assert_eq!(total, 60);
 
-    let decisions = gw.director.decisions.latest(60);
+    let decisions = gw.director.recorder.decisions.latest(60);
     assert_eq!(decisions.len(), 60);
     for d in &decisions {
         assert_eq!(d.outcome, scheduler::Outcome::Routed);

@@ -115,13 +115,13 @@ impl Setup {
     }
 
     /// The newest decision once every stream has finished (a routed decision is recorded when its stream ends).
-    async fn last_decision(&self) -> scheduler::Decision {
+    async fn last_decision(&self) -> audit::Record {
         self.inflight_returns_to_zero().await;
-        self.gw.director.decisions.latest(1).remove(0)
+        self.gw.director.recorder.decisions.latest(1).remove(0)
     }
 
     /// The newest decision once every stream but one held open has finished.
-    async fn decision_while_one_stays_open(&self) -> scheduler::Decision {
+    async fn decision_while_one_stays_open(&self) -> audit::Record {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.gw.director.inflight() != 1 {
             assert!(
@@ -131,7 +131,7 @@ impl Setup {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.gw.director.decisions.latest(1).remove(0)
+        self.gw.director.recorder.decisions.latest(1).remove(0)
     }
 
     async fn inflight_returns_to_zero(&self) {
@@ -1113,7 +1113,7 @@ async fn pod_gauges_are_exported_for_the_dashboard() {
     s.ask("/v1/completions", r#"{"model":"qwq","prompt":"x"}"#)
         .await
         .routed();
-    let text = s.gw.director.metrics.encode();
+    let text = s.gw.director.recorder.metrics.encode();
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/grafana/switchyard.json"
@@ -1142,7 +1142,7 @@ async fn pod_gauges_are_exported_for_the_dashboard() {
 async fn a_prompt_counts_in_its_pods_prefill_backlog_until_the_first_response_byte() {
     let s = setup("xp-backlog", 78, 2, &[]).await;
     s.load(&[(0, 0.1), (0, 0.1)]).await;
-    let backlog_on = |d: &scheduler::Decision, pod: &str| {
+    let backlog_on = |d: &audit::Record, pod: &str| {
         d.candidates
             .iter()
             .find(|c| c.endpoint.as_str() == pod)

@@ -108,7 +108,7 @@ async fn the_python_envoy_data_plane_client_agrees() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let decisions = gw.director.decisions.latest(1000);
+    let decisions = gw.director.recorder.decisions.latest(1000);
     assert!(
         decisions
             .iter()

@@ -153,6 +153,7 @@ impl Setup {
     fn mirrored(&self, model: &str, outcome: &'static str) -> u64 {
         self.gw
             .director
+            .recorder
             .metrics
             .mirror_requests
             .get_or_create(&MirrorLabels {
@@ -166,6 +167,7 @@ impl Setup {
     fn skipped(&self, model: &str, reason: MirrorSkip) -> u64 {
         self.gw
             .director
+            .recorder
             .metrics
             .mirror_skipped
             .get_or_create(&MirrorSkipLabels {
@@ -178,6 +180,7 @@ impl Setup {
     fn requests(&self, model: &str) -> u64 {
         self.gw
             .director
+            .recorder
             .metrics
             .requests
             .get_or_create(&OutcomeLabels {
@@ -270,7 +273,7 @@ async fn mirrors_the_configured_share_to_the_mirror_pool() {
     assert!(originals.iter().all(|b| b["model"] == "qwq-32b"));
     assert_eq!(s.requests("qwq"), 2000, "copies stay out of switchyard_requests_total");
 
-    let decisions = s.gw.director.decisions.latest(1000);
+    let decisions = s.gw.director.recorder.decisions.latest(1000);
     let copy = decisions
         .iter()
         .find(|d| d.mirror_of.is_some())
@@ -339,7 +342,7 @@ async fn a_failing_or_hanging_mirror_never_changes_the_client_answer() {
     assert_eq!(s.mirrored("qwq", "error") + busy_before, 20);
     assert!(s.mirrored("qwq", "error") >= 10, "most copies were sent");
     assert_eq!(s.mirrored("qwq", "ok"), 0);
-    let failed = s.gw.director.decisions.latest(50);
+    let failed = s.gw.director.recorder.decisions.latest(50);
     assert!(
         failed
             .iter()
@@ -622,7 +625,7 @@ mod shadow {
             assert_eq!(sent["model"], "qwq-next-32b", "rewritten to the mirror target");
         }
         s.quiet().await;
-        let decisions = s.gw.director.decisions.latest(4);
+        let decisions = s.gw.director.recorder.decisions.latest(4);
         assert!(decisions[..3].iter().all(|d| d.mirror_of.as_deref() == Some("orig-7")
             && d.request_id == "orig-7-mirror"
             && d.model == "qwq"

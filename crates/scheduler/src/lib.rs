@@ -21,9 +21,10 @@ mod scheduler;
 #[cfg(test)]
 mod fixtures;
 
+pub use audit::{Candidate, Criticality, EndpointId, LoraState, Outcome, PodName, Scores};
 pub use config::{ConfigError, SchedulerConfig};
-pub use decision::{Candidate, Decision, LoraState, Outcome, Scores};
-pub use endpoint::{Endpoint, EndpointId, EndpointMetrics, PodName};
-pub use request::{Criticality, Request};
+pub use decision::{Decision, Reason};
+pub use endpoint::{Endpoint, EndpointMetrics};
+pub use request::Request;
 pub use scheduler::Scheduler;
 pub use split::{TargetWeight, pick_target};

@@ -1,15 +1,6 @@
 //! The routing request: what the scheduler needs to know about one client request.
 
-use serde::{Deserialize, Serialize};
-
-/// How important a request is when the pool is saturated (InferenceModel `criticality`; unset = Standard).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Criticality {
-    Critical,
-    #[default]
-    Standard,
-    Sheddable,
-}
+use audit::Criticality;
 
 /// A request after parsing and the canary split.
 #[derive(Clone, Debug, PartialEq)]

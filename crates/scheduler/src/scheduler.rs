@@ -10,8 +10,8 @@ use std::{
 use rand::{Rng, RngCore};
 
 use crate::{
-    Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome, Request, SchedulerConfig,
-    Scores,
+    Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome, Reason, Request,
+    SchedulerConfig, Scores,
     cycle::{self, Cycle},
     prefix::{PrefixConfig, PrefixIndex},
     profile::{Profile, Run},
@@ -64,9 +64,8 @@ impl Scheduler {
     ) -> Decision {
         let mut rng: &mut R = rng;
         let rng: &mut dyn RngCore = &mut rng;
-        let mut decision = self.empty_decision(request);
+        let mut decision = self.empty_decision();
         if endpoints.is_empty() {
-            decision.reason.push_str("no ready endpoints in pool");
             return decision;
         }
 
@@ -93,7 +92,9 @@ impl Scheduler {
 
         if request.criticality == Criticality::Sheddable && self.saturation.is_saturated(endpoints, now) {
             decision.outcome = Outcome::Shed429;
-            decision.reason = format!("sheddable request shed: pool saturated, {}", self.saturation.describe());
+            decision.reason = Reason::PoolSaturated {
+                rule: self.saturation.describe(),
+            };
             decision.candidates = (0..endpoints.len()).map(|idx| candidate(&cycle, idx, None)).collect();
             return decision;
         }
@@ -103,7 +104,7 @@ impl Scheduler {
         decision.candidates = (0..endpoints.len())
             .map(|idx| candidate(&cycle, idx, Some(&run)))
             .collect();
-        decision.reason = run.reason;
+        decision.reason = Reason::Profile(run.reason);
         let Some((&winner, rest)) = run.ranked.split_first() else {
             return decision;
         };
@@ -147,29 +148,15 @@ impl Scheduler {
         self.prefix_index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A 503 "no capacity" decision for `request`, to be filled in.
-    fn empty_decision(&self, request: &Request) -> Decision {
+    /// A 503 "no capacity" decision, to be filled in.
+    fn empty_decision(&self) -> Decision {
         Decision {
-            request_id: request.request_id.clone(),
-            received_at_ms: request.received_at_ms,
-            model: request.model.clone(),
-            target_model: request.target_model.clone(),
-            criticality: request.criticality,
-            pool: request.pool.clone(),
             outcome: Outcome::NoCapacity503,
             endpoint: None,
             fallbacks: Vec::new(),
             candidates: Vec::new(),
             profile: self.profile.name().to_owned(),
-            reason: String::new(),
-            scheduler_micros: 0,
-            status: None,
-            ttft_ms: None,
-            duration_ms: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cached_tokens: None,
-            mirror_of: None,
+            reason: Reason::NoReadyEndpoints,
         }
     }
 }

@@ -207,7 +207,7 @@ async fn generate(args: &DashboardArgs, db_path: &Path) -> anyhow::Result<Option
     // A few distinct decisions, reused with new ids, times and outcomes: generating JSON would dominate otherwise.
     let templates: Vec<dashboard::db::NewDecision> = (0..64)
         .map(|i| {
-            let d: scheduler::Decision = serde_json::from_value(decision(&mut rng, i, 0)).expect("valid decision");
+            let d: audit::Record = serde_json::from_value(decision(&mut rng, i, 0)).expect("valid decision");
             dashboard::db::NewDecision::from_decision(&d).expect("encodable decision")
         })
         .collect();

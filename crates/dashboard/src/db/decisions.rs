@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use scheduler::{Candidate, Criticality, Decision, EndpointId, Outcome};
+use audit::{Candidate, Criticality, EndpointId, Outcome, Record};
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Sqlite, prelude::FromRow};
 
@@ -42,7 +42,7 @@ pub struct NewDecision {
 }
 
 impl NewDecision {
-    pub fn from_decision(d: &Decision) -> Result<NewDecision> {
+    pub fn from_decision(d: &Record) -> Result<NewDecision> {
         let pod = d.endpoint.as_ref().and_then(|endpoint| {
             d.candidates
                 .iter()
@@ -215,7 +215,7 @@ struct FullRow {
 }
 
 impl FullRow {
-    fn into_decision(self) -> Result<(Cursor, Decision)> {
+    fn into_decision(self) -> Result<(Cursor, Record)> {
         let s = self.summary;
         let cursor = s.cursor();
         let outcome: Outcome = serde_json::from_value(serde_json::Value::String(s.outcome))?;
@@ -225,7 +225,7 @@ impl FullRow {
         let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok((
             cursor,
-            Decision {
+            Record {
                 request_id: s.request_id,
                 received_at_ms: unsigned(s.received_at_ms),
                 model: s.model,
@@ -379,7 +379,7 @@ impl Db {
         filter: &DecisionFilter,
         after: Option<Cursor>,
         limit: u32,
-    ) -> Result<Vec<(Cursor, Decision)>> {
+    ) -> Result<Vec<(Cursor, Record)>> {
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {SUMMARY_COLUMNS}, fallbacks, candidates FROM decisions"
         ));
@@ -391,7 +391,7 @@ impl Db {
 
     /// The newest decision with this request id (ids supplied by clients need not be unique); a client request
     /// comes before a mirrored copy that happens to carry the same id.
-    pub async fn get_decision(&self, request_id: &str) -> Result<Option<Decision>> {
+    pub async fn get_decision(&self, request_id: &str) -> Result<Option<Record>> {
         let row = sqlx::query_as::<_, FullRow>(concat!(
             "SELECT ",
             summary_columns!(),

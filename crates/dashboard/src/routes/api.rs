@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1/` (decisions with the audit's filters, one decision, pod samples) and the CSV / JSON
 //! exports of any audit query. Errors are JSON `{"error": …}`.
 
+use audit::Record;
 use axum::{
     Json, Router,
     body::Body,
@@ -10,7 +11,6 @@ use axum::{
     routing::get,
 };
 use futures::stream::{self, StreamExt as _};
-use scheduler::Decision;
 use serde::{Deserialize, Serialize};
 
 use super::decisions::{DEFAULT_LIMIT, DecisionParams};
@@ -39,7 +39,7 @@ pub(super) fn router() -> Router<AppState> {
 
 #[derive(Serialize)]
 struct DecisionPage {
-    decisions: Vec<Decision>,
+    decisions: Vec<Record>,
     /// Pass as `after` for the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
@@ -60,7 +60,7 @@ async fn decisions(
     }))
 }
 
-async fn decision(State(state): State<AppState>, Path(request_id): Path<String>) -> Result<Json<Decision>, ApiError> {
+async fn decision(State(state): State<AppState>, Path(request_id): Path<String>) -> Result<Json<Record>, ApiError> {
     let d = state
         .db
         .get_decision(&request_id)
@@ -176,7 +176,7 @@ async fn export_csv(State(state): State<AppState>, Query(params): Query<Decision
         .into_response())
 }
 
-fn ndjson_row(d: &Decision) -> String {
+fn ndjson_row(d: &Record) -> String {
     let mut line = serde_json::to_string(d).unwrap_or_default();
     line.push('\n');
     line

@@ -4,13 +4,13 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use audit::{Criticality, Outcome, Record};
 use axum::{
     Router,
     extract::{Path, Query, State},
     http::HeaderMap,
     routing::get,
 };
-use scheduler::{Criticality, Decision, Outcome};
 use serde::Deserialize;
 
 use super::{Nav, encode, fmt_opt_ms, fmt_pct, pod_path, session};
@@ -258,7 +258,7 @@ pub(crate) struct CandidateView {
 #[template(path = "decision.html")]
 struct DetailPage {
     nav: Nav,
-    d: Decision,
+    d: Record,
     outcome: &'static str,
     criticality: &'static str,
     time: String,
@@ -277,7 +277,7 @@ struct DetailPage {
 }
 
 /// One sentence on why the winner won: its total against the runner-up, and the scorer that made the difference.
-fn explain(d: &Decision) -> String {
+fn explain(d: &Record) -> String {
     let Some(endpoint) = &d.endpoint else {
         return d.reason.clone();
     };

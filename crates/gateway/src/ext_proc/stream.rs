@@ -24,8 +24,7 @@ use super::{
 use crate::{
     error::RouteError,
     openai::ApiKind,
-    routing::{Director, MODEL_HEADER, ResponseStats, RoutePlan},
-    usage::UsageObserver,
+    routing::{Director, Flight, Inbound, MODEL_HEADER},
 };
 
 /// Whether the stream goes on after a message.
@@ -66,15 +65,6 @@ enum Phase {
     Upstream,
 }
 
-/// A routed request whose response is being watched.
-struct Routed {
-    plan: RoutePlan,
-    status: Option<u16>,
-    first_byte: Option<Instant>,
-    usage: Option<UsageObserver>,
-    served: Option<String>,
-}
-
 /// One ext_proc stream.
 pub struct Stream {
     director: Arc<Director>,
@@ -92,7 +82,8 @@ pub struct Stream {
     /// The original's model, as the picker marked it on the original request ([`MODEL_HEADER`]).
     shadow_model: Option<String>,
     body: Option<BodyBuffer>,
-    routed: Option<Routed>,
+    /// The routed request whose response is being watched; `None` before routing and once it ended.
+    flight: Option<Flight>,
 }
 
 /// What Envoy appends to the host of a mirrored request.
@@ -115,7 +106,7 @@ impl Stream {
             shadow_of: None,
             shadow_model: None,
             body: None,
-            routed: None,
+            flight: None,
         }
     }
 
@@ -128,10 +119,10 @@ impl Stream {
         if let Some(subset) = convert::subset_hint(message.metadata_context.as_ref()) {
             self.subset = Some(subset);
         }
-        if let Some(routed) = self.routed.as_mut()
+        if let Some(flight) = self.flight.as_mut()
             && let Some(served) = convert::served_endpoint(message.metadata_context.as_ref())
         {
-            routed.served = Some(served);
+            flight.served_by(served.into());
         }
         let Some(request) = message.request else {
             return Ok(Flow::Continue);
@@ -155,7 +146,7 @@ impl Stream {
             processing_request::Request::ResponseBody(body) => self.response_body(body, out),
             processing_request::Request::ResponseTrailers(_) => {
                 self.require_upstream("response trailers")?;
-                self.complete();
+                self.finish();
                 out.push(convert::response_trailers());
                 Ok(Flow::Continue)
             }
@@ -241,38 +232,32 @@ impl Stream {
 
     /// The body is complete: route it and answer the headers and body.
     fn route(&mut self, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
-        let raw = self.body.take().map(|mut b| b.take()).unwrap_or_default();
-        let request_id = self.request_id.clone();
-        let routed = match self.shadow_of.clone() {
-            Some(mirror_of) => self
-                .director
-                .route_shadow(self.kind, raw, mirror_of, self.shadow_model.clone()),
-            None => self
-                .director
-                .route_in_subset(self.kind, raw, request_id, self.subset.as_deref()),
+        let inbound = Inbound {
+            kind: self.kind,
+            body: self.body.take().map(|mut b| b.take()).unwrap_or_default(),
+            // A shadow is routed under the id of the request it copies.
+            request_id: self.shadow_of.clone().unwrap_or_else(|| self.request_id.clone()),
+            received: self.started,
         };
-        let mut plan = match routed {
-            Ok(plan) => plan,
+        let routed = match &self.shadow_of {
+            Some(_) => self.director.route_shadow(inbound, self.shadow_model.as_deref()),
+            None => self.director.route_in_subset(inbound, self.subset.as_deref()),
+        };
+        let routed = match routed {
+            Ok(routed) => routed,
             Err(RouteError::Internal(message)) => return Err(Status::internal(message)),
             Err(err) => return Ok(self.reject(&err, out)),
         };
-        let destination = std::iter::once(&plan.endpoint)
-            .chain(plan.fallbacks.iter().take(self.config.fallbacks))
+        let destination = std::iter::once(routed.flight.endpoint())
+            .chain(routed.fallbacks.iter().take(self.config.fallbacks))
             .map(|e| e.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        let rewritten = plan.decision.target_model != plan.decision.model;
-        // The body goes back to Envoy now; the plan lives as long as the response, so it must not keep a copy.
-        let body = std::mem::take(&mut plan.body);
+        let rewritten = routed.flight.record().is_some_and(|r| r.target_model != r.model);
+        let body = routed.body;
         let mut headers = self.route_headers(&destination);
-        let mirrors = self
-            .director
-            .datastore
-            .snapshot()
-            .model(&plan.decision.model)
-            .is_some_and(|m| m.mirror.is_some());
-        if mirrors && self.shadow_of.is_none() {
-            headers.push(convert::set_header(MODEL_HEADER, &plan.decision.model));
+        if let Some(model) = &routed.model_header {
+            headers.push(convert::set_header(MODEL_HEADER, model));
         }
         match self.request_mode {
             RequestMode::FullDuplex | RequestMode::NoBody => {
@@ -288,13 +273,8 @@ impl Stream {
                 out.push(convert::request_body_buffered_routed(headers, new_body, &destination));
             }
         }
-        self.routed = Some(Routed {
-            plan,
-            status: None,
-            first_byte: None,
-            usage: None,
-            served: None,
-        });
+        // The body went back to Envoy; the flight lives as long as the response and keeps no copy of it.
+        self.flight = Some(routed.flight);
         self.phase = Phase::Upstream;
         Ok(Flow::Continue)
     }
@@ -337,32 +317,25 @@ impl Stream {
 
     fn response_headers(&mut self, headers: HttpHeaders, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
         self.require_upstream("response headers")?;
-        if let Some(routed) = self.routed.as_mut() {
+        if let Some(flight) = self.flight.as_mut() {
             let map = headers.headers.as_ref();
             // Real Envoy sends `:status`; upstream's tests send `status`.
-            routed.status = convert::header(map, ":status")
+            let status = convert::header(map, ":status")
                 .or_else(|| convert::header(map, "status"))
                 .and_then(|s| s.parse().ok());
-            routed.usage = Some(UsageObserver::new(convert::header(map, "content-type")));
+            flight.response(status, convert::header(map, "content-type"));
         }
         out.push(convert::response_headers_continue());
         if headers.end_of_stream || self.response_mode == ResponseMode::NoBody {
-            self.complete();
+            self.finish();
         }
         Ok(Flow::Continue)
     }
 
     fn response_body(&mut self, body: HttpBody, out: &mut Vec<ProcessingResponse>) -> Result<Flow, Status> {
         self.require_upstream("response body")?;
-        if let Some(routed) = self.routed.as_mut() {
-            if !body.body.is_empty() && routed.first_byte.is_none() {
-                routed.first_byte = Some(Instant::now());
-                self.director.first_byte(&mut routed.plan);
-            }
-            routed
-                .usage
-                .get_or_insert_with(|| UsageObserver::new(None))
-                .observe(&body.body);
+        if let Some(flight) = self.flight.as_mut() {
+            flight.observe(&body.body);
         }
         let end = body.end_of_stream;
         out.push(match self.response_mode {
@@ -370,49 +343,26 @@ impl Stream {
             ResponseMode::Continue | ResponseMode::NoBody => convert::response_body_continue(),
         });
         if end {
-            self.complete();
+            self.finish();
         }
         Ok(Flow::Continue)
     }
 
-    /// Finishes the decision record with what the response showed (once).
-    fn complete(&mut self) {
-        let Some(mut routed) = self.routed.take() else {
-            return;
-        };
-        let usage = routed.usage.as_mut().and_then(UsageObserver::finish);
-        let ttft_ms = routed
-            .first_byte
-            .map(|t| t.saturating_duration_since(self.started).as_secs_f64() * 1e3);
-        let served = routed
-            .served
-            .as_deref()
-            .map(scheduler::EndpointId::from)
-            .unwrap_or_else(|| routed.plan.endpoint.clone());
-        let stats = ResponseStats {
-            status: routed.status,
-            ttft_ms,
-            usage,
-            served_by_fallback: served != routed.plan.endpoint,
-        };
-        self.director.finish(routed.plan, served, stats);
+    /// The response ended: its flight records what it showed (once).
+    fn finish(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            flight.finish();
+        }
     }
 }
 
 impl Drop for Stream {
-    /// Envoy cancelled the stream (client gone, timeout) or it broke: the decision is still finished, so the
+    /// Envoy cancelled the stream (client gone, timeout) or it broke: the request is still recorded, so the
     /// in-flight count returns to zero and the record says what happened.
     fn drop(&mut self) {
-        if let Some(routed) = self.routed.as_mut() {
-            routed
-                .plan
-                .decision
-                .reason
-                .push_str("; ext_proc stream ended before the response did");
-            // 499 as nginx logs a client that went away: not a server error, so the outcome stays Routed.
-            routed.status.get_or_insert(499);
+        if let Some(flight) = self.flight.take() {
+            flight.abandon("ext_proc stream ended before the response did");
         }
-        self.complete();
     }
 }
 

@@ -191,7 +191,7 @@ fn profile_selects_a_builtin_or_user_profile_and_a_user_profile_can_replace_a_bu
     let replaced = scheduler("profiles: { default: { scorers: [ { type: queue } ], picker: { type: random } } }");
     let decision = route(&replaced, &Request::test("hi"), &pool, now);
     assert_eq!(decision.profile, "default");
-    assert_eq!(decision.reason, "random pick among 2");
+    assert_eq!(decision.reason.to_string(), "random pick among 2");
 }
 
 #[test]
@@ -336,7 +336,9 @@ fn decision_tree_parameters_are_applied() {
     ];
     let tree = |params: &str| {
         let yaml = format!("profile: t\nprofiles: {{ t: {{ type: decision-tree{params} }} }}");
-        route(&scheduler(&yaml), &Request::test("hi"), &pool, now).reason
+        route(&scheduler(&yaml), &Request::test("hi"), &pool, now)
+            .reason
+            .to_string()
     };
     assert!(tree("").contains("has-capacity (failed)"), "{}", tree(""));
     let relaxed = tree(", hasCapacity: { queueThreshold: 6 }");

@@ -34,7 +34,8 @@ fn scheduler_is_shareable_between_threads() {
 fn an_empty_pool_is_a_503() {
     let decision = route(&scheduler(), &Request::test("hi"), &[], Instant::now(), 1);
     assert_eq!(decision.outcome, Outcome::NoCapacity503);
-    assert_eq!(decision.reason, "no ready endpoints in pool");
+    assert_eq!(decision.reason, Reason::NoReadyEndpoints);
+    assert_eq!(decision.reason.to_string(), "no ready endpoints in pool");
     assert!(decision.candidates.is_empty() && decision.endpoint.is_none());
 }
 
@@ -55,7 +56,9 @@ fn a_sheddable_request_is_shed_when_saturated_while_critical_and_standard_are_ro
     );
     assert_eq!(shed.outcome, Outcome::Shed429);
     assert!(
-        shed.reason.starts_with("sheddable request shed: pool saturated"),
+        shed.reason
+            .to_string()
+            .starts_with("sheddable request shed: pool saturated"),
         "{}",
         shed.reason
     );
@@ -107,7 +110,10 @@ fn filters_that_leave_nothing_give_a_503_naming_the_filter() {
     let pool = [Endpoint::test("a", now).queue(1), Endpoint::test("b", now).queue(2)];
     let decision = route(&scheduler, &Request::test("hi"), &pool, now, 1);
     assert_eq!(decision.outcome, Outcome::NoCapacity503);
-    assert_eq!(decision.reason, "filter has-capacity removed every endpoint");
+    assert_eq!(
+        decision.reason.to_string(),
+        "filter has-capacity removed every endpoint"
+    );
     assert!(
         decision
             .candidates
@@ -228,22 +234,11 @@ fn a_routed_decision_is_filled_in() {
     let decision = route(&scheduler(), &request, &pool, now, 1);
     assert_eq!(decision.outcome, Outcome::Routed);
     assert_eq!(decision.profile, "default");
-    assert_eq!((decision.model.as_str(), decision.target_model.as_str()), ("chat", "m"));
-    assert_eq!(
-        (
-            decision.request_id.as_str(),
-            decision.received_at_ms,
-            decision.pool.as_str()
-        ),
-        ("req-1", 42, "pool")
-    );
     assert_eq!(chosen(&decision), "b:8000");
     assert_eq!(
         decision.fallbacks,
         vec![EndpointId::new("c:8000"), EndpointId::new("a:8000")]
     );
-    assert_eq!(decision.scheduler_micros, 0);
-    assert!(decision.status.is_none() && decision.ttft_ms.is_none());
 
     let a = &decision.candidates[0];
     assert_eq!((a.pod.as_str(), a.endpoint.as_str()), ("ns/a", "a:8000"));
@@ -263,7 +258,7 @@ fn a_routed_decision_is_filled_in() {
     let b = &decision.candidates[1];
     assert_eq!(b.total, 2.0 + 1.0 + 8.0 + 4.0);
     assert_eq!(
-        decision.reason,
+        decision.reason.to_string(),
         "max score 15.00 of 20.00: queue 2.00, kv-cache 1.00, prefix-cache 0.00, inflight 8.00, prefill-backlog 4.00; 3 of 4 endpoints passed the filters"
     );
     let d = &decision.candidates[3];
