@@ -80,22 +80,18 @@ impl Setup {
     }
 
     async fn settle(&self, ok: impl Fn(usize, &scheduler::EndpointMetrics) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let fresh = self.pods.iter().enumerate().all(|(i, pod)| {
+        let mut scrapes = self.gw.director.metrics_store.subscribe();
+        test_support::until(&mut scrapes, WAIT, "scraped metrics to settle", || {
+            self.pods.iter().enumerate().all(|(i, pod)| {
                 let m = self
                     .gw
                     .director
                     .metrics_store
                     .get(&EndpointId::new(pod.addr.to_string()));
                 ok(i, &m) && m.updated_at.is_some_and(|t| t.elapsed() < Duration::from_millis(100))
-            });
-            if fresh {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "scraped metrics never settled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            })
+        })
+        .await;
     }
 
     async fn envoy(&self) -> Envoy {
@@ -116,34 +112,18 @@ impl Setup {
 
     /// The newest decision once every stream has finished (a routed decision is recorded when its stream ends).
     async fn last_decision(&self) -> audit::Record {
-        self.inflight_returns_to_zero().await;
+        wait_idle(&self.gw).await;
         self.gw.director.recorder.decisions.latest(1).remove(0)
     }
 
     /// The newest decision once every stream but one held open has finished.
     async fn decision_while_one_stays_open(&self) -> audit::Record {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.gw.director.inflight() != 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "in-flight stuck at {}",
-                self.gw.director.inflight()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_inflight(&self.gw, 1).await;
         self.gw.director.recorder.decisions.latest(1).remove(0)
     }
 
     async fn inflight_returns_to_zero(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.gw.director.inflight() != 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "in-flight stuck at {}",
-                self.gw.director.inflight()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_idle(&self.gw).await;
     }
 }
 
@@ -676,11 +656,7 @@ async fn bad_requests_get_upstream_statuses_and_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ready_pods_is_503_and_a_body_less_request_500() {
     let s = setup("xp-nopods", 66, 0, &[]).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !s.gw.director.datastore.is_synced() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_synced(&s.gw).await;
     let (status, body) = s.ask("/v1/chat/completions", CHAT).await.immediate();
     assert_eq!(status, 503);
     assert!(body.starts_with("inference error: ServiceUnavailable - "), "{body}");
@@ -1051,25 +1027,25 @@ async fn grpc_health_reports_liveness_and_readiness() {
     for addr in [s.gw.health_addr, s.gw.extproc_addr] {
         let mut health = HealthClient::new(channel(addr).await);
         for service in ["liveness", "readiness", gateway::ext_proc::SERVICE_NAME, ""] {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                let status = health
-                    .check(HealthCheckRequest {
-                        service: service.into(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .status;
-                if status == ServingStatus::Serving as i32 {
-                    break;
+            // The health service's own Watch stream announces every status change: no polling.
+            let mut updates = health
+                .watch(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let serving = async {
+                while let Some(update) = updates.message().await.unwrap() {
+                    if update.status == ServingStatus::Serving as i32 {
+                        return;
+                    }
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{service:?} never SERVING on {addr}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+                panic!("{service:?} watch on {addr} ended before SERVING");
+            };
+            tokio::time::timeout(WAIT, serving)
+                .await
+                .unwrap_or_else(|_| panic!("{service:?} never SERVING on {addr}"));
         }
     }
     s.gw.stop().await;
@@ -1078,11 +1054,7 @@ async fn grpc_health_reports_liveness_and_readiness() {
     let dir = temp_dir("xp-health-empty");
     let gw = start_gateway(&dir, &[]).await;
     let health = HealthClient::new(channel(gw.health_addr).await);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !gw.director.datastore.is_synced() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_synced(&gw).await;
     let check = |service: &'static str| {
         let mut health = health.clone();
         async move {

@@ -85,13 +85,8 @@ async fn the_python_envoy_data_plane_client_agrees() {
         }
         let (gw, ids) = (&gw, &ids);
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !ids.iter().zip(loads).all(|(id, (queue, kv))| {
-                let m = gw.director.metrics_store.get(id);
-                (m.waiting_queue, m.kv_cache_usage) == (queue, kv)
-            }) {
-                assert!(tokio::time::Instant::now() < deadline, "metrics never settled");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            for (id, (queue, kv)) in ids.iter().zip(loads) {
+                wait_metrics(gw, id, |m| (m.waiting_queue, m.kv_cache_usage) == (queue, kv)).await;
             }
             wait_scraped(gw, ids).await;
         }
@@ -99,15 +94,8 @@ async fn the_python_envoy_data_plane_client_agrees() {
 
     settle([(3, 0.2), (0, 0.1), (10, 0.2)]).await;
     run_script(&python, gw.extproc_addr, &names, "routing").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gw.director.inflight() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a stream the client cancelled left {} requests in flight",
-            gw.director.inflight()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // A stream the client cancelled must not leave a request in flight.
+    wait_idle(&gw).await;
     let decisions = gw.director.recorder.decisions.latest(1000);
     assert!(
         decisions

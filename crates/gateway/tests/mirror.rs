@@ -132,22 +132,18 @@ async fn setup(name: &str, block: u8, percent: &str, extra: &[&str]) -> Setup {
 impl Setup {
     /// Waits until the gateway has fresh metrics of every mirror pod that satisfy `ok`.
     async fn settle(&self, ok: impl Fn(&scheduler::EndpointMetrics) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let settled = self.mirror.iter().all(|pod| {
+        let mut scrapes = self.gw.director.metrics_store.subscribe();
+        test_support::until(&mut scrapes, WAIT, "mirror pool metrics to settle", || {
+            self.mirror.iter().all(|pod| {
                 let m = self
                     .gw
                     .director
                     .metrics_store
                     .get(&EndpointId::new(pod.addr.to_string()));
                 ok(&m) && m.updated_at.is_some_and(|t| t.elapsed() < Duration::from_millis(100))
-            });
-            if settled {
-                return;
-            }
-            assert!(Instant::now() < deadline, "mirror pool metrics never settled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            })
+        })
+        .await;
     }
 
     fn mirrored(&self, model: &str, outcome: &'static str) -> u64 {
@@ -199,15 +195,7 @@ impl Setup {
 
     /// Waits until no request or copy is in flight, so every decision is recorded.
     async fn quiet(&self) {
-        let deadline = Instant::now() + WAIT;
-        while self.gw.director.inflight() != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "in-flight stuck at {}",
-                self.gw.director.inflight()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_idle(&self.gw).await;
     }
 
     /// Sends `n` requests for `model`, `concurrency` at a time; returns every (status, body) in order.
@@ -430,11 +418,12 @@ async fn invalid_mirror_annotations_are_rejected_and_the_last_good_state_stays()
         model("sentinel", "sentinel", "Critical", "pool", "qwq-32b", None),
     )
     .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while s.gw.director.datastore.snapshot().model("sentinel").is_none() {
-        assert!(Instant::now() < deadline, "the sentinel model never appeared");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let datastore = &s.gw.director.datastore;
+    let mut snapshots = datastore.subscribe();
+    test_support::until(&mut snapshots, WAIT, "the sentinel model", || {
+        datastore.snapshot().model("sentinel").is_some()
+    })
+    .await;
     assert_eq!(s.gw.director.datastore.snapshot().model("qwq").unwrap().mirror, before);
     s.gw.stop().await;
 }

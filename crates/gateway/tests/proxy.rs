@@ -133,12 +133,8 @@ async fn routes_to_the_least_loaded_pod_and_rewrites_the_model() {
     s.pods[2].set(3, 0.5);
     let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
     wait_scraped(&s.gw, &ids).await;
-    // Metrics may still show the previous values for one scrape interval, so poll the scraped value.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while s.gw.director.metrics_store.get(&ids[0]).waiting_queue != 4 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Metrics may still show the previous values for one scrape interval, so wait for the scraped value.
+    wait_metrics(&s.gw, &ids[0], |m| m.waiting_queue == 4).await;
     let reply = client().post(&format!("{}/v1/chat/completions", s.base), CHAT).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
@@ -197,13 +193,8 @@ async fn sheddable_is_shed_under_saturation_while_critical_is_routed() {
         pod.set(50, 0.99);
     }
     let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while ids
-        .iter()
-        .any(|id| s.gw.director.metrics_store.get(id).waiting_queue != 50)
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    for id in &ids {
+        wait_metrics(&s.gw, id, |m| m.waiting_queue == 50).await;
     }
     let c = client();
     let shed = c
@@ -236,11 +227,7 @@ async fn no_ready_pod_is_503() {
     )
     .unwrap();
     let gw = start_gateway(&dir, &[]).await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !gw.director.datastore.is_synced() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_synced(&gw).await;
     let reply = client()
         .post(&format!("http://{}/v1/chat/completions", gw.proxy_addr.unwrap()), CHAT)
         .await;
@@ -265,18 +252,28 @@ async fn weight_changes_in_the_directory_take_effect() {
         ),
     )
     .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
+    let datastore = &s.gw.director.datastore;
+    let mut snapshots = datastore.subscribe();
+    test_support::until(
+        &mut snapshots,
+        std::time::Duration::from_secs(5),
+        "the new weights",
+        || {
+            datastore.snapshot().model("qwq").is_some_and(|m| {
+                let weights: Vec<_> = m.targets.iter().map(|t| (t.name.as_str(), t.weight)).collect();
+                weights == [("qwq-32b", Some(0)), ("qwq-32b-v2", Some(100))]
+            })
+        },
+    )
+    .await;
+    // Once the snapshot has them, every request follows them.
+    for _ in 0..3 {
         let reply = client()
             .post(&format!("{}/v1/completions", s.base), r#"{"model":"qwq","prompt":"x"}"#)
             .await;
         assert_eq!(reply.status, 200);
         let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-        if body["model"] == "qwq-32b-v2" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the new weights never applied");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(body["model"], "qwq-32b-v2");
     }
     s.gw.stop().await;
 }
@@ -290,11 +287,7 @@ async fn a_refused_connection_is_retried_on_the_next_best_pod() {
     s.pods[0].set(0, 0.0);
     s.pods[1].set(4, 0.6);
     let ids: Vec<EndpointId> = s.pods.iter().map(|p| EndpointId::new(p.addr.to_string())).collect();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while s.gw.director.metrics_store.get(&ids[1]).waiting_queue != 4 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_metrics(&s.gw, &ids[1], |m| m.waiting_queue == 4).await;
     s.pods[0].kill();
     let reply = client().post(&format!("{}/v1/chat/completions", s.base), CHAT).await;
     assert_eq!(reply.status, 200, "{}", reply.body);

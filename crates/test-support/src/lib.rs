@@ -1,9 +1,10 @@
-//! Helpers shared by the tests of several packages: simulated pods bound like a pool's pods, and the check that
-//! every flag of a binary also reads a `SWITCHYARD_…` environment variable. A dev-dependency only.
+//! Helpers shared by the tests of several packages: simulated pods bound like a pool's pods, waiting on a change
+//! signal instead of sleeping, and the check that every flag of a binary also reads a `SWITCHYARD_…` environment
+//! variable. A dev-dependency only.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 
 /// Binds `n` listeners on 127.0.`block`.1, .2, … sharing one port, as the pods of a pool share its target port.
 /// Retries with a fresh port when another test holds it on one of the addresses.
@@ -25,6 +26,26 @@ pub async fn bind_pods(block: u8, n: u8) -> (u16, Vec<TcpListener>) {
         }
     }
     panic!("could not bind {n} pods on one port in 127.0.{block}.0/24");
+}
+
+/// Waits until `ready()` holds, checking it again each time `signal` changes (never on a timer); panics naming
+/// `what` after `within`. The signal is whatever the state `ready` reads announces its changes on.
+pub async fn until<T>(signal: &mut watch::Receiver<T>, within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let wait = async {
+        loop {
+            // Marks the current value seen before checking, so a change after the check wakes `changed`.
+            signal.borrow_and_update();
+            if ready() {
+                return;
+            }
+            if signal.changed().await.is_err() {
+                panic!("waiting for {what}: the signal's sender is gone");
+            }
+        }
+    };
+    if tokio::time::timeout(within, wait).await.is_err() {
+        panic!("timed out after {within:?} waiting for {what}");
+    }
 }
 
 /// Asserts that every flag of `command` (but `--help` and `--version`) has a `SWITCHYARD_…` environment variable.

@@ -12,10 +12,7 @@ use std::{
     collections::{BTreeMap, btree_map::Entry},
     fmt,
     net::IpAddr,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use api::{
@@ -200,7 +197,8 @@ struct Inner {
     /// Only writers take this lock; readers go through `snapshots`.
     index: Mutex<Index>,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    synced: AtomicBool,
+    /// Whether the provider's first full listing was applied; a watch so readiness can be awaited.
+    synced: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -287,7 +285,7 @@ impl Datastore {
                 served,
                 index: Mutex::new(Index::default()),
                 snapshots,
-                synced: AtomicBool::new(false),
+                synced: watch::Sender::new(false),
             }),
         }
     }
@@ -334,13 +332,24 @@ impl Datastore {
 
     /// Called by the provider once its first full listing has been applied; readiness waits for it.
     pub fn mark_synced(&self) {
-        if !self.inner.synced.swap(true, Ordering::AcqRel) {
+        if self
+            .inner
+            .synced
+            .send_if_modified(|synced| !std::mem::replace(synced, true))
+        {
             tracing::info!("datastore synced");
         }
     }
 
     pub fn is_synced(&self) -> bool {
-        self.inner.synced.load(Ordering::Acquire)
+        *self.inner.synced.borrow()
+    }
+
+    /// Resolves once the provider's first full listing was applied.
+    pub async fn synced(&self) {
+        let mut synced = self.inner.synced.subscribe();
+        // The sender lives as long as `self`, so the wait cannot end in an error while we are borrowed.
+        let _ = synced.wait_for(|synced| *synced).await;
     }
 }
 

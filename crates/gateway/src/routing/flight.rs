@@ -146,9 +146,6 @@ impl Flight {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if let Some(claim) = self.claim.take() {
-            self.ledger.release(claim);
-        }
         if let Some(served) = self.served_by.take()
             && record.endpoint.as_ref() != Some(&served)
         {
@@ -175,6 +172,10 @@ impl Flight {
             record.cached_tokens = usage.cached_tokens;
         }
         self.recorder.record(*record);
+        // After recording, so whoever sees the in-flight count drop also finds the record.
+        if let Some(claim) = self.claim.take() {
+            self.ledger.release(claim);
+        }
         // Released only now, so a mirror's bound covers the whole exchange.
         self.slot.take();
     }

@@ -11,6 +11,7 @@ use std::{
 
 use prometheus_client::metrics::gauge::Gauge;
 use scheduler::{Decision, Endpoint, EndpointId, Request};
+use tokio::sync::watch;
 
 use crate::{datastore::EndpointView, scrape::MetricsStore};
 
@@ -44,6 +45,8 @@ pub(super) struct Claim {
 pub(super) struct Ledger {
     loads: Mutex<HashMap<EndpointId, EndpointLoad>>,
     inflight: Gauge,
+    /// The same count as `inflight`, for readers that await a value instead of polling.
+    inflight_watch: watch::Sender<i64>,
 }
 
 /// The ledger held across one scheduling decision.
@@ -54,6 +57,7 @@ impl Ledger {
         Ledger {
             loads: Mutex::default(),
             inflight,
+            inflight_watch: watch::Sender::new(0),
         }
     }
 
@@ -66,6 +70,11 @@ impl Ledger {
     /// Requests routed and not yet finished.
     pub(super) fn inflight(&self) -> i64 {
         self.inflight.get()
+    }
+
+    /// Notified whenever the count of requests routed and not finished changes.
+    pub(super) fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inflight_watch.subscribe()
     }
 
     /// The first response byte came back: the request's prompt no longer waits for prefill.
@@ -82,6 +91,7 @@ impl Ledger {
     /// The request finished (or never produced a byte): everything it held is released.
     pub(super) fn release(&self, claim: Claim) {
         self.inflight.dec();
+        self.inflight_watch.send_modify(|n| *n -= 1);
         let mut loads = self.lock();
         let Some(load) = loads.0.get_mut(&claim.endpoint) else {
             return;
@@ -158,6 +168,7 @@ impl Locked<'_> {
         }
         drop(self);
         ledger.inflight.inc();
+        ledger.inflight_watch.send_modify(|n| *n += 1);
         Claim {
             endpoint: endpoint.clone(),
             prefill_tokens: tokens,

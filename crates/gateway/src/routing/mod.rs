@@ -189,6 +189,11 @@ impl Director {
         self.ledger.inflight()
     }
 
+    /// Notified whenever [`Director::inflight`] changes.
+    pub fn subscribe_inflight(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.ledger.subscribe()
+    }
+
     /// Parses the body and finds its model (`find` looks it up); a failure is recorded and returned.
     fn admit<'s>(
         &self,

@@ -45,6 +45,8 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// The latest metrics of every scraped endpoint; reads hold the lock only to clone one entry.
 #[derive(Debug, Default)]
 pub struct MetricsStore {
+    /// Counts stored scrapes, so a reader can await the next one instead of polling.
+    updates: watch::Sender<u64>,
     entries: RwLock<HashMap<EndpointId, EndpointMetrics>>,
     /// Every name a scrape ever listed as a LoRA adapter, running or waiting. An adapter resident nowhere right
     /// now is still an adapter: the scheduler must steer its next request to a free adapter slot.
@@ -105,6 +107,11 @@ impl MetricsStore {
         );
     }
 
+    /// Notified after every stored scrape (the value counts them).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
     /// How many scrapes have failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.get()
@@ -119,6 +126,8 @@ impl MetricsStore {
             return false;
         }
         entries.insert(id.clone(), metrics);
+        drop(entries);
+        self.updates.send_modify(|n| *n += 1);
         true
     }
 

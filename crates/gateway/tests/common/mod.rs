@@ -211,25 +211,61 @@ pub async fn start_gateway(dir: &std::path::Path, extra: &[&str]) -> gateway::Ga
     gateway::start(gateway::args::Args::parse_from(argv)).await.unwrap()
 }
 
-/// Polls until the gateway has fresh metrics for every endpoint in `ids` (deadline 10 s).
+/// Waits until the gateway serves every endpoint in `ids` and has fresh metrics for each (deadline 10 s).
 pub async fn wait_scraped(gw: &gateway::Gateway, ids: &[EndpointId]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let snapshot = gw.director.datastore.snapshot();
-        let all_known = ids.iter().all(|id| snapshot.endpoints().iter().any(|e| &e.id == id));
-        let all_fresh = ids.iter().all(|id| {
-            gw.director
-                .metrics_store
-                .get(id)
-                .updated_at
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
-        });
-        if all_known && all_fresh {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gateway never scraped {ids:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut scrapes = gw.director.metrics_store.subscribe();
+    test_support::until(
+        &mut scrapes,
+        Duration::from_secs(10),
+        &format!("a scrape of {ids:?}"),
+        || {
+            let snapshot = gw.director.datastore.snapshot();
+            let all_known = ids.iter().all(|id| snapshot.endpoints().iter().any(|e| &e.id == id));
+            all_known
+                && ids.iter().all(|id| {
+                    gw.director
+                        .metrics_store
+                        .get(id)
+                        .updated_at
+                        .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+                })
+        },
+    )
+    .await;
+}
+
+/// Waits until every routed request has finished (so each is recorded), deadline 10 s.
+pub async fn wait_idle(gw: &gateway::Gateway) {
+    wait_inflight(gw, 0).await;
+}
+
+/// Waits until exactly `n` routed requests are unfinished, deadline 10 s.
+pub async fn wait_inflight(gw: &gateway::Gateway, n: i64) {
+    let mut inflight = gw.director.subscribe_inflight();
+    let what = format!("{n} requests in flight (now {})", gw.director.inflight());
+    test_support::until(&mut inflight, Duration::from_secs(10), &what, || {
+        gw.director.inflight() == n
+    })
+    .await;
+}
+
+/// Waits until the gateway's provider has applied its first full listing, deadline 10 s.
+pub async fn wait_synced(gw: &gateway::Gateway) {
+    tokio::time::timeout(Duration::from_secs(10), gw.director.datastore.synced())
+        .await
+        .expect("the datastore never synced");
+}
+
+/// Waits until the gateway's scraped metrics of `id` satisfy `ok`, deadline 10 s.
+pub async fn wait_metrics(gw: &gateway::Gateway, id: &EndpointId, ok: impl Fn(&scheduler::EndpointMetrics) -> bool) {
+    let mut scrapes = gw.director.metrics_store.subscribe();
+    test_support::until(
+        &mut scrapes,
+        Duration::from_secs(10),
+        &format!("metrics of {id}"),
+        || ok(&gw.director.metrics_store.get(id)),
+    )
+    .await;
 }
 
 pub fn client() -> reqwest_like::Client {
