@@ -41,18 +41,19 @@ pub(crate) fn run_ci() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The venv with `envoy-data-plane`, created (from PyPI) when missing or broken; returns its interpreter.
+/// The venv with `envoy-data-plane` (the ext_proc client) and `msgspec` + `pyzmq` (the KV-event decoder), created
+/// from PyPI when missing or incomplete; returns its interpreter.
 fn python_venv() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let python = root.join(PYTHON_VENV).join("bin/python");
     let usable = || {
         std::process::Command::new(&python)
-            .args(["-c", "import envoy_data_plane, grpc"])
+            .args(["-c", "import envoy_data_plane, grpc, msgspec, zmq"])
             .output()
             .is_ok_and(|out| out.status.success())
     };
     if !usable() {
-        eprintln!("ci: installing the Python ext_proc client into {PYTHON_VENV}");
+        eprintln!("ci: installing the Python test clients into {PYTHON_VENV}");
         run("python3", &["-m", "venv", PYTHON_VENV]).context("creating the venv needs python3 with its venv module")?;
         let pip = root.join(PYTHON_VENV).join("bin/pip");
         run(
@@ -67,7 +68,7 @@ fn python_venv() -> anyhow::Result<PathBuf> {
         )?;
         if !usable() {
             bail!(
-                "{} cannot import envoy_data_plane after installing it",
+                "{} cannot import envoy_data_plane, msgspec and zmq after installing them",
                 python.display()
             );
         }

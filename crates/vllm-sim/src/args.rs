@@ -86,6 +86,12 @@ pub struct Args {
     /// other models and the shared batch keep their speed.
     #[arg(long, env = "SWITCHYARD_SIM_SLOW_FACTOR", default_value_t = 1.0, value_parser = parse_slowdown)]
     pub slow_factor: f64,
+
+    /// vLLM's KV-event publisher, as vLLM takes it: JSON with `enable_kv_cache_events`, `publisher` ("zmq"),
+    /// `endpoint` (`tcp://*:5557` binds each replica's own address), `replay_endpoint`, `topic`, `buffer_steps`,
+    /// `hwm`, `max_queue_size`. Turns prefix caching on, as vLLM V1 has it on by default.
+    #[arg(long, env = "SWITCHYARD_SIM_KV_EVENTS_CONFIG", value_parser = parse_kv_events_config)]
+    pub kv_events_config: Option<crate::kv_events::KvEventsConfig>,
 }
 
 impl Args {
@@ -95,7 +101,7 @@ impl Args {
             scheduler: self.scheduler,
             profile: self.profile,
             num_gpu_blocks: self.num_gpu_blocks,
-            prefix_caching: self.prefix_caching,
+            prefix_caching: self.prefix_caching || self.kv_events_config.as_ref().is_some_and(|c| c.publishes()),
             max_model_len: self.max_model_len,
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self
@@ -117,8 +123,13 @@ impl Args {
                 slow_model: self.slow_model.clone(),
                 slow_factor: self.slow_factor,
             },
+            kv_events: self.kv_events_config.clone().filter(|c| c.publishes()),
         }
     }
+}
+
+fn parse_kv_events_config(s: &str) -> Result<crate::kv_events::KvEventsConfig, String> {
+    crate::kv_events::KvEventsConfig::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_time_scale(s: &str) -> Result<f64, String> {

@@ -120,6 +120,8 @@ pub struct ReplicaConfig {
     pub seed: Option<u64>,
     /// Deliberate misbehaviour, for testing what watches the replica (guarded releases); none by default.
     pub fault: Fault,
+    /// vLLM's `--kv-events-config`: publish what the prefix cache stores and evicts. Off when absent.
+    pub kv_events: Option<crate::kv_events::KvEventsConfig>,
 }
 
 /// Faults a replica injects: a share of requests answered with HTTP 500, every step taking longer, and one
@@ -169,6 +171,7 @@ impl Default for ReplicaConfig {
             time_scale: 1.0,
             seed: None,
             fault: Fault::default(),
+            kv_events: None,
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct StepOutcome {
     pub emitted: Vec<Emission>,
     /// Requests preempted (by recompute) during this step.
     pub preempted: u32,
+    /// What the step stored in and evicted from the prefix cache, when events are recorded
+    /// ([`Engine::record_kv_events`]).
+    pub kv_events: Vec<crate::kv_events::KvEvent>,
 }
 
 impl StepOutcome {
@@ -136,17 +139,22 @@ impl Seq {
         self.prompt.get(i).copied().unwrap_or(FILLER_TOKEN_ID)
     }
 
+    /// The token ids of full block `k`.
+    fn block_tokens(&self, k: usize) -> [u32; BLOCK_SIZE] {
+        let mut tokens = [0u32; BLOCK_SIZE];
+        for (j, t) in tokens.iter_mut().enumerate() {
+            *t = self.token(k * BLOCK_SIZE + j);
+        }
+        tokens
+    }
+
     /// Makes sure hashes exist for the first `n` blocks (all must be full).
     fn ensure_hashes(&mut self, n: usize) {
         let extra = self.lora.map_or(0, |l| u64::from(l) + 1);
         while self.block_hashes.len() < n {
             let k = self.block_hashes.len();
-            let mut tokens = [0u32; BLOCK_SIZE];
-            for (j, t) in tokens.iter_mut().enumerate() {
-                *t = self.token(k * BLOCK_SIZE + j);
-            }
             let parent = self.block_hashes.last().copied();
-            self.block_hashes.push(block_hash(parent, &tokens, extra));
+            self.block_hashes.push(block_hash(parent, &self.block_tokens(k), extra));
         }
     }
 
@@ -341,7 +349,10 @@ impl Engine {
                 if full > seq.registered {
                     seq.ensure_hashes(full);
                     for k in seq.registered..full {
-                        self.kv.register(seq.blocks[k], seq.block_hashes[k]);
+                        let parent = k.checked_sub(1).map(|p| seq.block_hashes[p]);
+                        let tokens = seq.block_tokens(k);
+                        self.kv
+                            .register(seq.blocks[k], seq.block_hashes[k], parent, &tokens, seq.lora);
                     }
                     seq.registered = full;
                 }
@@ -389,7 +400,13 @@ impl Engine {
             shape,
             emitted,
             preempted,
+            kv_events: self.kv.take_events(),
         }
+    }
+
+    /// Records vLLM's KV events from now on: each [`StepOutcome`] carries what its step stored and evicted.
+    pub fn record_kv_events(&mut self) {
+        self.kv.record_events();
     }
 
     /// V0 `_schedule_default`: admit prefills FCFS; if any were admitted the step is prefill-only,

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use crate::kv_events::{KvEvent, push_merged};
+
 /// Tokens per KV block (vLLM's default `--block-size`).
 pub const BLOCK_SIZE: usize = 16;
 
@@ -43,6 +45,8 @@ pub(crate) struct BlockManager {
     num_free: usize,
     prefix_caching: bool,
     cached: HashMap<u64, BlockId>,
+    /// vLLM's KV events since the last [`BlockManager::take_events`]; `None` when nobody listens.
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockManager {
@@ -64,7 +68,18 @@ impl BlockManager {
             num_free: n,
             prefix_caching,
             cached: HashMap::new(),
+            events: None,
         }
+    }
+
+    /// Records a [`KvEvent`] for every block stored in or evicted from the prefix index from now on.
+    pub(crate) fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events recorded since the last call, in the order they happened.
+    pub(crate) fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub(crate) fn num_blocks(&self) -> usize {
@@ -122,19 +137,34 @@ impl BlockManager {
         block.ref_count = 1;
         if let Some(h) = block.hash.take() {
             self.cached.remove(&h);
+            if let Some(events) = self.events.as_mut() {
+                push_merged(events, KvEvent::BlockRemoved { block_hashes: vec![h] });
+            }
         }
         Some(b)
     }
 
     /// Registers a full block's content hash so later requests can hit it. A block whose content is
     /// already cached elsewhere stays unregistered (the first copy wins, as in vLLM V1).
-    pub(crate) fn register(&mut self, b: BlockId, hash: u64) {
+    ///
+    /// `parent` (the previous block's hash), `tokens` and `lora` only describe the block in its `BlockStored` event.
+    pub(crate) fn register(&mut self, b: BlockId, hash: u64, parent: Option<u64>, tokens: &[u32], lora: Option<u32>) {
         if !self.prefix_caching || self.blocks[b as usize].hash.is_some() {
             return;
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.cached.entry(hash) {
             e.insert(b);
             self.blocks[b as usize].hash = Some(hash);
+            if let Some(events) = self.events.as_mut() {
+                let stored = KvEvent::BlockStored {
+                    block_hashes: vec![hash],
+                    parent,
+                    token_ids: tokens.to_vec(),
+                    block_size: BLOCK_SIZE as u32,
+                    lora_id: lora,
+                };
+                push_merged(events, stored);
+            }
         }
     }
 
@@ -263,8 +293,8 @@ mod tests {
         let h2 = block_hash(Some(h1), &[2; BLOCK_SIZE], 0);
         let a = kv.allocate().unwrap();
         let b = kv.allocate().unwrap();
-        kv.register(a, h1);
-        kv.register(b, h2);
+        kv.register(a, h1, None, &[1; BLOCK_SIZE], None);
+        kv.register(b, h2, Some(h1), &[2; BLOCK_SIZE], None);
         kv.free(&[a, b]);
         assert_eq!(kv.num_free(), 3, "evictable cached blocks count as free");
         let hit = kv.lookup(&[h1, h2]);

@@ -5,6 +5,8 @@ pub mod args;
 pub mod config;
 pub mod engine;
 mod kv;
+pub mod kv_events;
+pub mod kv_publisher;
 pub mod metrics;
 mod openai;
 pub mod oracle;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, ReplicaConfig};
 use crate::engine::{Emission, Engine, EngineSnapshot, LoraId, NewRequest, RequestError, RequestId};
+use crate::kv_publisher::KvPublisher;
 
 /// Half of tokio's timer resolution (1 ms).
 const HALF_TIMER_TICK: Duration = Duration::from_micros(500);
@@ -31,6 +32,8 @@ pub enum SpawnError {
     Config(#[from] ConfigError),
     #[error("cannot read the listener's address: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    KvEvents(#[from] crate::kv_publisher::PublisherError),
 }
 
 /// Why a request was not queued.
@@ -89,6 +92,8 @@ pub(crate) struct Shared {
     loras: HashMap<String, LoraId>,
     /// Draws which requests fail when an error rate is injected.
     fault_rng: Mutex<SmallRng>,
+    /// Sends each step's KV events, when `--kv-events-config` asks for them.
+    kv_publisher: Option<KvPublisher>,
 }
 
 impl Shared {
@@ -123,6 +128,7 @@ impl Shared {
             next_response_id: AtomicU64::new(0),
             loras,
             fault_rng,
+            kv_publisher: None,
         })
     }
 
@@ -324,6 +330,10 @@ impl Shared {
                 }
             }
             self.counters.completed.fetch_add(completed, Ordering::Relaxed);
+            // After the step's tokens: vLLM publishes a step's events once the step is done.
+            if let Some(publisher) = &self.kv_publisher {
+                publisher.publish(outcome.kv_events);
+            }
         }
         let mut st = self.lock();
         st.closed = true;
@@ -379,6 +389,16 @@ impl ReplicaHandle {
         self.addr
     }
 
+    /// Where the replica publishes KV events (`tcp://ip:port`), when it does and binds.
+    pub fn kv_events_endpoint(&self) -> Option<&str> {
+        self.shared.kv_publisher.as_ref()?.endpoint.as_deref()
+    }
+
+    /// Where the replica answers KV-event replay requests, when configured.
+    pub fn kv_replay_endpoint(&self) -> Option<&str> {
+        self.shared.kv_publisher.as_ref()?.replay_endpoint.as_deref()
+    }
+
     /// `http://ip:port`, for building request URLs.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
@@ -413,8 +433,25 @@ impl Drop for ReplicaHandle {
 /// connections. Must be called inside a tokio runtime.
 pub async fn spawn_replica(cfg: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<ReplicaHandle, SpawnError> {
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(cfg)?);
     let (stop, stop_rx) = watch::channel(false);
+    let kv_events = cfg.kv_events.clone();
+    let mut shared = Shared::new(cfg)?;
+    if let Some(config) = kv_events {
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::LOCALHOST,
+        };
+        let publisher = crate::kv_publisher::spawn(&config, host, stop_rx.clone()).await?;
+        tracing::info!(
+            %addr,
+            endpoint = publisher.endpoint.as_deref().unwrap_or(&config.endpoint),
+            replay = publisher.replay_endpoint.as_deref().unwrap_or("off"),
+            "publishing kv events"
+        );
+        shared.lock().engine.record_kv_events();
+        shared.kv_publisher = Some(publisher);
+    }
+    let shared = Arc::new(shared);
 
     let driver = tokio::spawn(Arc::clone(&shared).drive(stop_rx.clone()));
     let app = crate::server::router(Arc::clone(&shared));
