@@ -8,6 +8,7 @@ pub mod decisions;
 pub mod error;
 pub mod ext_proc;
 pub mod health;
+pub mod kv_events;
 pub mod openai;
 pub mod proxy;
 pub mod routing;

@@ -30,6 +30,7 @@
 //! `a_full_endpoint_costs_about_fifty_bytes_per_entry` computes it from the allocated capacities.
 
 mod lru;
+pub mod precise;
 
 use std::{
     collections::HashMap,
