@@ -134,6 +134,12 @@ impl MetricsStore {
         adapters.extend(listed().cloned());
     }
 
+    /// Stores metrics as a scrape would, so routing can be tested over pods that do not exist.
+    #[cfg(test)]
+    pub(crate) fn insert(&self, id: &EndpointId, metrics: EndpointMetrics) {
+        self.put(id, metrics, &CancellationToken::new());
+    }
+
     fn remove(&self, id: &EndpointId) {
         self.entries.write().unwrap_or_else(PoisonError::into_inner).remove(id);
     }
