@@ -51,6 +51,9 @@ pub struct MetricsStore {
     adapters: RwLock<HashSet<String>>,
     scrapes: Counter,
     failures: Counter,
+    /// Bumped after every scrape, stored or failed, and every removal: lets a caller wait for the store to change
+    /// instead of polling it on a timer.
+    changes: watch::Sender<u64>,
 }
 
 /// Why one scrape failed.
@@ -105,6 +108,11 @@ impl MetricsStore {
         );
     }
 
+    /// A receiver that sees every change of the store from now on (bumped after every scrape and removal).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// How many scrapes have failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.get()
@@ -142,6 +150,11 @@ impl MetricsStore {
 
     fn remove(&self, id: &EndpointId) {
         self.entries.write().unwrap_or_else(PoisonError::into_inner).remove(id);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<EndpointId, EndpointMetrics>> {
@@ -267,6 +280,7 @@ impl ScrapeTask {
                     }
                 }
             }
+            self.store.changed();
         }
     }
 }
