@@ -536,7 +536,7 @@ mod tests {
         let (shared, _stop, _driver) = shared(25.0);
         let hog = tokio::spawn(async {
             loop {
-                std::thread::sleep(Duration::from_millis(3));
+                std::thread::sleep(Duration::from_millis(3)); // tidy: sleep is the test: it hogs the thread
                 tokio::task::yield_now().await;
             }
         });
