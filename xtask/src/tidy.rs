@@ -24,7 +24,7 @@ const SLEEP_MARKER: &str = "tidy: sleep is the test";
 
 /// Test files still allowed to sleep-poll, with the reason beside them, until they get an explicit wait. Temporary:
 /// shrink it; tidy fails when a listed file no longer sleeps, so an entry cannot outlive its reason.
-const SLEEP_POLLING_ALLOWED: [&str; 9] = [
+const SLEEP_POLLING_ALLOWED: [&str; 8] = [
     // The gateway's end-to-end suites wait for a stream's decision to be recorded after its last message (and
     // for scraped metrics); the routing rewrite in progress adds a wait API for that (issue 12).
     "crates/gateway/tests/common/mod.rs",
@@ -37,8 +37,6 @@ const SLEEP_POLLING_ALLOWED: [&str; 9] = [
     "crates/gateway/src/shipper.rs",
     // Polls the browser's DOM over WebDriver and the dashboard's HTTP API, neither of which pushes an event.
     "crates/dashboard/tests/browser.rs",
-    // Converted to explicit waits in the commits that follow this rule.
-    "crates/controller/tests/canary_dir.rs",
 ];
 
 /// Runs every rule; the error lists each offending file.
