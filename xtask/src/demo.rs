@@ -98,37 +98,9 @@ spec:
     maxShedRateIncrease: 0.05
 ";
 
-pub(crate) const SEED_POOL: &str = "\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferencePool
-metadata:
-  annotations:
-    inference.networking.x-k8s.io/attach-to: |
-      name: inference-gateway
-      port: 8081
-  name: reasoning-pool
-spec:
-  targetPortNumber: 8000
-  selector:
-    app: qwq-32b
-";
-
-pub(crate) const SEED_MODEL: &str = "\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferenceModel
-metadata:
-  name: inferencemodel-sample
-spec:
-  criticality: Critical
-  modelName: qwq
-  poolRef:
-    group: inference.networking.x-k8s.io
-    kind: InferencePool
-    name: reasoning-pool
-  targetModels:
-  - name: qwq-32b
-    weight: 100
-";
+/// The seed's InferencePool and InferenceModel, as `deploy/examples` ships them.
+pub(crate) const SEED_POOL: &str = include_str!("../../deploy/examples/03-inferencepool.yaml");
+pub(crate) const SEED_MODEL: &str = include_str!("../../deploy/examples/04-inferencemodel.yaml");
 
 /// The pod address of simulated replica `i` (0-based), like pod IPs in a cluster.
 pub(crate) fn pod_ip(i: u8) -> String {

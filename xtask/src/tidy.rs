@@ -1,6 +1,8 @@
 //! Tidy: textual rules over the whole tree, run first by `cargo xtask ci` and as plain `#[test]`s (so `cargo test`
 //! alone enforces them too): every Rust file starts with a `//!` line saying what it is (ARCHITECTURE.md's code map
-//! relies on it), and no `todo`, `unimplemented` or `dbg` macro call is left in.
+//! relies on it), no `todo`, `unimplemented` or `dbg` macro call is left in, and test code does not sleep: a test
+//! waits for an event (a watch channel, a join, a readiness signal) or runs on tokio's paused clock, so it is fast
+//! and deterministic by construction (issue 12).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,24 @@ const FORBIDDEN: [&str; 3] = [
     concat!("todo", "!("),
     concat!("unimplemented", "!("),
     concat!("dbg", "!("),
+];
+
+/// A sleep, as test code must not call it. Spelled in pieces so this file does not trip its own rule.
+const SLEEP: &str = concat!("sleep", "(");
+
+/// Marks a line whose sleep *is* the behaviour under test (simulated work on a paused clock, a thread hogged on
+/// purpose), not a wait for something to happen. The reason follows the marker on the same line.
+const SLEEP_MARKER: &str = "tidy: sleep is the test";
+
+/// Test files still allowed to sleep-poll, with the reason beside them, until they get an explicit wait. Temporary:
+/// shrink it; tidy fails when a listed file no longer sleeps, so an entry cannot outlive its reason.
+const SLEEP_POLLING_ALLOWED: [&str; 3] = [
+    // The fake model server paces its SSE chunks 30 ms apart (test data, not a wait for readiness).
+    "crates/gateway/tests/common/mod.rs",
+    // Its tests wait on the shipper's shipped and dropped counters, which have no change signal yet.
+    "crates/gateway/src/shipper.rs",
+    // Polls the browser's DOM over WebDriver and the dashboard's HTTP API, neither of which pushes an event.
+    "crates/dashboard/tests/browser.rs",
 ];
 
 /// Runs every rule; the error lists each offending file.
@@ -27,12 +47,64 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<()> {
                 problems.push(format!("{shown}:{}: `{mac}…)` left in", i + 1));
             }
         }
+        let sleeps = test_sleeps(Path::new(&shown), &text);
+        let allowed = SLEEP_POLLING_ALLOWED
+            .iter()
+            .any(|file| Path::new(file) == Path::new(&shown));
+        match (allowed, sleeps.is_empty()) {
+            (false, false) => {
+                problems.extend(sleeps.iter().map(|line| {
+                    format!("{shown}:{line}: a test sleeps; wait for an event or use tokio's paused clock")
+                }))
+            }
+            (true, true) => problems.push(format!(
+                "{shown}: no longer sleeps in tests; remove it from SLEEP_POLLING_ALLOWED"
+            )),
+            _ => {}
+        }
     }
     if !problems.is_empty() {
         bail!("tidy:\n  {}", problems.join("\n  "));
     }
-    eprintln!("tidy: every Rust file has a //! header; no todo!, unimplemented! or dbg!");
+    eprintln!("tidy: every Rust file has a //! header; no todo!, unimplemented! or dbg!; tests do not sleep");
     Ok(())
+}
+
+/// The 1-based lines of `text` where test code sleeps: anywhere in a test file (under a `tests/` folder, or named
+/// `tests.rs`), else inside an item under `#[cfg(test)]` (so an out-of-line test module is seen only when its file
+/// is `tests.rs`). Comments and lines marked [`SLEEP_MARKER`] do not count.
+fn test_sleeps(path: &Path, text: &str) -> Vec<usize> {
+    let test_file =
+        path.file_name().is_some_and(|n| n == "tests.rs") || path.components().any(|c| c.as_os_str() == "tests");
+    let mut found = Vec::new();
+    // Brace depth of the `#[cfg(test)]` item being read, once its body opened; `Some(0)` before it opens.
+    let mut in_test: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        if in_test.is_none() && code.starts_with("#[cfg(test)]") {
+            in_test = Some(0);
+        }
+        if (test_file || in_test.is_some()) && line.contains(SLEEP) && !line.contains(SLEEP_MARKER) {
+            found.push(i + 1);
+        }
+        if let Some(depth) = in_test {
+            // Counting braces ignores strings; test code's braces in strings are balanced on their line.
+            let opened = line.matches('{').count();
+            let closed = line.matches('}').count();
+            let next = (depth + opened).saturating_sub(closed);
+            let ended = if depth == 0 && opened == 0 {
+                // `#[cfg(test)] mod tests;` and other items without a body end at their `;`.
+                code.ends_with(';')
+            } else {
+                next == 0
+            };
+            in_test = (!ended).then_some(next);
+        }
+    }
+    found
 }
 
 /// The tree's Rust files, skipping `target/`, hidden folders and `node_modules/`.
@@ -86,5 +158,34 @@ mod tests {
         assert!(err.contains("bare.rs: does not start with a `//!` line"), "{err}");
         assert!(err.contains("wip.rs:2:"), "{err}");
         assert!(!err.contains("ignored.rs"), "{err}");
+    }
+
+    #[test]
+    fn tests_may_not_sleep_but_production_code_may() {
+        let wait = format!("tokio::time::{SLEEP}Duration::from_millis(5)).await;");
+        let check = |path: &str, text: &str| test_sleeps(Path::new(path), &text.replace("WAIT", &wait));
+        assert_eq!(
+            check("crates/x/tests/it.rs", "//! It.\nasync fn f() {\n    WAIT\n}\n"),
+            [3]
+        );
+        assert_eq!(check("crates/x/src/tests.rs", "//! T.\nWAIT\n"), [2]);
+        // Production code may sleep (backoff, pacing); a test module in the same file may not.
+        let mixed = "//! M.\nasync fn backoff() { WAIT }\n#[cfg(test)]\nmod tests {\n    fn f() {\n        WAIT\n    }\n}\nfn after() { WAIT }\n";
+        assert_eq!(check("crates/x/src/lib.rs", mixed), [6]);
+        let out_of_line = "//! M.\n#[cfg(test)]\nmod tests;\nfn pacing() { WAIT }\n";
+        assert_eq!(check("crates/x/src/lib.rs", out_of_line), Vec::<usize>::new());
+        let marked = format!("//! M.\nWAIT // {SLEEP_MARKER}: simulated work\n// WAIT\n");
+        assert_eq!(check("crates/x/tests/it.rs", &marked), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn the_sleep_allow_list_names_existing_files() {
+        let root = crate::procs::workspace_root();
+        for file in SLEEP_POLLING_ALLOWED {
+            assert!(
+                root.join(file).is_file(),
+                "{file} is in SLEEP_POLLING_ALLOWED but does not exist"
+            );
+        }
     }
 }

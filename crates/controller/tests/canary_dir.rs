@@ -25,6 +25,9 @@ use vllm_sim::{Fault, ReplicaConfig, ReplicaHandle, spawn_replica};
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
+/// How often the canary driver evaluates the release, as `--canary-interval` would set it.
+const DRIVER_INTERVAL: Duration = Duration::from_millis(200);
+
 use test_support::bind_pods;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -151,15 +154,15 @@ async fn release_with(block: u8, name: &str, fault: Fault) -> (CanaryReleaseStat
             }
         }
     };
-    // The gateway routes once it has scraped the pods.
-    let ready = tokio::time::Instant::now() + Duration::from_secs(10);
-    while send(0).await != 200 {
-        assert!(
-            tokio::time::Instant::now() < ready,
-            "the gateway never routed a request"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The gateway routes once its datastore holds the pods and the model; a Critical request does not wait for
+    // metrics, so the first request after that is routed.
+    let mut snapshots = gateway.director.datastore.subscribe();
+    let loaded = snapshots.wait_for(|s| s.endpoints().len() == sims.len() && s.model("qwq").is_some());
+    tokio::time::timeout(Duration::from_secs(10), loaded)
+        .await
+        .expect("the gateway never loaded the directory")
+        .unwrap();
+    assert_eq!(send(0).await, 200, "the gateway routes once loaded");
 
     let stop = CancellationToken::new();
     let mut load = tokio::task::JoinSet::new();
@@ -178,25 +181,26 @@ async fn release_with(block: u8, name: &str, fault: Fault) -> (CanaryReleaseStat
 
     std::fs::write(dir.join("release.yaml"), RELEASE).unwrap();
     let metrics_url = format!("http://{}/metrics", gateway.admin_addr);
-    let driver = DirDriver::new(&dir, vec![metrics_url], Duration::from_millis(200));
-    let driving = tokio::spawn(driver.run(stop.clone()));
+    let driver = DirDriver::new(&dir, vec![metrics_url], DRIVER_INTERVAL);
 
+    // The driver's passes are run here, on its interval, so the status is read right after each one (the event
+    // that can change it) rather than on a timer of the test's own.
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut passes = tokio::time::interval(DRIVER_INTERVAL);
+    passes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let status = loop {
-        if let Some(status) = api::dir::read_status(&dir, "default", "qwq-v2").unwrap()
-            && status.phase.is_terminal()
-        {
-            break status;
+        passes.tick().await;
+        driver.tick().await.unwrap();
+        let status = api::dir::read_status(&dir, "default", "qwq-v2").unwrap();
+        if let Some(status) = status.as_ref().filter(|s| s.phase.is_terminal()) {
+            break status.clone();
         }
-        let now = api::dir::read_status(&dir, "default", "qwq-v2").unwrap();
         assert!(
             tokio::time::Instant::now() < deadline,
-            "release still running at the deadline: {now:#?}"
+            "release still running at the deadline: {status:#?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     stop.cancel();
-    driving.await.unwrap();
     while let Some(joined) = load.join_next().await {
         joined.unwrap();
     }

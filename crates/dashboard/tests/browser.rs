@@ -282,12 +282,21 @@ fn count(model: String, old: &mut usize, new: &mut usize) {
     }
 }
 
-async fn gateway_weights(gateway: &gateway::Gateway) -> Vec<Option<u32>> {
-    let snapshot = gateway.director.datastore.snapshot();
-    snapshot
-        .model("qwq")
-        .map(|m| m.targets.iter().map(|t| t.weight).collect())
-        .unwrap_or_default()
+/// Waits until the gateway's datastore publishes `weights` for `qwq`'s targets: each snapshot it publishes is
+/// checked as it arrives, failing after `limit`.
+async fn gateway_loads(gateway: &gateway::Gateway, weights: &[Option<u32>], limit: Duration) {
+    let weights_of = |snapshot: &gateway::datastore::Snapshot| -> Vec<Option<u32>> {
+        snapshot
+            .model("qwq")
+            .map(|m| m.targets.iter().map(|t| t.weight).collect())
+            .unwrap_or_default()
+    };
+    let mut snapshots = gateway.director.datastore.subscribe();
+    let loaded = snapshots.wait_for(|s| weights_of(s) == weights);
+    if tokio::time::timeout(limit, loaded).await.is_err() {
+        let now = weights_of(&gateway.director.datastore.snapshot());
+        panic!("the gateway never loaded weights {weights:?} within {limit:?}; it has {now:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,10 +366,7 @@ async fn a_canary_release_in_the_browser_moves_ten_percent_of_traffic() {
     .await
     .unwrap();
     let proxy = gateway.proxy_addr.unwrap();
-    eventually("the gateway to see the pool", Duration::from_secs(10), || async {
-        (gateway_weights(&gateway).await == [Some(100), Some(0)]).then_some(())
-    })
-    .await;
+    gateway_loads(&gateway, &[Some(100), Some(0)], Duration::from_secs(10)).await;
     // Some traffic first, so the overview, pods and decisions pages have something to show.
     let (old, new) = send_requests(proxy, 40).await;
     assert_eq!((old, new), (40, 0), "weight 0 gets nothing");
@@ -468,10 +474,7 @@ async fn a_canary_release_in_the_browser_moves_ten_percent_of_traffic() {
 
     // The gateway routes by the new weights within a second of the apply.
     let applied = tokio::time::Instant::now();
-    eventually("the gateway to load 90/10", Duration::from_secs(5), || async {
-        (gateway_weights(&gateway).await == [Some(90), Some(10)]).then_some(())
-    })
-    .await;
+    gateway_loads(&gateway, &[Some(90), Some(10)], Duration::from_secs(5)).await;
     assert!(
         applied.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -526,10 +529,7 @@ async fn a_canary_release_in_the_browser_moves_ten_percent_of_traffic() {
     let history = browser.wait_text("#history", "rollback").await;
     assert!(history.contains("roll back release #1"), "{history}");
     screenshots.push(browser.screenshot("09-rolled-back").await);
-    eventually("the gateway to load 100/0 again", Duration::from_secs(5), || async {
-        (gateway_weights(&gateway).await == [Some(100), Some(0)]).then_some(())
-    })
-    .await;
+    gateway_loads(&gateway, &[Some(100), Some(0)], Duration::from_secs(5)).await;
     let (old, new) = send_requests(proxy, 50).await;
     assert_eq!((old, new), (50, 0));
 

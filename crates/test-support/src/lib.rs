@@ -1,10 +1,17 @@
-//! Helpers shared by the tests of several packages: simulated pods bound like a pool's pods, waiting on a change
-//! signal instead of sleeping, and the check that every flag of a binary also reads a `SWITCHYARD_…` environment
-//! variable. A dev-dependency only.
+//! Helpers shared by the tests of several packages: the seed's InferencePool and InferenceModel, simulated pods
+//! bound like a pool's pods, waiting on a change signal instead of sleeping, and the check that every flag of a
+//! binary also reads a `SWITCHYARD_…` environment variable.
 
 use std::{net::Ipv4Addr, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
+
+/// The seed article's InferencePool (`reasoning-pool`, port 8000, `app: qwq-32b`), exactly as `deploy/examples`
+/// ships it: the tests parse the manifest users apply, not a copy that could drift from it.
+pub const SEED_POOL: &str = include_str!("../../../deploy/examples/03-inferencepool.yaml");
+
+/// The seed article's InferenceModel (`qwq`, Critical, all weight on `qwq-32b`), as `deploy/examples` ships it.
+pub const SEED_MODEL: &str = include_str!("../../../deploy/examples/04-inferencemodel.yaml");
 
 /// Binds `n` listeners on 127.0.`block`.1, .2, … sharing one port, as the pods of a pool share its target port.
 /// Retries with a fresh port when another test holds it on one of the addresses.

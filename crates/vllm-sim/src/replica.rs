@@ -85,6 +85,9 @@ pub(crate) struct Shared {
     pub(crate) cfg: ReplicaConfig,
     state: Mutex<State>,
     work: Notify,
+    /// Bumped whenever the engine's state may have changed (a request queued, a step taken, one aborted), so a
+    /// caller can wait for a state instead of polling for it.
+    changes: watch::Sender<u64>,
     pub(crate) counters: Counters,
     origin: Instant,
     id_prefix: String,
@@ -122,6 +125,7 @@ impl Shared {
                 closed: false,
             }),
             work: Notify::new(),
+            changes: watch::Sender::new(0),
             counters: Counters::default(),
             origin: Instant::now(),
             id_prefix,
@@ -244,6 +248,7 @@ impl Shared {
             id
         };
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.changed();
         self.work.notify_one();
         Ok(Submission {
             rx,
@@ -257,6 +262,10 @@ impl Shared {
 
     pub(crate) fn snapshot(&self) -> EngineSnapshot {
         self.lock().engine.snapshot()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub(crate) fn stats(&self) -> ReplicaStats {
@@ -277,6 +286,7 @@ impl Shared {
         };
         if aborted {
             self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+            self.changed();
             tracing::debug!(request = id.0, "client went away, request aborted");
             // Freed blocks may unblock waiting requests.
             self.work.notify_one();
@@ -300,6 +310,7 @@ impl Shared {
                     _ = shutdown.wait_for(|&stop| stop) => break,
                 }
             }
+            self.changed();
             if outcome.duration_ms > 0.0 {
                 // Absolute schedule: a late wake-up shortens the next wait instead of stretching simulated time.
                 // Tokio's timer fires on the first millisecond tick at or after its deadline, half a tick late on
@@ -412,6 +423,12 @@ impl ReplicaHandle {
     /// Current engine state (queue lengths, KV usage, cumulative metrics).
     pub fn engine_snapshot(&self) -> EngineSnapshot {
         self.shared.snapshot()
+    }
+
+    /// A receiver that changes whenever the engine's state may have (a request queued, a step taken, one
+    /// aborted): wait on it for an [`ReplicaHandle::engine_snapshot`] condition instead of polling.
+    pub fn engine_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
     }
 
     /// Stops the replica and waits for its engine loop and server to finish.
@@ -573,7 +590,7 @@ mod tests {
         let (shared, _stop, _driver) = shared(25.0);
         let hog = tokio::spawn(async {
             loop {
-                std::thread::sleep(Duration::from_millis(3));
+                std::thread::sleep(Duration::from_millis(3)); // tidy: sleep is the test: it hogs the thread
                 tokio::task::yield_now().await;
             }
         });

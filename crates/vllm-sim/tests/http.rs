@@ -85,12 +85,15 @@ fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls until `cond` holds or the deadline passes.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits until `cond` holds, re-checking it whenever the engine changes, and fails at the deadline.
+async fn eventually(sim: &ReplicaHandle, what: &str, mut cond: impl FnMut() -> bool) {
+    let mut changes = sim.engine_changes();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("the engine outlives the test");
     }
 }
 
@@ -214,7 +217,7 @@ async fn stream_is_incremental_and_disconnect_frees_the_request() {
     );
 
     drop(ex); // closes the connection mid-stream
-    eventually("the aborted request to leave the engine", || {
+    eventually(&sim, "the aborted request to leave the engine", || {
         sim.engine_snapshot().running == 0
     })
     .await;
@@ -252,9 +255,12 @@ async fn dropped_json_request_is_aborted() {
             tokio::select! { _ = sender.send_request(req) => {}, _ = connection => {} }
         }
     });
-    eventually("the request to start running", || sim.engine_snapshot().running == 1).await;
+    eventually(&sim, "the request to start running", || {
+        sim.engine_snapshot().running == 1
+    })
+    .await;
     ex.abort(); // drops the connection while the server is still generating
-    eventually("the aborted request to leave the engine", || {
+    eventually(&sim, "the aborted request to leave the engine", || {
         sim.engine_snapshot().running == 0
     })
     .await;

@@ -200,7 +200,7 @@ mod tests {
         let began = Instant::now();
         let run = open_loop(&[0.0, 10.0, 20.0, 30.0], 10.0, 1, |index| async move {
             let sent = began.elapsed();
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            tokio::time::sleep(Duration::from_millis(1_500)).await; // tidy: sleep is the test: paused-clock work
             (index, sent)
         })
         .await;

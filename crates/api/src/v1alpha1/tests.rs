@@ -2,38 +2,9 @@
 
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
+use test_support::{SEED_MODEL, SEED_POOL};
 
 use super::*;
-
-const SEED_POOL: &str = r#"apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferencePool
-metadata:
-  annotations:
-    inference.networking.x-k8s.io/attach-to: |
-      name: inference-gateway
-      port: 8081
-  name: reasoning-pool
-spec:
-  targetPortNumber: 8000
-  selector:
-    app: qwq-32b
-"#;
-
-const SEED_MODEL: &str = r#"apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferenceModel
-metadata:
-  name: inferencemodel-sample
-spec:
-  criticality: Critical
-  modelName: qwq
-  poolRef:
-    group: inference.networking.x-k8s.io
-    kind: InferencePool
-    name: reasoning-pool
-  targetModels:
-  - name: qwq-32b
-    weight: 100
-"#;
 
 #[test]
 fn seed_pool_deserialises() {

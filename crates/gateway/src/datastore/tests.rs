@@ -2,35 +2,7 @@
 
 use super::{dir::parse_documents, *};
 
-pub(crate) const SEED_POOL: &str = r#"apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferencePool
-metadata:
-  annotations:
-    inference.networking.x-k8s.io/attach-to: |
-      name: inference-gateway
-      port: 8081
-  name: reasoning-pool
-spec:
-  targetPortNumber: 8000
-  selector:
-    app: qwq-32b
-"#;
-
-pub(crate) const SEED_MODEL: &str = r#"apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferenceModel
-metadata:
-  name: inferencemodel-sample
-spec:
-  criticality: Critical
-  modelName: qwq
-  poolRef:
-    group: inference.networking.x-k8s.io
-    kind: InferencePool
-    name: reasoning-pool
-  targetModels:
-  - name: qwq-32b
-    weight: 100
-"#;
+pub(crate) use test_support::{SEED_MODEL, SEED_POOL};
 
 /// A minimal Pod document as the demo writes them.
 pub(crate) fn pod(name: &str, ip: &str) -> PodDoc {

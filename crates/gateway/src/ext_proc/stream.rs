@@ -378,3 +378,6 @@ fn is_shadow(authority: &str) -> bool {
 fn out_of_order(what: &str) -> Status {
     Status::failed_precondition(format!("ext_proc protocol violation: {what}"))
 }
+
+#[cfg(test)]
+mod tests;

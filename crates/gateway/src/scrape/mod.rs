@@ -45,14 +45,15 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// The latest metrics of every scraped endpoint; reads hold the lock only to clone one entry.
 #[derive(Debug, Default)]
 pub struct MetricsStore {
-    /// Counts stored scrapes, so a reader can await the next one instead of polling.
-    updates: watch::Sender<u64>,
     entries: RwLock<HashMap<EndpointId, EndpointMetrics>>,
     /// Every name a scrape ever listed as a LoRA adapter, running or waiting. An adapter resident nowhere right
     /// now is still an adapter: the scheduler must steer its next request to a free adapter slot.
     adapters: RwLock<HashSet<String>>,
     scrapes: Counter,
     failures: Counter,
+    /// Bumped after every scrape, stored or failed, and every removal: lets a caller wait for the store to change
+    /// instead of polling it on a timer.
+    changes: watch::Sender<u64>,
 }
 
 /// Why one scrape failed.
@@ -107,9 +108,9 @@ impl MetricsStore {
         );
     }
 
-    /// Notified after every stored scrape (the value counts them).
+    /// A receiver that sees every change of the store from now on (bumped after every scrape and removal).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.updates.subscribe()
+        self.changes.subscribe()
     }
 
     /// How many scrapes have failed so far.
@@ -126,8 +127,6 @@ impl MetricsStore {
             return false;
         }
         entries.insert(id.clone(), metrics);
-        drop(entries);
-        self.updates.send_modify(|n| *n += 1);
         true
     }
 
@@ -143,8 +142,19 @@ impl MetricsStore {
         adapters.extend(listed().cloned());
     }
 
+    /// Stores metrics as a scrape would, so routing can be tested over pods that do not exist.
+    #[cfg(test)]
+    pub(crate) fn insert(&self, id: &EndpointId, metrics: EndpointMetrics) {
+        self.put(id, metrics, &CancellationToken::new());
+    }
+
     fn remove(&self, id: &EndpointId) {
         self.entries.write().unwrap_or_else(PoisonError::into_inner).remove(id);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<EndpointId, EndpointMetrics>> {
@@ -270,6 +280,7 @@ impl ScrapeTask {
                     }
                 }
             }
+            self.store.changed();
         }
     }
 }

@@ -125,12 +125,16 @@ fn start_scraper(datastore: &Datastore, store: &Arc<MetricsStore>) -> (Cancellat
     (cancel, task)
 }
 
-/// Polls `condition` until it holds, failing the test at the deadline.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+/// Waits until `condition` holds, checking it again after every change of `store` (each scrape lands one), and
+/// fails the test at the deadline.
+async fn eventually(store: &MetricsStore, what: &str, mut condition: impl FnMut() -> bool) {
+    let mut changes = store.subscribe();
     let deadline = Instant::now() + DEADLINE;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting until {what}"))
+            .expect("the store outlives the test");
     }
 }
 
@@ -142,7 +146,7 @@ async fn metrics_of_a_vllm_pod_reach_the_store() {
     assert_eq!(store.get(&pod.endpoint()), EndpointMetrics::default());
     let (cancel, task) = start_scraper(&datastore, &store);
 
-    eventually("the first scrape lands", || {
+    eventually(&store, "the first scrape lands", || {
         store.get(&pod.endpoint()).updated_at.is_some()
     })
     .await;
@@ -156,7 +160,10 @@ async fn metrics_of_a_vllm_pod_reach_the_store() {
 
     // Scraping continues: the timestamp keeps advancing while the pod answers.
     let first = metrics.updated_at;
-    eventually("a later scrape lands", || store.get(&pod.endpoint()).updated_at > first).await;
+    eventually(&store, "a later scrape lands", || {
+        store.get(&pod.endpoint()).updated_at > first
+    })
+    .await;
 
     cancel.cancel();
     task.await.unwrap();
@@ -168,16 +175,16 @@ async fn a_failing_pod_keeps_its_ageing_metrics_and_recovers() {
     let datastore = datastore_for(&pod);
     let store = Arc::new(MetricsStore::default());
     let (cancel, task) = start_scraper(&datastore, &store);
-    eventually("the first scrape lands", || {
+    eventually(&store, "the first scrape lands", || {
         store.get(&pod.endpoint()).updated_at.is_some()
     })
     .await;
 
     pod.set(500, "boom");
     // Scrapes of one pod are sequential, so once a 500 was served no 200 is still in flight.
-    eventually("the pod has failed a scrape", || pod.n_errors() >= 1).await;
+    eventually(&store, "the pod has failed a scrape", || pod.n_errors() >= 1).await;
     let frozen = store.get(&pod.endpoint());
-    eventually("the pod has failed three more scrapes", || pod.n_errors() >= 4).await;
+    eventually(&store, "the pod has failed three more scrapes", || pod.n_errors() >= 4).await;
     assert_eq!(store.get(&pod.endpoint()), frozen);
     assert_eq!(frozen.waiting_queue, 3);
     assert!(store.failures() >= 3);
@@ -189,7 +196,7 @@ async fn a_failing_pod_keeps_its_ageing_metrics_and_recovers() {
             "vllm:num_requests_waiting 9",
         ),
     );
-    eventually("fresh metrics arrive again", || {
+    eventually(&store, "fresh metrics arrive again", || {
         store.get(&pod.endpoint()).waiting_queue == 9
     })
     .await;
@@ -201,23 +208,29 @@ async fn a_failing_pod_keeps_its_ageing_metrics_and_recovers() {
 
 #[tokio::test]
 async fn a_stopped_pod_stays_in_the_store_with_stale_metrics() {
-    let pod = FakePod::start(VLLM_0_7).await;
+    let mut pod = FakePod::start(VLLM_0_7).await;
     let datastore = datastore_for(&pod);
     let store = Arc::new(MetricsStore::default());
     let (cancel, task) = start_scraper(&datastore, &store);
-    eventually("the first scrape lands", || {
+    eventually(&store, "the first scrape lands", || {
         store.get(&pod.endpoint()).updated_at.is_some()
     })
     .await;
 
     pod.server.abort();
-    eventually("the server is down", || pod.server.is_finished()).await;
+    assert!(
+        (&mut pod.server).await.unwrap_err().is_cancelled(),
+        "the server is down"
+    );
     let failures = store.failures();
     let frozen = store.get(&pod.endpoint());
-    eventually("scrapes of the stopped pod fail", || store.failures() >= failures + 3).await;
+    eventually(&store, "scrapes of the stopped pod fail", || {
+        store.failures() >= failures + 3
+    })
+    .await;
     // At most one scrape was in flight when the server stopped; after that nothing updates the entry.
     let after = store.get(&pod.endpoint());
-    eventually("more scrapes fail", || store.failures() >= failures + 6).await;
+    eventually(&store, "more scrapes fail", || store.failures() >= failures + 6).await;
     assert_eq!(store.get(&pod.endpoint()), after);
     assert!(after.updated_at >= frozen.updated_at);
     assert_eq!(after.running, 7);
@@ -233,7 +246,7 @@ async fn a_pod_that_does_not_speak_the_protocol_never_gets_metrics() {
     let store = Arc::new(MetricsStore::default());
     let (cancel, task) = start_scraper(&datastore, &store);
 
-    eventually("several scrapes were answered", || pod.n_ok() >= 3).await;
+    eventually(&store, "several scrapes were answered", || pod.n_ok() >= 3).await;
     assert!(store.failures() >= 2);
     assert_eq!(store.get(&pod.endpoint()).updated_at, None);
     assert!(store.all().is_empty());
@@ -248,7 +261,7 @@ async fn an_endpoint_leaving_the_pool_leaves_the_store() {
     let datastore = datastore_for(&pod);
     let store = Arc::new(MetricsStore::default());
     let (cancel, task) = start_scraper(&datastore, &store);
-    eventually("the first scrape lands", || {
+    eventually(&store, "the first scrape lands", || {
         store.get(&pod.endpoint()).updated_at.is_some()
     })
     .await;
@@ -258,7 +271,7 @@ async fn an_endpoint_leaving_the_pool_leaves_the_store() {
         namespace: "default".into(),
         name: "sim-0".into(),
     })]);
-    eventually("the entry is dropped", || store.all().is_empty()).await;
+    eventually(&store, "the entry is dropped", || store.all().is_empty()).await;
     assert_eq!(store.get(&pod.endpoint()), EndpointMetrics::default());
 
     cancel.cancel();

@@ -91,8 +91,9 @@ fn wrong_type_names_the_field_and_line() {
     let text = format!("{SEED_POOL}---\n{}", SEED_MODEL.replace("weight: 100", "weight: lots"));
     let err = parse_error(&text);
     assert_eq!(err.field.as_deref(), Some("spec.targetModels[0].weight"));
-    assert_eq!(err.line, Some(27));
-    assert_eq!(text.lines().nth(26), Some("    weight: lots"));
+    // Lines 1-16 are the pool, 17 the separator, 18-20 the model's comment, 33 its first weight.
+    assert_eq!(err.line, Some(33));
+    assert_eq!(text.lines().nth(32), Some("    weight: lots"));
 }
 
 #[test]
@@ -118,7 +119,8 @@ fn missing_required_field_is_named_with_its_parent() {
 fn failed_validation_names_the_field() {
     let err = parse_error(&SEED_MODEL.replace("weight: 100", "weight: -5"));
     assert_eq!(err.field.as_deref(), Some("spec.targetModels[0].weight"));
-    assert_eq!(err.line, Some(1));
+    // The document starts after the example's three comment lines.
+    assert_eq!(err.line, Some(4));
     assert!(err.message.contains("between 0 and 1000000"), "{err}");
 
     let err = parse_error(&SEED_POOL.replace("targetPortNumber: 8000", "targetPortNumber: 0"));
@@ -132,7 +134,7 @@ fn yaml_syntax_errors_carry_a_line() {
         SEED_MODEL.replace("  poolRef:\n", "  poolRef: {name: [\n")
     );
     let err = parse_error(&text);
-    assert!(err.line.is_some_and(|line| line > 13), "{err}");
+    assert!(err.line.is_some_and(|line| line > SEED_POOL.lines().count()), "{err}");
 }
 
 #[test]
