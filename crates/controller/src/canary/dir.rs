@@ -9,6 +9,7 @@ use std::{
 };
 
 use api::{
+    NamespacedName,
     canary::{CanaryRelease, CanaryReleaseStatus, Phase},
     dir::{self, Document},
     v1alpha1::InferenceModel,
@@ -17,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReleaseKey, Releases, Subject, kube::new_events};
+use super::{Releases, Subject, kube::new_events};
 
 /// Drives the CanaryReleases of one directory.
 #[derive(Debug)]
@@ -74,7 +75,7 @@ impl DirDriver {
         }
         let mut releases = Vec::new();
         for doc in scan.documents {
-            let key = ReleaseKey {
+            let key = NamespacedName {
                 namespace: doc.namespace().to_owned(),
                 name: doc.name().to_owned(),
             };
@@ -107,7 +108,7 @@ impl DirDriver {
 
     fn advance(
         &self,
-        key: &ReleaseKey,
+        key: &NamespacedName,
         doc: &Document,
         status: CanaryReleaseStatus,
         totals: &Result<super::metrics::Totals, String>,

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use api::{
-    GROUP_X_K8S,
+    GROUP_X_K8S, NamespacedName,
     canary::{CanaryRelease, Phase, ReleaseEvent},
     v1alpha1::InferenceModel,
 };
@@ -21,7 +21,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{FIELD_MANAGER, ReleaseKey, Releases, Subject};
+use super::{FIELD_MANAGER, Releases, Subject};
 use crate::{Error, Result, metrics::Metrics};
 
 const KIND: &str = "CanaryRelease";
@@ -44,7 +44,7 @@ pub async fn reconcile(release: Arc<CanaryRelease>, ctx: Arc<CanaryContext>) -> 
     let namespace = release
         .namespace()
         .ok_or_else(|| Error::NoNamespace(release.name_any()))?;
-    let key = ReleaseKey {
+    let key = NamespacedName {
         namespace: namespace.clone(),
         name: release.name_any(),
     };

@@ -18,9 +18,10 @@ pub mod kube;
 pub mod machine;
 pub mod metrics;
 
-use std::{collections::HashMap, fmt, sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use api::{
+    NamespacedName,
     canary::{CanaryReleaseSpec, CanaryReleaseStatus, Phase},
     v1alpha1::{InferenceModel, TargetModel},
 };
@@ -43,19 +44,6 @@ pub const UNKNOWN_OPERATOR: &str = "operator";
 /// How long one gateway scrape may take.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A release's identity: namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReleaseKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ReleaseKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
 /// The counters at the start of a release's current window.
 #[derive(Clone, Debug)]
 struct Baseline {
@@ -77,7 +65,7 @@ pub struct Evaluation {
 /// The release being evaluated, as a driver read it.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject<'a> {
-    pub key: &'a ReleaseKey,
+    pub key: &'a NamespacedName,
     pub spec: &'a CanaryReleaseSpec,
     pub status: &'a CanaryReleaseStatus,
     /// The InferenceModel named by `spec.modelRef`, if it exists.
@@ -90,7 +78,7 @@ pub struct Subject<'a> {
 #[derive(Debug)]
 pub struct Releases {
     scraper: Scraper,
-    baselines: Mutex<HashMap<ReleaseKey, Baseline>>,
+    baselines: Mutex<HashMap<NamespacedName, Baseline>>,
 }
 
 impl Releases {
@@ -180,7 +168,7 @@ impl Releases {
     }
 
     /// Forgets releases that no longer exist.
-    pub fn retain(&self, keep: impl Fn(&ReleaseKey) -> bool) {
+    pub fn retain(&self, keep: impl Fn(&NamespacedName) -> bool) {
         self.baselines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -299,7 +287,7 @@ mod tests {
     }
 
     fn subject<'a>(
-        key: &'a ReleaseKey,
+        key: &'a NamespacedName,
         spec: &'a CanaryReleaseSpec,
         status: &'a CanaryReleaseStatus,
         model: &'a InferenceModel,
@@ -345,7 +333,7 @@ mod tests {
     fn windows_are_measured_from_the_step_start_and_weights_follow_the_status() {
         let releases = Releases::new(Vec::new());
         let spec = spec();
-        let key = ReleaseKey {
+        let key = NamespacedName {
             namespace: "default".into(),
             name: "r".into(),
         };

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use api::{
+    NamespacedName,
     canary::{CanaryRelease, Control},
     dir::{self, Document},
     v1alpha1::InferenceModel,
@@ -19,8 +20,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::{
-    ModelKey, ModelState, ReleaseStore, StoreError, Target,
-    guarded::{Guarded, GuardedStore, ReleaseKey, sort_releases},
+    ModelState, ReleaseStore, StoreError, Target,
+    guarded::{Guarded, GuardedStore, sort_releases},
 };
 
 const MODEL_KIND: &str = "InferenceModel";
@@ -62,7 +63,7 @@ impl DirReleaseStore {
         Ok(guarded)
     }
 
-    fn find_release(&self, key: &ReleaseKey) -> Result<Document, StoreError> {
+    fn find_release(&self, key: &NamespacedName) -> Result<Document, StoreError> {
         dir::find(&self.dir, RELEASE_KIND, &key.namespace, &key.name)?
             .ok_or_else(|| StoreError::ReleaseNotFound(key.to_string()))
     }
@@ -78,7 +79,11 @@ impl ReleaseStore for DirReleaseStore {
         .boxed()
     }
 
-    fn apply<'a>(&'a self, key: &'a ModelKey, targets: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>> {
+    fn apply<'a>(
+        &'a self,
+        key: &'a NamespacedName,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<ModelState, StoreError>> {
         async move {
             let _guard = self.write.lock().await;
             let (doc, _) = self
@@ -157,7 +162,11 @@ impl GuardedStore for DirReleaseStore {
         .boxed()
     }
 
-    fn set_control<'a>(&'a self, key: &'a ReleaseKey, control: Control) -> BoxFuture<'a, Result<Guarded, StoreError>> {
+    fn set_control<'a>(
+        &'a self,
+        key: &'a NamespacedName,
+        control: Control,
+    ) -> BoxFuture<'a, Result<Guarded, StoreError>> {
         async move {
             let _guard = self.write.lock().await;
             let doc = self.find_release(key)?;
@@ -242,7 +251,7 @@ spec:
         let dir = temp_dir("invalid");
         std::fs::write(dir.join("model.yaml"), MODEL).unwrap();
         let store = DirReleaseStore::new(&dir);
-        let key = ModelKey {
+        let key = NamespacedName {
             namespace: "default".into(),
             name: "inferencemodel-sample".into(),
         };
@@ -252,7 +261,7 @@ spec:
         }];
         assert!(matches!(store.apply(&key, &zero).await, Err(StoreError::Invalid(_))));
         assert_eq!(std::fs::read_to_string(dir.join("model.yaml")).unwrap(), MODEL);
-        let other = ModelKey {
+        let other = NamespacedName {
             namespace: "default".into(),
             name: "nope".into(),
         };

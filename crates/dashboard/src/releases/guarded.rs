@@ -5,34 +5,22 @@
 //! The controller owns the status and the weights while a release runs; the dashboard only creates the object and
 //! sets `spec.control`.
 
-use std::fmt;
-
-use api::canary::{CanaryLimits, CanaryRelease, CanaryReleaseSpec, CanaryReleaseStatus, Control, Phase, ReleaseEvent};
+use api::{
+    NamespacedName,
+    canary::{CanaryLimits, CanaryRelease, CanaryReleaseSpec, CanaryReleaseStatus, Control, Phase, ReleaseEvent},
+};
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
-use super::{FormErrors, MAX_REASON, ModelKey, ModelState, StoreError, Target};
+use super::{FormErrors, MAX_REASON, ModelState, StoreError, Target};
 use crate::db::{NewRelease, ReleaseKind};
-
-/// `namespace/name` of a CanaryRelease.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ReleaseKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ReleaseKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// A CanaryRelease as the dashboard shows it: its spec, and its status when the controller has written one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Guarded {
     #[serde(flatten)]
-    pub key: ReleaseKey,
+    pub key: NamespacedName,
     pub spec: CanaryReleaseSpec,
     pub status: Option<CanaryReleaseStatus>,
     /// `metadata.creationTimestamp` in ms, when known (orders past releases).
@@ -49,14 +37,7 @@ impl Guarded {
     /// The page's view of an object without its status (the caller adds it: a sidecar in dir mode).
     pub fn from_object(release: &CanaryRelease, source: String) -> Guarded {
         Guarded {
-            key: ReleaseKey {
-                namespace: release
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| api::dir::DEFAULT_NAMESPACE.to_owned()),
-                name: release.metadata.name.clone().unwrap_or_default(),
-            },
+            key: NamespacedName::of(&release.metadata),
             spec: release.spec.clone(),
             status: release.status.clone(),
             created_ms: release.metadata.creation_timestamp.as_ref().map(time_ms),
@@ -79,7 +60,7 @@ impl Guarded {
     }
 
     /// Whether this release moves the weights of `model`.
-    pub fn targets_model(&self, model: &ModelKey) -> bool {
+    pub fn targets_model(&self, model: &NamespacedName) -> bool {
         self.key.namespace == model.namespace && self.spec.model_ref == model.name
     }
 
@@ -121,7 +102,11 @@ pub trait GuardedStore: Send + Sync {
     fn create_guarded<'a>(&'a self, release: &'a CanaryRelease) -> BoxFuture<'a, Result<Guarded, StoreError>>;
 
     /// Sets `spec.control`, leaving the rest of the object as it is.
-    fn set_control<'a>(&'a self, key: &'a ReleaseKey, control: Control) -> BoxFuture<'a, Result<Guarded, StoreError>>;
+    fn set_control<'a>(
+        &'a self,
+        key: &'a NamespacedName,
+        control: Control,
+    ) -> BoxFuture<'a, Result<Guarded, StoreError>>;
 }
 
 /// An operator's button (or API call) on a running release.
@@ -469,7 +454,7 @@ mod tests {
 
     fn model(targets: &[(&str, Option<u32>)]) -> ModelState {
         ModelState {
-            key: ModelKey {
+            key: NamespacedName {
                 namespace: "default".into(),
                 name: "qwq-model".into(),
             },

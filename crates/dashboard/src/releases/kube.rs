@@ -12,6 +12,7 @@ use ::kube::{
     api::{ListParams, Patch, PatchParams},
 };
 use api::{
+    NamespacedName,
     canary::{CanaryRelease, Control},
     v1alpha1::{InferenceModel, InferenceModelSpec, PoolObjectReference, TargetModel},
     validate::FieldError,
@@ -20,8 +21,8 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::json;
 
 use super::{
-    ModelKey, ModelState, ReleaseStore, StoreError, Target,
-    guarded::{Guarded, GuardedStore, ReleaseKey, sort_releases},
+    ModelState, ReleaseStore, StoreError, Target,
+    guarded::{Guarded, GuardedStore, sort_releases},
 };
 
 /// The field manager of every apply, so `managedFields` shows which fields the dashboard set.
@@ -52,7 +53,7 @@ impl KubeReleaseStore {
     }
 
     /// Reads one InferenceModel.
-    pub async fn get(&self, key: &ModelKey) -> Result<InferenceModel, StoreError> {
+    pub async fn get(&self, key: &NamespacedName) -> Result<InferenceModel, StoreError> {
         self.api(&key.namespace)
             .get(&key.name)
             .await
@@ -60,7 +61,7 @@ impl KubeReleaseStore {
     }
 }
 
-fn api_error(key: &ModelKey, error: ::kube::Error) -> StoreError {
+fn api_error(key: &NamespacedName, error: ::kube::Error) -> StoreError {
     store_error(error, "spec.targetModels", || StoreError::NotFound(key.clone()))
 }
 
@@ -91,7 +92,7 @@ fn target_models(targets: &[Target]) -> Vec<TargetModel> {
 
 /// The checks of [`api::validate::validate_model`] that depend only on the new targets, so a bad change is refused
 /// before the API server is asked anything.
-fn validate_targets(key: &ModelKey, targets: &[TargetModel]) -> Result<(), StoreError> {
+fn validate_targets(key: &NamespacedName, targets: &[TargetModel]) -> Result<(), StoreError> {
     let model = InferenceModel::new(
         &key.name,
         InferenceModelSpec {
@@ -151,7 +152,11 @@ impl ReleaseStore for KubeReleaseStore {
         .boxed()
     }
 
-    fn apply<'a>(&'a self, key: &'a ModelKey, targets: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>> {
+    fn apply<'a>(
+        &'a self,
+        key: &'a NamespacedName,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<ModelState, StoreError>> {
         async move {
             let new_targets = target_models(targets);
             validate_targets(key, &new_targets)?;
@@ -190,7 +195,7 @@ impl ReleaseStore for KubeReleaseStore {
     }
 }
 
-fn release_error(key: &ReleaseKey, error: ::kube::Error) -> StoreError {
+fn release_error(key: &NamespacedName, error: ::kube::Error) -> StoreError {
     store_error(error, "spec", || StoreError::ReleaseNotFound(key.to_string()))
 }
 
@@ -201,7 +206,7 @@ impl KubeReleaseStore {
 
     /// Applies the whole spec: a field this manager owned and left out would be removed by the API server, so
     /// changing `control` alone must still send the rest as it is.
-    async fn apply_release(&self, key: &ReleaseKey, release: &CanaryRelease) -> Result<Guarded, StoreError> {
+    async fn apply_release(&self, key: &NamespacedName, release: &CanaryRelease) -> Result<Guarded, StoreError> {
         let patch = json!({
             "apiVersion": "switchyard.dev/v1alpha1",
             "kind": "CanaryRelease",
@@ -238,7 +243,7 @@ impl GuardedStore for KubeReleaseStore {
 
     fn create_guarded<'a>(&'a self, release: &'a CanaryRelease) -> BoxFuture<'a, Result<Guarded, StoreError>> {
         async move {
-            let key = ReleaseKey {
+            let key = NamespacedName {
                 namespace: release.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
                 name: release.metadata.name.clone().unwrap_or_default(),
             };
@@ -260,7 +265,11 @@ impl GuardedStore for KubeReleaseStore {
         .boxed()
     }
 
-    fn set_control<'a>(&'a self, key: &'a ReleaseKey, control: Control) -> BoxFuture<'a, Result<Guarded, StoreError>> {
+    fn set_control<'a>(
+        &'a self,
+        key: &'a NamespacedName,
+        control: Control,
+    ) -> BoxFuture<'a, Result<Guarded, StoreError>> {
         async move {
             let mut release = self
                 .releases(&key.namespace)
@@ -309,8 +318,8 @@ mod tests {
         })
     }
 
-    fn key(name: &str) -> ModelKey {
-        ModelKey {
+    fn key(name: &str) -> NamespacedName {
+        NamespacedName {
             namespace: "prod".into(),
             name: name.into(),
         }
@@ -492,8 +501,8 @@ mod tests {
         })
     }
 
-    fn release_key(name: &str) -> ReleaseKey {
-        ReleaseKey {
+    fn release_key(name: &str) -> NamespacedName {
+        NamespacedName {
             namespace: "prod".into(),
             name: name.into(),
         }

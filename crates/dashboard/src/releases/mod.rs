@@ -6,9 +6,9 @@ pub mod dir;
 pub mod guarded;
 pub mod kube;
 
-use std::{collections::BTreeMap, fmt};
+use std::collections::BTreeMap;
 
-use api::{canary::CanaryRelease, canary::Control, v1alpha1::InferenceModel, validate::FieldError};
+use api::{NamespacedName, canary::CanaryRelease, canary::Control, v1alpha1::InferenceModel, validate::FieldError};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -16,19 +16,6 @@ use crate::db::{NewRelease, ReleaseKind};
 
 /// Largest weight the CRD accepts (`targetModels[].weight` maximum).
 pub const MAX_WEIGHT: u32 = 1_000_000;
-
-/// `namespace/name` of an InferenceModel object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ModelKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ModelKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// One target model and its weight; `None` on every target means an equal split.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +28,7 @@ pub struct Target {
 /// An InferenceModel as the releases pages show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelState {
-    pub key: ModelKey,
+    pub key: NamespacedName,
     /// `spec.modelName`, what clients request.
     pub model_name: String,
     pub criticality: String,
@@ -72,10 +59,7 @@ impl ModelState {
                 .collect()
         };
         ModelState {
-            key: ModelKey {
-                namespace: model.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-                name: model.metadata.name.clone().unwrap_or_default(),
-            },
+            key: NamespacedName::of(&model.metadata),
             model_name: model.spec.model_name.clone(),
             criticality: model
                 .spec
@@ -125,7 +109,7 @@ pub fn shares(targets: &[Target]) -> Vec<f64> {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("InferenceModel {0} not found")]
-    NotFound(ModelKey),
+    NotFound(NamespacedName),
     #[error("the new InferenceModel is invalid")]
     Invalid(Vec<FieldError>),
     #[error("{path}: {message}")]
@@ -162,7 +146,11 @@ pub trait ReleaseStore: guarded::GuardedStore + Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ModelState>, StoreError>>;
 
     /// Replaces the model's `spec.targetModels` and returns the stored state.
-    fn apply<'a>(&'a self, key: &'a ModelKey, targets: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>>;
+    fn apply<'a>(
+        &'a self,
+        key: &'a NamespacedName,
+        targets: &'a [Target],
+    ) -> BoxFuture<'a, Result<ModelState, StoreError>>;
 
     /// A short description for the UI, e.g. `directory target/demo/config`.
     fn describe(&self) -> String;
@@ -177,7 +165,7 @@ impl ReleaseStore for NoReleaseStore {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    fn apply<'a>(&'a self, key: &'a ModelKey, _: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>> {
+    fn apply<'a>(&'a self, key: &'a NamespacedName, _: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>> {
         Box::pin(async move { Err(StoreError::NotFound(key.clone())) })
     }
 
@@ -197,7 +185,7 @@ impl guarded::GuardedStore for NoReleaseStore {
 
     fn set_control<'a>(
         &'a self,
-        key: &'a guarded::ReleaseKey,
+        key: &'a NamespacedName,
         _: Control,
     ) -> BoxFuture<'a, Result<guarded::Guarded, StoreError>> {
         Box::pin(async move {
@@ -210,7 +198,7 @@ impl guarded::GuardedStore for NoReleaseStore {
 }
 
 /// Loads one model through [`ReleaseStore::list`].
-pub async fn get(store: &dyn ReleaseStore, key: &ModelKey) -> Result<ModelState, StoreError> {
+pub async fn get(store: &dyn ReleaseStore, key: &NamespacedName) -> Result<ModelState, StoreError> {
     store
         .list()
         .await?
@@ -433,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_store_there_is_nothing_to_release() {
         assert!(NoReleaseStore.list().await.unwrap().is_empty());
-        let key = ModelKey {
+        let key = NamespacedName {
             namespace: "default".into(),
             name: "m".into(),
         };
