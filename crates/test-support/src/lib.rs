@@ -1,5 +1,8 @@
-//! Helpers shared by the tests of several packages: simulated pods bound like a pool's pods, and the check that
-//! every flag of a binary also reads a `SWITCHYARD_…` environment variable. A dev-dependency only.
+//! Helpers shared by the tests of several packages: simulated pods bound like a pool's pods, the check that every
+//! flag of a binary also reads a `SWITCHYARD_…` environment variable, and the fake Kubernetes API server
+//! ([`kube::ApiServerVerifier`]). A dev-dependency only.
+
+pub mod kube;
 
 use std::net::Ipv4Addr;
 
