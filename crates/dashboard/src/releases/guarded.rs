@@ -1,6 +1,6 @@
-//! Guarded releases (CanaryRelease objects): the [`GuardedStore`] every release store also is, and the pure rules
-//! of the dashboard's side: what a start request becomes (and every way it can be wrong), which operator action is
-//! allowed in which state, and how the controller's status history becomes release-history rows.
+//! Guarded releases (CanaryRelease objects): reading, creating and steering them through the shared store, and the
+//! pure rules of the dashboard's side: what a start request becomes (and every way it can be wrong), which operator
+//! action is allowed in which state, and how the controller's status history becomes release-history rows.
 //!
 //! The controller owns the status and the weights while a release runs; the dashboard only creates the object and
 //! sets `spec.control`.
@@ -9,9 +9,9 @@ use api::{
     NamespacedName,
     canary::{CanaryLimits, CanaryRelease, CanaryReleaseSpec, CanaryReleaseStatus, Control, Phase, ReleaseEvent},
 };
-use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
+use store::Store;
 
 use super::{FormErrors, MAX_REASON, ModelState, StoreError, Target};
 use crate::db::{NewRelease, ReleaseKind};
@@ -92,21 +92,28 @@ pub fn sort_releases(releases: &mut [Guarded]) {
     });
 }
 
-/// Where CanaryReleases are read, created and steered. Both release stores implement it: dir mode keeps the object
-/// as a YAML document and its status in a `.status/` sidecar, kube mode uses the CRD.
-pub trait GuardedStore: Send + Sync {
-    /// Every CanaryRelease with its status, oldest first.
-    fn list_guarded(&self) -> BoxFuture<'_, Result<Vec<Guarded>, StoreError>>;
+/// Every CanaryRelease with its status, oldest first.
+pub async fn list(store: &dyn Store) -> Result<Vec<Guarded>, StoreError> {
+    let mut releases: Vec<Guarded> = store
+        .list_releases()
+        .await?
+        .iter()
+        .map(|r| Guarded::from_object(&r.object, r.source.clone()))
+        .collect();
+    sort_releases(&mut releases);
+    Ok(releases)
+}
 
-    /// Creates a new release; [`StoreError::Conflict`] when one of that name exists already.
-    fn create_guarded<'a>(&'a self, release: &'a CanaryRelease) -> BoxFuture<'a, Result<Guarded, StoreError>>;
+/// Creates a new release; [`StoreError::Conflict`] when one of that name exists already.
+pub async fn create(store: &dyn Store, release: &CanaryRelease) -> Result<Guarded, StoreError> {
+    let created = store.create_release(release).await?;
+    Ok(Guarded::from_object(&created.object, created.source))
+}
 
-    /// Sets `spec.control`, leaving the rest of the object as it is.
-    fn set_control<'a>(
-        &'a self,
-        key: &'a NamespacedName,
-        control: Control,
-    ) -> BoxFuture<'a, Result<Guarded, StoreError>>;
+/// Sets `spec.control`, leaving the rest of the object as it is.
+pub async fn set_control(store: &dyn Store, key: &NamespacedName, control: Control) -> Result<Guarded, StoreError> {
+    let updated = store.set_control(key, control).await?;
+    Ok(Guarded::from_object(&updated.object, updated.source))
 }
 
 /// An operator's button (or API call) on a running release.

@@ -59,9 +59,7 @@ pub(super) fn router() -> Router<AppState> {
 /// The model and its guarded releases (oldest first), with the controller's events copied into the history.
 pub(super) async fn load(state: &AppState, key: &NamespacedName) -> Result<(ModelState, Vec<Guarded>), AppError> {
     let model = releases::get(state.releases.as_ref(), key).await?;
-    let guarded: Vec<Guarded> = state
-        .releases
-        .list_guarded()
+    let guarded: Vec<Guarded> = releases::guarded::list(state.releases.as_ref())
         .await?
         .into_iter()
         .filter(|r| r.targets_model(key))
@@ -80,7 +78,7 @@ pub(super) fn active(releases: &[Guarded]) -> Option<&Guarded> {
 
 /// Refuses a manual weight change while a guarded release runs (409).
 pub(super) async fn ensure_unlocked(state: &AppState, key: &NamespacedName) -> Result<(), AppError> {
-    let releases = state.releases.list_guarded().await?;
+    let releases = releases::guarded::list(state.releases.as_ref()).await?;
     match releases.iter().find(|r| r.is_active() && r.targets_model(key)) {
         Some(r) => Err(AppError::Conflict(format!(
             "guarded release {} controls the weights of {key}; pause, promote or abort it first",
@@ -504,7 +502,7 @@ async fn start(
     actor: &str,
 ) -> Result<Guarded, AppError> {
     let (model, _) = load(state, key).await?;
-    let all = state.releases.list_guarded().await?;
+    let all = releases::guarded::list(state.releases.as_ref()).await?;
     let Start { release, add_canary } = validate_start(&model, &all, request, now_ms()).map_err(|e| match e {
         StartError::Invalid(errors) => AppError::InvalidFields(errors),
         StartError::Conflict(message) => AppError::Conflict(message),
@@ -512,10 +510,10 @@ async fn start(
     let before = serde_json::to_string(&model.targets).unwrap_or_default();
     let mut after = before.clone();
     if let Some(targets) = &add_canary {
-        let applied = state.releases.apply(key, targets).await?;
+        let applied = releases::apply(state.releases.as_ref(), key, targets).await?;
         after = serde_json::to_string(&applied.targets).unwrap_or_default();
     }
-    let created = state.releases.create_guarded(&release).await?;
+    let created = releases::guarded::create(state.releases.as_ref(), &release).await?;
     let spec = &created.spec;
     state
         .db
@@ -563,7 +561,7 @@ async fn act(
         namespace: current.key.namespace.clone(),
         name: current.key.name.clone(),
     };
-    let updated = state.releases.set_control(&release_key, control).await?;
+    let updated = releases::guarded::set_control(state.releases.as_ref(), &release_key, control).await?;
     let reason = match reason.trim() {
         "" => format!("{} requested from the dashboard", action.as_str()),
         reason => reason.to_owned(),

@@ -83,11 +83,9 @@ pub(super) fn model_link(key: &NamespacedName) -> String {
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<ListPage, AppError> {
-    let models = state.releases.list().await?;
+    let models = releases::list(state.releases.as_ref()).await?;
     let latest = state.db.latest_releases().await?;
-    let running: Vec<_> = state
-        .releases
-        .list_guarded()
+    let running: Vec<_> = releases::guarded::list(state.releases.as_ref())
         .await?
         .into_iter()
         .filter(|r| r.is_active())
@@ -308,7 +306,7 @@ async fn apply(
 ) -> Result<(ModelState, i64), AppError> {
     guarded::ensure_unlocked(state, key).await?;
     let before = releases::get(state.releases.as_ref(), key).await?;
-    let after = state.releases.apply(key, targets).await?;
+    let after = releases::apply(state.releases.as_ref(), key, targets).await?;
     let id = state
         .db
         .insert_release(&NewRelease {
@@ -378,7 +376,7 @@ struct ApiModel {
 }
 
 async fn api_list(State(state): State<AppState>) -> Result<Json<Vec<ApiModel>>, ApiError> {
-    let models = state.releases.list().await?;
+    let models = releases::list(state.releases.as_ref()).await?;
     Ok(Json(
         models
             .into_iter()
