@@ -5,11 +5,13 @@ pub mod canary;
 pub mod conditions;
 pub mod dir;
 pub mod duration;
+mod name;
 pub mod v1;
 pub mod v1alpha1;
 pub mod validate;
 
 pub use k8s_openapi::api::core::v1::Pod;
+pub use name::NamespacedName;
 
 /// The API group of the seed-era CRDs.
 pub const GROUP_X_K8S: &str = "inference.networking.x-k8s.io";

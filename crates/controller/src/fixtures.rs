@@ -1,24 +1,18 @@
-//! Test support: the seed's objects as builders, and an "ApiServerVerifier" on kube's mock service that asserts
-//! each request the controller sends (method, path, query, body) and scripts the reply.
+//! Test support: the seed's objects as builders, and contexts whose client talks to the shared ApiServerVerifier
+//! (`test_support::kube`), which asserts each request the controller sends and scripts the reply.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use api::v1alpha1::{InferenceModel, InferencePool};
-use http::{Method, Request, Response, StatusCode};
-use kube::{
-    Client,
-    client::Body,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector::{self, store::Writer},
-        watcher,
-    },
+use kube::runtime::{
+    events::{Recorder, Reporter},
+    reflector::{self, store::Writer},
+    watcher,
 };
 use serde_json::{Value, json};
+pub(crate) use test_support::kube::{ApiServerVerifier, NS, Reply, client};
 
 use crate::{Context, metrics::Metrics};
-
-pub(crate) const NS: &str = "default";
 
 /// The seed's InferencePool as the API server returns it (namespace, uid, timestamps filled in).
 pub(crate) fn seed_pool() -> InferencePool {
@@ -83,34 +77,9 @@ pub(crate) fn gateway() -> Value {
     })
 }
 
-/// How the fake API server answers one request.
-pub(crate) enum Reply {
-    Json(Value),
-    /// Answers with the request body, as create/replace/apply do.
-    Echo,
-    NotFound,
-    Conflict,
-}
-
-/// One request the controller sent.
-#[derive(Debug)]
-pub(crate) struct Seen {
-    pub(crate) query: String,
-    pub(crate) body: Value,
-}
-
-pub(crate) struct ApiServerVerifier(tower_test::mock::Handle<Request<Body>, Response<Body>>);
-
-/// A client that talks to a fresh verifier.
-pub(crate) fn client() -> (Client, ApiServerVerifier) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, NS), ApiServerVerifier(handle))
-}
-
 /// A context whose client talks to the verifier, with `models` in the model store.
 pub(crate) fn context(models: &[InferenceModel]) -> (Arc<Context>, ApiServerVerifier) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, NS);
+    let (client, api) = client();
     let (store, mut writer): (_, Writer<InferenceModel>) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);
     for model in models {
@@ -129,56 +98,7 @@ pub(crate) fn context(models: &[InferenceModel]) -> (Arc<Context>, ApiServerVeri
         metrics: Arc::new(Metrics::default()),
         models: store,
     };
-    (Arc::new(ctx), ApiServerVerifier(handle))
-}
-
-impl ApiServerVerifier {
-    /// Waits for the next request, asserts its method and path, answers it, and returns its query and body.
-    pub(crate) async fn expect(&mut self, method: Method, path: &str, reply: Reply) -> Seen {
-        // Generous, because paused-time tests auto-advance to the nearest timer, and this one must not be it.
-        let (request, send) = tokio::time::timeout(Duration::from_secs(60), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no request arrived; expected {method} {path}"))
-            .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&method, path),
-            "unexpected request {}",
-            request.uri()
-        );
-        let query = request.uri().query().unwrap_or("").to_owned();
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        let (status, reply) = match reply {
-            Reply::Json(value) => (StatusCode::OK, value),
-            Reply::Echo => (StatusCode::OK, body.clone()),
-            Reply::NotFound => (StatusCode::NOT_FOUND, status(404, "NotFound")),
-            Reply::Conflict => (StatusCode::CONFLICT, status(409, "Conflict")),
-        };
-        let response = Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap();
-        send.send_response(response);
-        Seen { query, body }
-    }
-
-    /// Asserts that the controller sent nothing more (call after dropping every client clone).
-    pub(crate) async fn done(mut self) {
-        let next = tokio::time::timeout(Duration::from_secs(1), self.0.next_request()).await;
-        if let Ok(Some((request, _))) = next {
-            panic!("unexpected extra request {} {}", request.method(), request.uri());
-        }
-    }
-}
-
-fn status(code: u16, reason: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "reason": reason,
-        "message": reason, "code": code})
+    (Arc::new(ctx), api)
 }
 
 /// `(type, status, reason)` of each condition in a status patch body.

@@ -62,6 +62,8 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error("object {0} has no namespace")]
     NoNamespace(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -73,6 +75,17 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
             Error::NoNamespace(_) => "no_namespace",
+            Error::Store(store::Error::Kube {
+                source: kube::Error::Api(_),
+                ..
+            }) => "api",
+            Error::Store(store::Error::Kube { .. }) => "transport",
+            // What the API server answered with a status code.
+            Error::Store(store::Error::NotFound(_) | store::Error::ReleaseNotFound(_) | store::Error::Conflict(_)) => {
+                "api"
+            }
+            Error::Store(store::Error::Invalid(_)) => "invalid",
+            Error::Store(_) => "store",
         }
     }
 }
@@ -122,7 +135,7 @@ pub async fn run_controllers(
     let release_controller = Controller::new(Api::<CanaryRelease>::all(client.clone()), wc.clone());
     let release_store = release_controller.store();
     let canary_ctx = Arc::new(canary::kube::CanaryContext {
-        client: client.clone(),
+        store: store::kube::KubeStore::new(client.clone(), canary::FIELD_MANAGER),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

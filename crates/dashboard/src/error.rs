@@ -73,7 +73,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Store(StoreError::Unavailable(_)) => StatusCode::BAD_GATEWAY,
+            AppError::Store(StoreError::Unavailable(_) | StoreError::Kube { .. }) => StatusCode::BAD_GATEWAY,
             AppError::Db(_) | AppError::Store(_) | AppError::Template(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use store::{Store, dir::DirStore, kube::KubeStore};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -30,15 +31,18 @@ use crate::{
     args::Args,
     auth::{Secret, Sessions},
     db::Db,
-    releases::{ReleaseStore, dir::DirReleaseStore, kube::KubeReleaseStore},
+    releases::NoReleaseStore,
 };
+
+/// The field manager of every apply in kube mode, so `managedFields` shows which fields the dashboard set.
+pub const FIELD_MANAGER: &str = "switchyard-dashboard";
 
 /// Everything a handler needs, shared by all requests. One context rather than many extensions, so a handler's
 /// signature shows all it can touch.
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
-    pub releases: Arc<dyn ReleaseStore>,
+    pub releases: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
     pub config: Arc<Config>,
     pub counters: Arc<Counters>,
@@ -69,7 +73,7 @@ impl Counters {
 }
 
 impl AppState {
-    pub fn new(db: Db, releases: Arc<dyn ReleaseStore>, config: Config) -> AppState {
+    pub fn new(db: Db, releases: Arc<dyn Store>, config: Config) -> AppState {
         AppState {
             db,
             releases,
@@ -116,17 +120,17 @@ pub async fn start(args: Args) -> anyhow::Result<Dashboard> {
     let db = Db::open(&args.db)
         .await
         .with_context(|| format!("opening database {}", args.db))?;
-    let releases: Arc<dyn ReleaseStore> = match (&args.dir, args.kube) {
-        (Some(dir), false) => Arc::new(DirReleaseStore::new(dir)),
+    let releases: Arc<dyn Store> = match (&args.dir, args.kube) {
+        (Some(dir), false) => Arc::new(DirStore::new(dir)),
         (None, true) => {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the kubernetes api for --kube")?;
-            Arc::new(KubeReleaseStore::new(client))
+            Arc::new(KubeStore::new(client, FIELD_MANAGER))
         }
         (None, false) => {
             tracing::warn!("neither --dir nor --kube given: the releases pages stay empty");
-            Arc::new(releases::NoReleaseStore)
+            Arc::new(NoReleaseStore)
         }
         (Some(_), true) => anyhow::bail!("give either --dir or --kube, not both"),
     };

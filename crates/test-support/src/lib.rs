@@ -1,6 +1,9 @@
 //! Helpers shared by the tests of several packages: the seed's InferencePool and InferenceModel, simulated pods
-//! bound like a pool's pods, waiting on a change signal instead of sleeping, and the check that every flag of a
-//! binary also reads a `SWITCHYARD_…` environment variable.
+//! bound like a pool's pods, waiting on a change signal instead of sleeping, the check that every flag of a binary
+//! also reads a `SWITCHYARD_…` environment variable, and the fake Kubernetes API server
+//! ([`kube::ApiServerVerifier`]). A dev-dependency only.
+
+pub mod kube;
 
 use std::{net::Ipv4Addr, time::Duration};
 

@@ -1,7 +1,7 @@
 //! The dir-mode driver: every `--canary-interval` it reads the CanaryRelease documents of the gateway's `--dir`
-//! directory and their `.status/` sidecars, evaluates each, rewrites the InferenceModel's document with the new
-//! weights (atomically, other documents untouched) and writes the status sidecar. The user's files carry only the
-//! spec; status never goes into them.
+//! directory and their `.status/` sidecars, and carries each active release one [`Releases::advance`] forward over
+//! a [`DirStore`] (the InferenceModel's document rewritten with the new weights, atomically, other documents
+//! untouched; the status written to the sidecar). The user's files carry only the spec; status never goes into them.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,58 +9,49 @@ use std::{
 };
 
 use api::{
+    NamespacedName,
     canary::{CanaryRelease, CanaryReleaseStatus, Phase},
     dir::{self, Document},
-    v1alpha1::InferenceModel,
 };
-use k8s_openapi::jiff::Timestamp;
+use store::{ReleaseStore, dir::DirStore};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReleaseKey, Releases, Subject, kube::new_events};
+use super::{Releases, metrics::Totals};
 
 /// Drives the CanaryReleases of one directory.
 #[derive(Debug)]
 pub struct DirDriver {
-    dir: PathBuf,
+    store: DirStore,
     releases: Releases,
     interval: Duration,
-}
-
-/// Why a release could not be carried forward this tick (it is retried on the next).
-#[derive(Debug, thiserror::Error)]
-pub enum TickError {
-    #[error(transparent)]
-    Dir(#[from] dir::DirError),
-    #[error("the new weights of {model} are invalid: {message}")]
-    InvalidWeights { model: String, message: String },
 }
 
 impl DirDriver {
     pub fn new(dir: impl Into<PathBuf>, gateway_metrics_urls: Vec<String>, interval: Duration) -> DirDriver {
         DirDriver {
-            dir: dir.into(),
+            store: DirStore::new(dir),
             releases: Releases::new(gateway_metrics_urls),
             interval,
         }
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.store.dir()
     }
 
     /// Evaluates every release each interval until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tracing::info!(dir = %self.dir.display(), interval = ?self.interval, "canary releases driven from a directory");
+        tracing::info!(dir = %self.dir().display(), interval = ?self.interval, "canary releases driven from a directory");
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = ticks.tick() => {}
             }
             if let Err(error) = self.tick().await {
-                tracing::warn!(dir = %self.dir.display(), %error, "cannot read the directory");
+                tracing::warn!(dir = %self.dir().display(), %error, "cannot read the directory");
             }
         }
     }
@@ -68,21 +59,19 @@ impl DirDriver {
     /// One pass over the directory. Per-release failures are logged and retried next time; only an unreadable
     /// directory fails the pass.
     pub async fn tick(&self) -> Result<(), dir::DirError> {
-        let scan = dir::scan(&self.dir, "CanaryRelease")?;
+        // Read leniently, unlike the store's listing: one broken document must not stop the other releases.
+        let scan = dir::scan(self.dir(), "CanaryRelease")?;
         for error in &scan.errors {
             tracing::warn!(%error, "unreadable CanaryRelease document");
         }
         let mut releases = Vec::new();
         for doc in scan.documents {
-            let key = ReleaseKey {
-                namespace: doc.namespace().to_owned(),
-                name: doc.name().to_owned(),
-            };
+            let key = NamespacedName::new(doc.namespace(), doc.name());
             if releases.iter().any(|(k, _, _)| *k == key) {
                 tracing::warn!(release = %key, file = %doc.path.display(), "release defined twice; the first one counts");
                 continue;
             }
-            let status = match dir::read_status(&self.dir, &key.namespace, &key.name) {
+            let status = match dir::read_status(self.dir(), &key.namespace, &key.name) {
                 Ok(status) => status.unwrap_or_default(),
                 Err(error) => {
                     tracing::warn!(release = %key, %error, "unreadable status sidecar; starting over");
@@ -98,20 +87,20 @@ impl DirDriver {
         }
         let totals = self.releases.scrape().await;
         for (key, doc, status) in releases {
-            if let Err(error) = self.advance(&key, &doc, status, &totals) {
+            if let Err(error) = self.advance(&key, &doc, status, &totals).await {
                 tracing::warn!(release = %key, %error, "release not advanced; retrying next tick");
             }
         }
         Ok(())
     }
 
-    fn advance(
+    async fn advance(
         &self,
-        key: &ReleaseKey,
+        key: &NamespacedName,
         doc: &Document,
         status: CanaryReleaseStatus,
-        totals: &Result<super::metrics::Totals, String>,
-    ) -> Result<(), TickError> {
+        totals: &Result<Totals, String>,
+    ) -> store::Result<()> {
         if status.phase.is_finished() {
             return Ok(());
         }
@@ -125,42 +114,14 @@ impl DirDriver {
                         message,
                         ..status
                     };
-                    dir::write_status(&self.dir, &key.namespace, &key.name, &invalid)?;
+                    self.store.write_status(key, &invalid).await?;
                 }
                 return Ok(());
             }
         };
-        let model_doc = dir::find(&self.dir, "InferenceModel", &key.namespace, &release.spec.model_ref)?;
-        let model: Option<InferenceModel> = model_doc.as_ref().map(Document::decode).transpose()?;
-        let operator = super::operator(release.metadata.annotations.as_ref());
-        let subject = Subject {
-            key,
-            spec: &release.spec,
-            status: &status,
-            model: model.as_ref(),
-            operator: &operator,
-        };
-        let evaluation = self.releases.evaluate(&subject, totals, Timestamp::now());
-        if let (Some(targets), Some(doc), Some(model)) = (&evaluation.targets, &model_doc, &model) {
-            let mut updated = model.clone();
-            updated.spec.target_models = targets.clone();
-            api::validate::validate_model(&updated).map_err(|errors| TickError::InvalidWeights {
-                model: format!("{}/{}", key.namespace, release.spec.model_ref),
-                message: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            })?;
-            // Only targetModels changes; the rest of the document is re-rendered from what was read.
-            let mut value = doc.value.clone();
-            value["spec"]["targetModels"] = serde_json::to_value(targets).unwrap_or_default();
-            dir::rewrite(doc, &value)?;
-            tracing::info!(release = %key, model = %release.spec.model_ref, percent = evaluation.output.status.canary_percent, "weights applied");
-        }
-        let next = &evaluation.output.status;
-        if *next != status {
-            dir::write_status(&self.dir, &key.namespace, &key.name, next)?;
-            for event in new_events(&status.history, &next.history) {
-                tracing::info!(release = %key, phase = ?event.phase, from = event.from_percent, to = event.to_percent, actor = %event.actor, reason = %event.reason, "release step");
-            }
-        }
+        self.releases
+            .advance(&self.store, key, &release, &status, totals)
+            .await?;
         Ok(())
     }
 }

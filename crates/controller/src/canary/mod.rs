@@ -6,7 +6,8 @@
 //!  CanaryRelease spec + status ─────────────────────────────────────────► machine::evaluate (pure)
 //!                                                                                     │
 //!           InferenceModel targetModels weights ◄── apply ── status (history, observations) ──► write
-//!  drivers: kube.rs (CRD, server-side apply, Events)   dir.rs (YAML directory, `.status/` sidecars)
+//!                              (both through a `store::Store`: Releases::advance is the one step of every driver)
+//!  drivers: kube.rs (reconciler, KubeStore, Events)   dir.rs (ticks over a YAML directory, DirStore)
 //! ```
 //!
 //! The step-start baseline lives in memory, keyed by release and step: a controller restart (or a failover to the
@@ -18,13 +19,15 @@ pub mod kube;
 pub mod machine;
 pub mod metrics;
 
-use std::{collections::HashMap, fmt, sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use api::{
-    canary::{CanaryReleaseSpec, CanaryReleaseStatus, Phase},
+    NamespacedName,
+    canary::{CanaryRelease, CanaryReleaseSpec, CanaryReleaseStatus, Phase, ReleaseEvent},
     v1alpha1::{InferenceModel, TargetModel},
 };
 use k8s_openapi::jiff::Timestamp;
+use store::Store;
 
 use self::{
     machine::{Input, Measurement, Output},
@@ -43,19 +46,6 @@ pub const UNKNOWN_OPERATOR: &str = "operator";
 /// How long one gateway scrape may take.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A release's identity: namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReleaseKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ReleaseKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
 /// The counters at the start of a release's current window.
 #[derive(Clone, Debug)]
 struct Baseline {
@@ -66,7 +56,7 @@ struct Baseline {
     canary: TargetTotals,
 }
 
-/// One evaluation's result for a driver to carry out: weights first, then status.
+/// One evaluation's result to carry out: weights first, then status.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evaluation {
     pub output: Output,
@@ -77,7 +67,7 @@ pub struct Evaluation {
 /// The release being evaluated, as a driver read it.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject<'a> {
-    pub key: &'a ReleaseKey,
+    pub key: &'a NamespacedName,
     pub spec: &'a CanaryReleaseSpec,
     pub status: &'a CanaryReleaseStatus,
     /// The InferenceModel named by `spec.modelRef`, if it exists.
@@ -90,7 +80,7 @@ pub struct Subject<'a> {
 #[derive(Debug)]
 pub struct Releases {
     scraper: Scraper,
-    baselines: Mutex<HashMap<ReleaseKey, Baseline>>,
+    baselines: Mutex<HashMap<NamespacedName, Baseline>>,
 }
 
 impl Releases {
@@ -179,8 +169,45 @@ impl Releases {
         Evaluation { output, targets }
     }
 
+    /// One step of a release over `store`, whichever driver calls it: reads the InferenceModel, evaluates the
+    /// release against `totals`, applies the new weights, then writes the status if it changed and logs its new
+    /// history entries. Returns the status when it was written.
+    pub async fn advance(
+        &self,
+        store: &dyn Store,
+        key: &NamespacedName,
+        release: &CanaryRelease,
+        status: &CanaryReleaseStatus,
+        totals: &Result<Totals, String>,
+    ) -> store::Result<Option<CanaryReleaseStatus>> {
+        let model_key = NamespacedName::new(key.namespace.clone(), release.spec.model_ref.clone());
+        let model = store.get_model(&model_key).await?;
+        let operator = operator(release.metadata.annotations.as_ref());
+        let subject = Subject {
+            key,
+            spec: &release.spec,
+            status,
+            model: model.as_ref(),
+            operator: &operator,
+        };
+        let evaluation = self.evaluate(&subject, totals, Timestamp::now());
+        if let (Some(targets), Some(model)) = (&evaluation.targets, &model) {
+            store.apply_targets(model, targets).await?;
+            tracing::info!(release = %key, model = %model_key.name, percent = evaluation.output.status.canary_percent, "weights applied");
+        }
+        let next = evaluation.output.status;
+        if next == *status {
+            return Ok(None);
+        }
+        store.write_status(key, &next).await?;
+        for event in new_events(&status.history, &next.history) {
+            tracing::info!(release = %key, phase = ?event.phase, from = event.from_percent, to = event.to_percent, actor = %event.actor, reason = %event.reason, "release step");
+        }
+        Ok(Some(next))
+    }
+
     /// Forgets releases that no longer exist.
-    pub fn retain(&self, keep: impl Fn(&ReleaseKey) -> bool) {
+    pub fn retain(&self, keep: impl Fn(&NamespacedName) -> bool) {
         self.baselines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -253,6 +280,11 @@ pub fn weighted_targets(model: &InferenceModel, spec: &CanaryReleaseSpec, percen
         .collect()
 }
 
+/// The history entries in `next` that `before` did not have.
+pub fn new_events<'a>(before: &[ReleaseEvent], next: &'a [ReleaseEvent]) -> impl Iterator<Item = &'a ReleaseEvent> {
+    next.iter().filter(move |e| !before.contains(e))
+}
+
 /// Who set `spec.control`, from the [`CONTROL_ACTOR_ANNOTATION`].
 pub fn operator(annotations: Option<&std::collections::BTreeMap<String, String>>) -> String {
     annotations
@@ -299,7 +331,7 @@ mod tests {
     }
 
     fn subject<'a>(
-        key: &'a ReleaseKey,
+        key: &'a NamespacedName,
         spec: &'a CanaryReleaseSpec,
         status: &'a CanaryReleaseStatus,
         model: &'a InferenceModel,
@@ -345,7 +377,7 @@ mod tests {
     fn windows_are_measured_from_the_step_start_and_weights_follow_the_status() {
         let releases = Releases::new(Vec::new());
         let spec = spec();
-        let key = ReleaseKey {
+        let key = NamespacedName {
             namespace: "default".into(),
             name: "r".into(),
         };

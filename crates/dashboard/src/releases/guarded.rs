@@ -1,38 +1,26 @@
-//! Guarded releases (CanaryRelease objects): the [`GuardedStore`] every release store also is, and the pure rules
-//! of the dashboard's side: what a start request becomes (and every way it can be wrong), which operator action is
-//! allowed in which state, and how the controller's status history becomes release-history rows.
+//! Guarded releases (CanaryRelease objects): reading, creating and steering them through the shared store, and the
+//! pure rules of the dashboard's side: what a start request becomes (and every way it can be wrong), which operator
+//! action is allowed in which state, and how the controller's status history becomes release-history rows.
 //!
 //! The controller owns the status and the weights while a release runs; the dashboard only creates the object and
 //! sets `spec.control`.
 
-use std::fmt;
-
-use api::canary::{CanaryLimits, CanaryRelease, CanaryReleaseSpec, CanaryReleaseStatus, Control, Phase, ReleaseEvent};
-use futures::future::BoxFuture;
+use api::{
+    NamespacedName,
+    canary::{CanaryLimits, CanaryRelease, CanaryReleaseSpec, CanaryReleaseStatus, Control, Phase, ReleaseEvent},
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
+use store::Store;
 
-use super::{FormErrors, MAX_REASON, ModelKey, ModelState, StoreError, Target};
+use super::{FormErrors, MAX_REASON, ModelState, StoreError, Target};
 use crate::db::{NewRelease, ReleaseKind};
-
-/// `namespace/name` of a CanaryRelease.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ReleaseKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ReleaseKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// A CanaryRelease as the dashboard shows it: its spec, and its status when the controller has written one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Guarded {
     #[serde(flatten)]
-    pub key: ReleaseKey,
+    pub key: NamespacedName,
     pub spec: CanaryReleaseSpec,
     pub status: Option<CanaryReleaseStatus>,
     /// `metadata.creationTimestamp` in ms, when known (orders past releases).
@@ -49,14 +37,7 @@ impl Guarded {
     /// The page's view of an object without its status (the caller adds it: a sidecar in dir mode).
     pub fn from_object(release: &CanaryRelease, source: String) -> Guarded {
         Guarded {
-            key: ReleaseKey {
-                namespace: release
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| api::dir::DEFAULT_NAMESPACE.to_owned()),
-                name: release.metadata.name.clone().unwrap_or_default(),
-            },
+            key: NamespacedName::of(&release.metadata),
             spec: release.spec.clone(),
             status: release.status.clone(),
             created_ms: release.metadata.creation_timestamp.as_ref().map(time_ms),
@@ -79,7 +60,7 @@ impl Guarded {
     }
 
     /// Whether this release moves the weights of `model`.
-    pub fn targets_model(&self, model: &ModelKey) -> bool {
+    pub fn targets_model(&self, model: &NamespacedName) -> bool {
         self.key.namespace == model.namespace && self.spec.model_ref == model.name
     }
 
@@ -111,17 +92,28 @@ pub fn sort_releases(releases: &mut [Guarded]) {
     });
 }
 
-/// Where CanaryReleases are read, created and steered. Both release stores implement it: dir mode keeps the object
-/// as a YAML document and its status in a `.status/` sidecar, kube mode uses the CRD.
-pub trait GuardedStore: Send + Sync {
-    /// Every CanaryRelease with its status, oldest first.
-    fn list_guarded(&self) -> BoxFuture<'_, Result<Vec<Guarded>, StoreError>>;
+/// Every CanaryRelease with its status, oldest first.
+pub async fn list(store: &dyn Store) -> Result<Vec<Guarded>, StoreError> {
+    let mut releases: Vec<Guarded> = store
+        .list_releases()
+        .await?
+        .iter()
+        .map(|r| Guarded::from_object(&r.object, r.source.clone()))
+        .collect();
+    sort_releases(&mut releases);
+    Ok(releases)
+}
 
-    /// Creates a new release; [`StoreError::Conflict`] when one of that name exists already.
-    fn create_guarded<'a>(&'a self, release: &'a CanaryRelease) -> BoxFuture<'a, Result<Guarded, StoreError>>;
+/// Creates a new release; [`StoreError::Conflict`] when one of that name exists already.
+pub async fn create(store: &dyn Store, release: &CanaryRelease) -> Result<Guarded, StoreError> {
+    let created = store.create_release(release).await?;
+    Ok(Guarded::from_object(&created.object, created.source))
+}
 
-    /// Sets `spec.control`, leaving the rest of the object as it is.
-    fn set_control<'a>(&'a self, key: &'a ReleaseKey, control: Control) -> BoxFuture<'a, Result<Guarded, StoreError>>;
+/// Sets `spec.control`, leaving the rest of the object as it is.
+pub async fn set_control(store: &dyn Store, key: &NamespacedName, control: Control) -> Result<Guarded, StoreError> {
+    let updated = store.set_control(key, control).await?;
+    Ok(Guarded::from_object(&updated.object, updated.source))
 }
 
 /// An operator's button (or API call) on a running release.
@@ -469,7 +461,7 @@ mod tests {
 
     fn model(targets: &[(&str, Option<u32>)]) -> ModelState {
         ModelState {
-            key: ModelKey {
+            key: NamespacedName {
                 namespace: "default".into(),
                 name: "qwq-model".into(),
             },

@@ -1,34 +1,26 @@
-//! Canary releases: where InferenceModels live ([`ReleaseStore`]: a directory of YAML or the Kubernetes API), the
-//! validation of a weight change, and the apply/rollback flow that records each change in the history. Guarded
-//! releases (CanaryRelease objects, in the same place) are in [`guarded`].
+//! Canary releases as the pages see them: InferenceModels read and changed through the shared [`store::Store`] (a
+//! directory of YAML or the Kubernetes API), the validation of a weight change, and the apply/rollback flow that
+//! records each change in the history. Guarded releases (CanaryRelease objects, in the same place) are in
+//! [`guarded`].
 
-pub mod dir;
 pub mod guarded;
-pub mod kube;
 
-use std::{collections::BTreeMap, fmt};
+use std::collections::BTreeMap;
 
-use api::{canary::CanaryRelease, canary::Control, v1alpha1::InferenceModel, validate::FieldError};
+use api::{
+    NamespacedName,
+    canary::{CanaryRelease, CanaryReleaseStatus, Control},
+    v1alpha1::{InferenceModel, TargetModel},
+};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+pub use store::Error as StoreError;
+use store::{ModelStore, ReleaseStore, Store, Stored};
 
 use crate::db::{NewRelease, ReleaseKind};
 
 /// Largest weight the CRD accepts (`targetModels[].weight` maximum).
 pub const MAX_WEIGHT: u32 = 1_000_000;
-
-/// `namespace/name` of an InferenceModel object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ModelKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ModelKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// One target model and its weight; `None` on every target means an equal split.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +33,7 @@ pub struct Target {
 /// An InferenceModel as the releases pages show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelState {
-    pub key: ModelKey,
+    pub key: NamespacedName,
     /// `spec.modelName`, what clients request.
     pub model_name: String,
     pub criticality: String,
@@ -72,10 +64,7 @@ impl ModelState {
                 .collect()
         };
         ModelState {
-            key: ModelKey {
-                namespace: model.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-                name: model.metadata.name.clone().unwrap_or_default(),
-            },
+            key: NamespacedName::of(&model.metadata),
             model_name: model.spec.model_name.clone(),
             criticality: model
                 .spec
@@ -121,64 +110,65 @@ pub fn shares(targets: &[Target]) -> Vec<f64> {
         .collect()
 }
 
-/// Why reading or changing an InferenceModel failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("InferenceModel {0} not found")]
-    NotFound(ModelKey),
-    #[error("the new InferenceModel is invalid")]
-    Invalid(Vec<FieldError>),
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("CanaryRelease {0} not found")]
-    ReleaseNotFound(String),
-    /// The object exists already, or changed since it was read.
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unavailable(String),
+/// Every InferenceModel as the pages show it, sorted by namespace and name.
+pub async fn list(store: &dyn Store) -> Result<Vec<ModelState>, StoreError> {
+    Ok(store
+        .list_models()
+        .await?
+        .iter()
+        .map(|m| ModelState::from_model(&m.object, m.source.clone()))
+        .collect())
 }
 
-impl From<api::dir::DirError> for StoreError {
-    fn from(error: api::dir::DirError) -> StoreError {
-        match error {
-            api::dir::DirError::Io { path, message } => StoreError::Io { path, message },
-            api::dir::DirError::Parse { path, index, message } => StoreError::Parse {
-                path,
-                message: format!("document {index}: {message}"),
-            },
-            moved @ api::dir::DirError::Moved { .. } => StoreError::Conflict(moved.to_string()),
-        }
-    }
+/// Loads one model through [`list`].
+pub async fn get(store: &dyn Store, key: &NamespacedName) -> Result<ModelState, StoreError> {
+    list(store)
+        .await?
+        .into_iter()
+        .find(|m| &m.key == key)
+        .ok_or_else(|| StoreError::NotFound(key.clone()))
 }
 
-/// Where the InferenceModels are read from and written to. Dir mode rewrites the YAML file atomically; kube mode
-/// is a server-side apply of the InferenceModel with the dashboard's field manager. Every store also keeps the
-/// CanaryReleases of the same place ([`guarded::GuardedStore`]).
-pub trait ReleaseStore: guarded::GuardedStore + Send + Sync {
-    /// Every InferenceModel, sorted by namespace and name.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ModelState>, StoreError>>;
+/// Replaces the model's `spec.targetModels` and returns the stored state.
+pub async fn apply(store: &dyn Store, key: &NamespacedName, targets: &[Target]) -> Result<ModelState, StoreError> {
+    let model = store
+        .get_model(key)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    let applied = store.apply_targets(&model, &target_models(targets)).await?;
+    Ok(ModelState::from_model(&applied.object, applied.source))
+}
 
-    /// Replaces the model's `spec.targetModels` and returns the stored state.
-    fn apply<'a>(&'a self, key: &'a ModelKey, targets: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>>;
-
-    /// A short description for the UI, e.g. `directory target/demo/config`.
-    fn describe(&self) -> String;
+fn target_models(targets: &[Target]) -> Vec<TargetModel> {
+    targets
+        .iter()
+        .map(|t| TargetModel {
+            name: t.name.clone(),
+            // Out of range on purpose when too large, so validation reports it rather than clamping it.
+            weight: t.weight.map(|w| i32::try_from(w).unwrap_or(i32::MAX)),
+        })
+        .collect()
 }
 
 /// The store of a dashboard started without `--dir` or `--kube`: the audit and pod pages work, releases are empty.
 #[derive(Debug, Default)]
 pub struct NoReleaseStore;
 
-impl ReleaseStore for NoReleaseStore {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ModelState>, StoreError>> {
+impl ModelStore for NoReleaseStore {
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<Stored<InferenceModel>>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    fn apply<'a>(&'a self, key: &'a ModelKey, _: &'a [Target]) -> BoxFuture<'a, Result<ModelState, StoreError>> {
-        Box::pin(async move { Err(StoreError::NotFound(key.clone())) })
+    fn get_model<'a>(&'a self, _: &'a NamespacedName) -> BoxFuture<'a, Result<Option<InferenceModel>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn apply_targets<'a>(
+        &'a self,
+        model: &'a InferenceModel,
+        _: &'a [TargetModel],
+    ) -> BoxFuture<'a, Result<Stored<InferenceModel>, StoreError>> {
+        Box::pin(async move { Err(StoreError::NotFound(NamespacedName::of(&model.metadata))) })
     }
 
     fn describe(&self) -> String {
@@ -186,20 +176,20 @@ impl ReleaseStore for NoReleaseStore {
     }
 }
 
-impl guarded::GuardedStore for NoReleaseStore {
-    fn list_guarded(&self) -> BoxFuture<'_, Result<Vec<guarded::Guarded>, StoreError>> {
+impl ReleaseStore for NoReleaseStore {
+    fn list_releases(&self) -> BoxFuture<'_, Result<Vec<Stored<CanaryRelease>>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    fn create_guarded<'a>(&'a self, _: &'a CanaryRelease) -> BoxFuture<'a, Result<guarded::Guarded, StoreError>> {
+    fn create_release<'a>(&'a self, _: &'a CanaryRelease) -> BoxFuture<'a, Result<Stored<CanaryRelease>, StoreError>> {
         Box::pin(async { Err(StoreError::Unavailable(self.describe())) })
     }
 
     fn set_control<'a>(
         &'a self,
-        key: &'a guarded::ReleaseKey,
+        key: &'a NamespacedName,
         _: Control,
-    ) -> BoxFuture<'a, Result<guarded::Guarded, StoreError>> {
+    ) -> BoxFuture<'a, Result<Stored<CanaryRelease>, StoreError>> {
         Box::pin(async move {
             Err(StoreError::Unavailable(format!(
                 "no release {key}: {}",
@@ -207,16 +197,14 @@ impl guarded::GuardedStore for NoReleaseStore {
             )))
         })
     }
-}
 
-/// Loads one model through [`ReleaseStore::list`].
-pub async fn get(store: &dyn ReleaseStore, key: &ModelKey) -> Result<ModelState, StoreError> {
-    store
-        .list()
-        .await?
-        .into_iter()
-        .find(|m| &m.key == key)
-        .ok_or_else(|| StoreError::NotFound(key.clone()))
+    fn write_status<'a>(
+        &'a self,
+        _: &'a NamespacedName,
+        _: &'a CanaryReleaseStatus,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::Unavailable(self.describe())) })
+    }
 }
 
 /// The weight form as submitted: one row per target (name fixed, weight text) plus an optional new target.
@@ -432,13 +420,13 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_store_there_is_nothing_to_release() {
-        assert!(NoReleaseStore.list().await.unwrap().is_empty());
-        let key = ModelKey {
+        assert!(list(&NoReleaseStore).await.unwrap().is_empty());
+        let key = NamespacedName {
             namespace: "default".into(),
             name: "m".into(),
         };
         assert!(matches!(
-            NoReleaseStore.apply(&key, &[]).await,
+            apply(&NoReleaseStore, &key, &[]).await,
             Err(StoreError::NotFound(_))
         ));
     }

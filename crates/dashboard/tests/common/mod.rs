@@ -10,8 +10,9 @@ use axum::{
     body::Body,
     http::{HeaderMap, Request, StatusCode, header},
 };
-use dashboard::{AppState, Config, auth::Secret, db::Db, releases::dir::DirReleaseStore};
+use dashboard::{AppState, Config, auth::Secret, db::Db};
 use http_body_util::BodyExt;
+use store::dir::DirStore;
 use tower::ServiceExt;
 
 pub const LOGIN: &str = "login-secret";
@@ -53,7 +54,7 @@ pub async fn test_app(name: &str) -> TestApp {
     let db = Db::open_path(&dir.join("switchyard.db")).await.unwrap();
     let state = AppState::new(
         db,
-        Arc::new(DirReleaseStore::new(dir.join("config"))),
+        Arc::new(DirStore::new(dir.join("config"))),
         Config {
             login_token: Secret::new(LOGIN),
             ingest_token: Secret::new(INGEST),

@@ -44,7 +44,7 @@ fn model(stable: i32, canary: i32) -> Value {
 fn context() -> (Arc<CanaryContext>, fixtures::ApiServerVerifier) {
     let (client, api) = fixtures::client();
     let ctx = CanaryContext {
-        client: client.clone(),
+        store: KubeStore::new(client.clone(), super::super::FIELD_MANAGER),
         recorder: Recorder::new(
             client,
             Reporter {

@@ -26,15 +26,18 @@ use crate::{
     db::{NewRelease, ReleaseKind, ReleaseRow},
     error::{ApiError, AppError},
     releases::{
-        self, FormErrors, ModelKey, ModelState,
+        self, FormErrors, ModelState,
         guarded::{
-            Action, Guarded, ReleaseKey, Start, StartError, StartRequest, decide, default_limits, default_stable,
-            history_rows, validate_start,
+            Action, Guarded, Start, StartError, StartRequest, decide, default_limits, default_stable, history_rows,
+            validate_start,
         },
     },
     time::{format_ms, now_ms},
 };
-use api::canary::{CanaryLimits, Control, Phase, TargetObservation};
+use api::{
+    NamespacedName,
+    canary::{CanaryLimits, Control, Phase, TargetObservation},
+};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -54,11 +57,9 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// The model and its guarded releases (oldest first), with the controller's events copied into the history.
-pub(super) async fn load(state: &AppState, key: &ModelKey) -> Result<(ModelState, Vec<Guarded>), AppError> {
+pub(super) async fn load(state: &AppState, key: &NamespacedName) -> Result<(ModelState, Vec<Guarded>), AppError> {
     let model = releases::get(state.releases.as_ref(), key).await?;
-    let guarded: Vec<Guarded> = state
-        .releases
-        .list_guarded()
+    let guarded: Vec<Guarded> = releases::guarded::list(state.releases.as_ref())
         .await?
         .into_iter()
         .filter(|r| r.targets_model(key))
@@ -76,8 +77,8 @@ pub(super) fn active(releases: &[Guarded]) -> Option<&Guarded> {
 }
 
 /// Refuses a manual weight change while a guarded release runs (409).
-pub(super) async fn ensure_unlocked(state: &AppState, key: &ModelKey) -> Result<(), AppError> {
-    let releases = state.releases.list_guarded().await?;
+pub(super) async fn ensure_unlocked(state: &AppState, key: &NamespacedName) -> Result<(), AppError> {
+    let releases = releases::guarded::list(state.releases.as_ref()).await?;
     match releases.iter().find(|r| r.is_active() && r.targets_model(key)) {
         Some(r) => Err(AppError::Conflict(format!(
             "guarded release {} controls the weights of {key}; pause, promote or abort it first",
@@ -356,7 +357,7 @@ fn observations(release: &Guarded) -> (bool, Vec<ObservationRow>) {
     (measured, rows)
 }
 
-fn active_view(key: &ModelKey, release: &Guarded) -> ActiveView {
+fn active_view(key: &NamespacedName, release: &Guarded) -> ActiveView {
     let percent = release.percent();
     let status = release.status.as_ref();
     let step_index = status.and_then(|s| s.step).map(|s| s as usize);
@@ -405,7 +406,7 @@ fn active_view(key: &ModelKey, release: &Guarded) -> ActiveView {
 }
 
 pub(super) fn build_card(
-    key: &ModelKey,
+    key: &NamespacedName,
     model: &ModelState,
     releases: &[Guarded],
     form: Option<StartForm>,
@@ -452,7 +453,7 @@ struct Partial {
 async fn partial(
     state: &AppState,
     headers: &HeaderMap,
-    key: &ModelKey,
+    key: &NamespacedName,
     flash: Option<String>,
 ) -> Result<Partial, AppError> {
     let (model, releases) = load(state, key).await?;
@@ -485,7 +486,7 @@ async fn card_route(
     Path((namespace, name)): Path<(String, String)>,
     Query(q): Query<CardQuery>,
 ) -> Result<Response, AppError> {
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let page = partial(&state, &headers, &key, None).await?;
     if q.live.is_some() && page.guarded.active.is_none() {
         return Ok(([("hx-refresh", HeaderValue::from_static("true"))], page).into_response());
@@ -494,9 +495,14 @@ async fn card_route(
 }
 
 /// Validates and creates a release, recording it (and a canary added to the model) in the history.
-async fn start(state: &AppState, key: &ModelKey, request: &StartRequest, actor: &str) -> Result<Guarded, AppError> {
+async fn start(
+    state: &AppState,
+    key: &NamespacedName,
+    request: &StartRequest,
+    actor: &str,
+) -> Result<Guarded, AppError> {
     let (model, _) = load(state, key).await?;
-    let all = state.releases.list_guarded().await?;
+    let all = releases::guarded::list(state.releases.as_ref()).await?;
     let Start { release, add_canary } = validate_start(&model, &all, request, now_ms()).map_err(|e| match e {
         StartError::Invalid(errors) => AppError::InvalidFields(errors),
         StartError::Conflict(message) => AppError::Conflict(message),
@@ -504,10 +510,10 @@ async fn start(state: &AppState, key: &ModelKey, request: &StartRequest, actor: 
     let before = serde_json::to_string(&model.targets).unwrap_or_default();
     let mut after = before.clone();
     if let Some(targets) = &add_canary {
-        let applied = state.releases.apply(key, targets).await?;
+        let applied = releases::apply(state.releases.as_ref(), key, targets).await?;
         after = serde_json::to_string(&applied.targets).unwrap_or_default();
     }
-    let created = state.releases.create_guarded(&release).await?;
+    let created = releases::guarded::create(state.releases.as_ref(), &release).await?;
     let spec = &created.spec;
     state
         .db
@@ -537,7 +543,7 @@ async fn start(state: &AppState, key: &ModelKey, request: &StartRequest, actor: 
 /// Applies an operator action; `Ok(None)` when it was already in force (nothing written or recorded).
 async fn act(
     state: &AppState,
-    key: &ModelKey,
+    key: &NamespacedName,
     release: &str,
     action: Action,
     actor: &str,
@@ -551,11 +557,11 @@ async fn act(
     let Some(control) = decide(&current, action).map_err(AppError::Conflict)? else {
         return Ok((current, false));
     };
-    let release_key = ReleaseKey {
+    let release_key = NamespacedName {
         namespace: current.key.namespace.clone(),
         name: current.key.name.clone(),
     };
-    let updated = state.releases.set_control(&release_key, control).await?;
+    let updated = releases::guarded::set_control(state.releases.as_ref(), &release_key, control).await?;
     let reason = match reason.trim() {
         "" => format!("{} requested from the dashboard", action.as_str()),
         reason => reason.to_owned(),
@@ -580,7 +586,7 @@ async fn start_form(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
     let session = writer(&state, &headers, field(&fields, "csrf"))?;
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let form = StartForm::from_fields(&fields);
     let (request, parse_errors) = form.request();
     let result = if parse_errors.is_empty() {
@@ -624,7 +630,7 @@ async fn action_form(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
     let session = writer(&state, &headers, field(&fields, "csrf"))?;
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let action = Action::parse(&action).ok_or_else(|| AppError::NotFound(format!("action {action:?}")))?;
     let htmx = headers.contains_key("hx-request");
     let result = act(&state, &key, &release, action, &session.actor, field(&fields, "reason")).await;
@@ -674,7 +680,7 @@ async fn api_list(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<ApiList>, ApiError> {
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let (model, releases) = load(&state, &key).await?;
     let history = state.db.releases(&key.namespace, &key.name, HISTORY).await?;
     Ok(Json(ApiList {
@@ -707,7 +713,7 @@ async fn api_start(
     let actor = api_writer(&state, &headers)?;
     let Json(request) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let actor = actor.or_else(|| request.actor.clone()).unwrap_or_else(|| "api".into());
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let created = start(&state, &key, &request, &actor).await?;
     Ok((
         StatusCode::CREATED,
@@ -738,7 +744,7 @@ async fn api_action(
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     let actor = actor.or(body.actor).unwrap_or_else(|| "api".into());
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let (release, changed) = act(&state, &key, &release, action, &actor, &body.reason).await?;
     Ok(Json(serde_json::json!({ "release": ApiRelease::from(release), "changed": changed })).into_response())
 }

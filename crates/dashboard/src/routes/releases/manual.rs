@@ -4,6 +4,7 @@
 //! While a guarded release runs for a model (see `guarded`), its weights belong to the controller: the weight form
 //! is disabled and every manual change is refused with 409.
 
+use api::NamespacedName;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::{
@@ -24,7 +25,7 @@ use crate::{
     AppState,
     db::{NewRelease, ReleaseKind, ReleaseRow},
     error::{ApiError, AppError},
-    releases::{self, FormErrors, ModelKey, ModelState, Target, WeightForm, shares},
+    releases::{self, FormErrors, ModelState, Target, WeightForm, shares},
     time::format_ms,
 };
 
@@ -77,16 +78,14 @@ struct ListPage {
     models: Vec<ModelItem>,
 }
 
-pub(super) fn model_link(key: &ModelKey) -> String {
+pub(super) fn model_link(key: &NamespacedName) -> String {
     format!("/releases/{}/{}", encode(&key.namespace), encode(&key.name))
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<ListPage, AppError> {
-    let models = state.releases.list().await?;
+    let models = releases::list(state.releases.as_ref()).await?;
     let latest = state.db.latest_releases().await?;
-    let running: Vec<_> = state
-        .releases
-        .list_guarded()
+    let running: Vec<_> = releases::guarded::list(state.releases.as_ref())
         .await?
         .into_iter()
         .filter(|r| r.is_active())
@@ -159,7 +158,12 @@ fn kind_class(kind: &str) -> &'static str {
 
 /// The history table. Only rows whose `before` is the model's whole target list can be rolled back to (a
 /// controller step names only stable and canary), and nothing can while a guarded release holds the weights.
-pub(super) fn history_items(key: &ModelKey, current: &[Target], rows: &[ReleaseRow], locked: bool) -> Vec<HistoryItem> {
+pub(super) fn history_items(
+    key: &NamespacedName,
+    current: &[Target],
+    rows: &[ReleaseRow],
+    locked: bool,
+) -> Vec<HistoryItem> {
     let current = serde_json::to_string(current).unwrap_or_default();
     rows.iter()
         .map(|r| HistoryItem {
@@ -223,7 +227,7 @@ impl DetailPage {
 pub(super) async fn detail_page(
     state: &AppState,
     headers: &HeaderMap,
-    key: ModelKey,
+    key: NamespacedName,
     form: Option<WeightForm>,
     errors: FormErrors,
 ) -> Result<DetailPage, AppError> {
@@ -277,7 +281,7 @@ async fn detail(
     let mut page = detail_page(
         &state,
         &headers,
-        ModelKey { namespace, name },
+        NamespacedName { namespace, name },
         None,
         FormErrors::default(),
     )
@@ -294,7 +298,7 @@ async fn detail(
 /// Applies `targets` through the store and records the release; returns the stored state and the history id.
 async fn apply(
     state: &AppState,
-    key: &ModelKey,
+    key: &NamespacedName,
     targets: &[Target],
     actor: &str,
     reason: &str,
@@ -302,7 +306,7 @@ async fn apply(
 ) -> Result<(ModelState, i64), AppError> {
     guarded::ensure_unlocked(state, key).await?;
     let before = releases::get(state.releases.as_ref(), key).await?;
-    let after = state.releases.apply(key, targets).await?;
+    let after = releases::apply(state.releases.as_ref(), key, targets).await?;
     let id = state
         .db
         .insert_release(&NewRelease {
@@ -322,7 +326,7 @@ async fn apply_form(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
     let session = writer(&state, &headers, field(&fields, "csrf"))?;
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let form = WeightForm::from_fields(&fields);
     let current = releases::get(state.releases.as_ref(), &key).await?;
     if serde_json::to_string(&current.targets).unwrap_or_default() != field(&fields, "expected") {
@@ -351,7 +355,7 @@ async fn rollback_form(
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
     let session = writer(&state, &headers, field(&fields, "csrf"))?;
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let release = state
         .db
         .release(id)
@@ -372,7 +376,7 @@ struct ApiModel {
 }
 
 async fn api_list(State(state): State<AppState>) -> Result<Json<Vec<ApiModel>>, ApiError> {
-    let models = state.releases.list().await?;
+    let models = releases::list(state.releases.as_ref()).await?;
     Ok(Json(
         models
             .into_iter()
@@ -394,7 +398,7 @@ async fn api_detail(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<ApiDetail>, ApiError> {
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let model = releases::get(state.releases.as_ref(), &key).await?;
     let history = state.db.releases(&key.namespace, &key.name, HISTORY).await?;
     Ok(Json(ApiDetail {
@@ -440,7 +444,7 @@ async fn api_apply(
         messages.extend(errors.form);
         AppError::Unprocessable(messages.join("; "))
     })?;
-    let key = ModelKey { namespace, name };
+    let key = NamespacedName { namespace, name };
     let (after, id) = apply(&state, &key, &targets, &actor, &body.reason, ReleaseKind::Apply).await?;
     Ok(Json(serde_json::json!({ "release": id, "model": after })).into_response())
 }
