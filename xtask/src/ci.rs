@@ -63,7 +63,7 @@ fn python_venv() -> anyhow::Result<PathBuf> {
                 "--quiet",
                 "--disable-pip-version-check",
                 "-r",
-                "crates/gateway/tests/python/requirements.txt",
+                "crates/test-support/python/requirements.txt",
             ],
         )?;
         if !usable() {

@@ -6,28 +6,10 @@
 
 mod common;
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use common::*;
 use scheduler::EndpointId;
-
-fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let path = std::env::var_os("SWITCHYARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/pyenv-extproc/bin/python"));
-    assert!(
-        path.exists(),
-        "the Python ext_proc suite needs {}: `cargo xtask ci` creates it (or python3 -m venv target/pyenv-extproc && \
-         target/pyenv-extproc/bin/pip install -r crates/gateway/tests/python/requirements.txt)",
-        path.display()
-    );
-    path
-}
 
 /// Runs one scenario of the script; its output is shown when it fails.
 async fn run_script(python: &Path, addr: std::net::SocketAddr, pods: &[String], scenario: &str) {
@@ -59,7 +41,7 @@ async fn run_script(python: &Path, addr: std::net::SocketAddr, pods: &[String], 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_envoy_data_plane_client_agrees() {
-    let python = python();
+    let python = test_support::python();
     let (port, listeners) = bind_pods(80, 3).await;
     let mut pods = Vec::new();
     for listener in listeners {

@@ -4,24 +4,10 @@
 //! The interpreter is `$SWITCHYARD_PYTHON`, else the venv `cargo xtask ci` installs at `target/pyenv-extproc`.
 //! Without it the test fails with the command that creates it: it never passes by skipping.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gateway::kv_events::decode::{Event, decode};
 use serde_json::Value;
-
-fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let path = std::env::var_os("SWITCHYARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/pyenv-extproc/bin/python"));
-    assert!(
-        path.exists(),
-        "the KV-event encoder needs {}: `cargo xtask ci` creates it (or python3 -m venv target/pyenv-extproc && \
-         target/pyenv-extproc/bin/pip install -r crates/gateway/tests/python/requirements.txt)",
-        path.display()
-    );
-    path
-}
 
 /// A hash as the encoder states it: an integer, or `bytes:<hex>` folded as the decoder folds bytes.
 fn expected_hash(value: &Value) -> u64 {
@@ -66,7 +52,8 @@ fn expected_event(value: &Value) -> Event {
 #[test]
 fn payloads_from_vllms_own_structs_decode_as_they_say() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kv_events_encode.py");
-    let output = std::process::Command::new(python())
+    let output = std::process::Command::new(test_support::python())
+        .env("PYTHONPATH", test_support::python_modules())
         .arg(&script)
         .output()
         .expect("python runs");

@@ -16,6 +16,28 @@ pub const SEED_POOL: &str = include_str!("../../../deploy/examples/03-inferencep
 /// The seed article's InferenceModel (`qwq`, Critical, all weight on `qwq-32b`), as `deploy/examples` ships it.
 pub const SEED_MODEL: &str = include_str!("../../../deploy/examples/04-inferencemodel.yaml");
 
+/// The interpreter of the Python test clients (`envoy-data-plane`, and `msgspec` + `pyzmq` for the KV events):
+/// `$SWITCHYARD_PYTHON`, else the venv `cargo xtask ci` installs at `target/pyenv-extproc`. Panics with the command
+/// that creates it when there is none: a test never passes by skipping.
+pub fn python() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = std::env::var_os("SWITCHYARD_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/pyenv-extproc/bin/python"));
+    assert!(
+        path.exists(),
+        "the Python test clients need {}: `cargo xtask ci` creates it (or python3 -m venv target/pyenv-extproc && \
+         target/pyenv-extproc/bin/pip install -r crates/test-support/python/requirements.txt)",
+        path.display()
+    );
+    path
+}
+
+/// The folder of the shared Python test modules (`vllm_kv_events.py`): put it on `PYTHONPATH`.
+pub fn python_modules() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
 /// Binds `n` listeners on 127.0.`block`.1, .2, … sharing one port, as the pods of a pool share its target port.
 /// Retries with a fresh port when another test holds it on one of the addresses.
 pub async fn bind_pods(block: u8, n: u8) -> (u16, Vec<TcpListener>) {

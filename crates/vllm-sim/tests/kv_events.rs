@@ -5,31 +5,13 @@
 //! The interpreter is `$SWITCHYARD_PYTHON`, else the venv `cargo xtask ci` installs at `target/pyenv-extproc`.
 //! Without it the test fails with the command that creates it: it never passes by skipping.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use vllm_sim::{ReplicaConfig, ReplicaHandle, kv_events::KvEventsConfig, spawn_replica};
-
-fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let path = std::env::var_os("SWITCHYARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/pyenv-extproc/bin/python"));
-    assert!(
-        path.exists(),
-        "the KV-event decoder needs {}: `cargo xtask ci` creates it (or python3 -m venv target/pyenv-extproc && \
-         target/pyenv-extproc/bin/pip install -r crates/gateway/tests/python/requirements.txt)",
-        path.display()
-    );
-    path
-}
 
 /// One completion over a fresh HTTP/1.1 connection; returns the status.
 async fn complete(replica: &ReplicaHandle, prompt: &str) -> u16 {
@@ -53,7 +35,7 @@ async fn complete(replica: &ReplicaHandle, prompt: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllms_own_structs_decode_the_events_and_the_replay() {
-    let python = python();
+    let python = test_support::python();
     let mut cfg = ReplicaConfig::zero_delay();
     // Small, so a few distinct prompts evict what earlier ones stored.
     cfg.engine.num_gpu_blocks = 48;
@@ -79,6 +61,7 @@ async fn vllms_own_structs_decode_the_events_and_the_replay() {
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kv_events_decode.py");
     let mut child = tokio::process::Command::new(&python)
+        .env("PYTHONPATH", test_support::python_modules())
         .arg(&script)
         .args(["--endpoint", &endpoint, "--replay", &replay, "--topic", "kv@sim"])
         .stdout(Stdio::piped())
