@@ -96,6 +96,23 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_DASHBOARD_TOKEN", hide_env_values = true)]
     pub dashboard_token: Option<String>,
 
+    /// Follow the engines' KV events: the port every pod publishes on (vLLM's `--kv-events-config` endpoint
+    /// `tcp://*:PORT`, usually 5557). Each pod's stream keeps the precise prefix index for that pod.
+    #[arg(long, env = "SWITCHYARD_KV_EVENTS_PORT")]
+    pub kv_events_port: Option<u16>,
+
+    /// The port of every pod's KV-event replay socket (vLLM's `replay_endpoint`), asked for batches a gap lost.
+    #[arg(long, env = "SWITCHYARD_KV_EVENTS_REPLAY_PORT", requires = "kv_events_port")]
+    pub kv_events_replay_port: Option<u16>,
+
+    /// Subscribe to this KV-event topic prefix only (vLLM's `topic`); empty for all.
+    #[arg(long, env = "SWITCHYARD_KV_EVENTS_TOPIC", default_value = "")]
+    pub kv_events_topic: String,
+
+    /// A pod publishing no KV events for this long is scored approximately until it does again.
+    #[arg(long, env = "SWITCHYARD_KV_EVENTS_SILENCE", default_value = "30s", value_parser = parse_duration)]
+    pub kv_events_silence: Duration,
+
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -36,6 +36,8 @@ pub struct Gateway {
     pub extproc_addr: SocketAddr,
     pub health_addr: SocketAddr,
     pub director: Arc<Director>,
+    /// The engines' KV events, when `--kv-events-port` is given.
+    pub kv_events: Option<Arc<kv_events::subscriber::KvState>>,
     cancel: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -86,7 +88,24 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
     });
 
-    let metrics = telemetry::Metrics::new(&metrics_store);
+    let mut metrics = telemetry::Metrics::new(&metrics_store);
+    let kv_events = args.kv_events_port.map(|port| {
+        let state = Arc::new(kv_events::subscriber::KvState::default());
+        metrics.register(|registry| state.register_metrics(registry));
+        let config = kv_events::subscriber::SubscriberConfig {
+            port,
+            replay_port: args.kv_events_replay_port,
+            topic: args.kv_events_topic.clone(),
+            silence: args.kv_events_silence,
+        };
+        let (snapshots, state_for_task, cancel) = (datastore.subscribe(), state.clone(), cancel.clone());
+        tasks.spawn(async move {
+            kv_events::subscriber::run(snapshots, state_for_task, config, cancel).await;
+            Ok(())
+        });
+        tracing::info!(port, "following the engines' kv events");
+        state
+    });
     let shipper = match (&args.dashboard_url, &args.dashboard_token) {
         (Some(url), Some(token)) => {
             let config = shipper::ShipperConfig {
@@ -181,6 +200,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         extproc_addr,
         health_addr,
         director,
+        kv_events,
         cancel,
         tasks,
     })

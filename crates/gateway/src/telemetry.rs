@@ -193,6 +193,11 @@ impl Metrics {
         }
     }
 
+    /// Registers metrics kept elsewhere (e.g. the KV-event subscribers') in the gateway's registry.
+    pub fn register(&mut self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry);
+    }
+
     /// OpenMetrics text of every registered metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -2,3 +2,5 @@
 //! they describe live in the scheduler's precise prefix index (`scheduler::prefix::precise`).
 
 pub mod decode;
+pub mod stream;
+pub mod subscriber;
