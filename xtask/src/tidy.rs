@@ -1,8 +1,10 @@
 //! Tidy: textual rules over the whole tree, run first by `cargo xtask ci` and as plain `#[test]`s (so `cargo test`
 //! alone enforces them too): every Rust file starts with a `//!` line saying what it is (ARCHITECTURE.md's code map
-//! relies on it), no `todo`, `unimplemented` or `dbg` macro call is left in, and test code does not sleep: a test
-//! waits for an event (a watch channel, a join, a readiness signal) or runs on tokio's paused clock, so it is fast
-//! and deterministic by construction (issue 12).
+//! relies on it), no `todo`, `unimplemented` or `dbg` macro call is left in, test code does not sleep (a test
+//! waits for an event — a watch channel, a join, a readiness signal — or runs on tokio's paused clock, so it is fast
+//! and deterministic by construction), and the layering invariants of ARCHITECTURE.md hold: which package may
+//! depend on what, a scheduler that never reads the clock or a global RNG, SQL only in `dashboard::db`, adapters
+//! that neither read the datastore nor edit a record.
 
 use std::path::{Path, PathBuf};
 
@@ -35,10 +37,11 @@ const SLEEP_POLLING_ALLOWED: [&str; 3] = [
 
 /// Runs every rule; the error lists each offending file.
 pub(crate) fn check(root: &Path) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
-    for path in rust_files(root)? {
-        let text = std::fs::read_to_string(&path)?;
-        let shown = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+    let files = rust_files(root)?;
+    let mut problems = layering(root, &files)?;
+    for path in &files {
+        let text = std::fs::read_to_string(path)?;
+        let shown = path.strip_prefix(root).unwrap_or(path).display().to_string();
         if !text.starts_with("//!") {
             problems.push(format!("{shown}: does not start with a `//!` line saying what it is"));
         }
@@ -66,30 +69,38 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("tidy:\n  {}", problems.join("\n  "));
     }
-    eprintln!("tidy: every Rust file has a //! header; no todo!, unimplemented! or dbg!; tests do not sleep");
+    eprintln!(
+        "tidy: every Rust file has a //! header; no todo!, unimplemented! or dbg!; tests do not sleep; the layers \
+         hold (dependencies, a pure scheduler, SQL only in dashboard::db, thin adapters)"
+    );
     Ok(())
 }
 
-/// The 1-based lines of `text` where test code sleeps: anywhere in a test file (under a `tests/` folder, or named
-/// `tests.rs`), else inside an item under `#[cfg(test)]` (so an out-of-line test module is seen only when its file
-/// is `tests.rs`). Comments and lines marked [`SLEEP_MARKER`] do not count.
+/// The 1-based lines of `text` where test code sleeps. Comments and lines marked [`SLEEP_MARKER`] do not count.
 fn test_sleeps(path: &Path, text: &str) -> Vec<usize> {
+    code_lines(path, text)
+        .filter(|&(_, line, test)| test && line.contains(SLEEP) && !line.contains(SLEEP_MARKER))
+        .map(|(number, _, _)| number)
+        .collect()
+}
+
+/// Every non-comment line of `text` with its 1-based number and whether it is test code: anywhere in a test file
+/// (under a `tests/` folder, or named `tests.rs`), else inside an item under `#[cfg(test)]` (so an out-of-line
+/// test module is seen only when its file is `tests.rs`).
+fn code_lines<'a>(path: &Path, text: &'a str) -> impl Iterator<Item = (usize, &'a str, bool)> {
     let test_file =
         path.file_name().is_some_and(|n| n == "tests.rs") || path.components().any(|c| c.as_os_str() == "tests");
-    let mut found = Vec::new();
     // Brace depth of the `#[cfg(test)]` item being read, once its body opened; `Some(0)` before it opens.
     let mut in_test: Option<usize> = None;
-    for (i, line) in text.lines().enumerate() {
+    text.lines().enumerate().filter_map(move |(i, line)| {
         let code = line.trim_start();
         if code.starts_with("//") {
-            continue;
+            return None;
         }
         if in_test.is_none() && code.starts_with("#[cfg(test)]") {
             in_test = Some(0);
         }
-        if (test_file || in_test.is_some()) && line.contains(SLEEP) && !line.contains(SLEEP_MARKER) {
-            found.push(i + 1);
-        }
+        let test = test_file || in_test.is_some();
         if let Some(depth) = in_test {
             // Counting braces ignores strings; test code's braces in strings are balanced on their line.
             let opened = line.matches('{').count();
@@ -103,8 +114,125 @@ fn test_sleeps(path: &Path, text: &str) -> Vec<usize> {
             };
             in_test = (!ended).then_some(next);
         }
+        Some((i + 1, line, test))
+    })
+}
+
+/// Dependencies a package must not have, by layer (ARCHITECTURE.md's invariants): the pure core and the shared
+/// vocabulary touch no network, the API types no client, and the dashboard reads decisions as `audit` records.
+const FORBIDDEN_DEPENDENCIES: [(&str, &[&str]); 4] = [
+    (
+        "crates/scheduler/Cargo.toml",
+        &[
+            "kube",
+            "tonic",
+            "sqlx",
+            "hyper",
+            "hyper-util",
+            "axum",
+            "zeromq",
+            "tokio",
+        ],
+    ),
+    (
+        "crates/audit/Cargo.toml",
+        &[
+            "kube",
+            "tonic",
+            "sqlx",
+            "hyper",
+            "axum",
+            "zeromq",
+            "tokio",
+            "api",
+            "scheduler",
+        ],
+    ),
+    (
+        "crates/api/Cargo.toml",
+        &["tonic", "sqlx", "hyper", "hyper-util", "axum", "zeromq", "tokio"],
+    ),
+    ("crates/dashboard/Cargo.toml", &["scheduler", "gateway"]),
+];
+
+/// Calls the pure scheduler must not make outside its tests: it is handed `now` and an RNG.
+const IMPURE: [&str; 4] = ["Instant::now()", "SystemTime::now()", "rand::rng()", "thread_rng"];
+
+/// What marks SQL in a string: only `dashboard::db` may hold it.
+const SQL: [&str; 5] = [
+    concat!("\"SEL", "ECT "),
+    concat!("INSERT", " INTO"),
+    concat!("DELETE", " FROM"),
+    concat!("CREATE", " TABLE"),
+    concat!("\"UPD", "ATE "),
+];
+
+/// What an adapter must not do: read the datastore to decide, or edit a record's reason.
+const ADAPTER_FORBIDDEN: [&str; 2] = ["datastore.", ".reason"];
+
+/// The layering rules: manifests (dependencies by layer) and sources (a pure scheduler, SQL only in the
+/// dashboard's `db`, thin adapters).
+fn layering(root: &Path, files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (manifest, forbidden) in FORBIDDEN_DEPENDENCIES {
+        // A tree without the package (tidy's own tests) has nothing to check.
+        let Ok(text) = std::fs::read_to_string(root.join(manifest)) else {
+            continue;
+        };
+        for dependency in dependencies(&text) {
+            if forbidden.contains(&dependency.as_str()) {
+                problems.push(format!(
+                    "{manifest}: depends on `{dependency}`, which its layer must not"
+                ));
+            }
+        }
     }
-    found
+    for path in files {
+        let shown = path.strip_prefix(root).unwrap_or(path);
+        let shown_str = shown.display().to_string();
+        let text = std::fs::read_to_string(path)?;
+        let scheduler = shown.starts_with("crates/scheduler/src");
+        let db = shown.starts_with("crates/dashboard/src/db");
+        let adapter =
+            shown.starts_with("crates/gateway/src/ext_proc") || shown == Path::new("crates/gateway/src/proxy.rs");
+        for (number, line, test) in code_lines(shown, &text) {
+            if test {
+                continue;
+            }
+            if scheduler && let Some(call) = IMPURE.iter().find(|c| line.contains(*c)) {
+                problems.push(format!(
+                    "{shown_str}:{number}: the scheduler calls `{call}`; take it as an argument"
+                ));
+            }
+            if !db && let Some(sql) = SQL.iter().find(|s| line.contains(*s)) {
+                problems.push(format!("{shown_str}:{number}: SQL (`{sql}`) outside dashboard::db"));
+            }
+            if adapter && let Some(word) = ADAPTER_FORBIDDEN.iter().find(|w| line.contains(*w)) {
+                problems.push(format!(
+                    "{shown_str}:{number}: an adapter touches `{word}`; ask the Director or report through the Flight"
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The package names under `[dependencies]` of a Cargo manifest (not dev- or build-dependencies).
+fn dependencies(manifest: &str) -> Vec<String> {
+    let mut in_section = false;
+    let mut names = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_section = line == "[dependencies]";
+            continue;
+        }
+        if in_section && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['=', '.', ' ']).next().unwrap_or("").trim();
+            names.push(name.to_owned());
+        }
+    }
+    names
 }
 
 /// The tree's Rust files, skipping `target/`, hidden folders and `node_modules/`.
@@ -153,11 +281,46 @@ mod tests {
             format!("//! Wip.\nfn f() {{ {}) }}\n", FORBIDDEN[0]),
         )
         .unwrap();
+        std::fs::write(
+            dir.join("sql.rs"),
+            format!("//! Sql.\nconst Q: &str = {}x\";\n", SQL[0]),
+        )
+        .unwrap();
+        for (file, text) in [
+            (
+                "crates/scheduler/src/pick.rs",
+                "//! Pick.\nfn f() { let _ = std::time::Instant::now(); }\n#[cfg(test)]\nmod tests { fn t() { std::time::Instant::now(); } }\n",
+            ),
+            (
+                "crates/gateway/src/proxy.rs",
+                "//! Proxy.\nfn f(r: &mut R) { r.reason.push('x'); }\n",
+            ),
+            (
+                "crates/scheduler/Cargo.toml",
+                "[dependencies]\nrand.workspace = true\ntokio = \"1\"\n\n[dev-dependencies]\nkube = \"1\"\n",
+            ),
+        ] {
+            std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(file), text).unwrap();
+        }
         let err = check(&dir).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.contains("bare.rs: does not start with a `//!` line"), "{err}");
+        assert!(err.contains("sql.rs:2: SQL"), "{err}");
+        assert!(
+            err.contains("crates/scheduler/src/pick.rs:2: the scheduler calls `Instant::now()`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("crates/gateway/src/proxy.rs:2: an adapter touches `.reason`"),
+            "{err}"
+        );
+        assert!(err.contains("crates/scheduler/Cargo.toml: depends on `tokio`"), "{err}");
         assert!(err.contains("wip.rs:2:"), "{err}");
         assert!(!err.contains("ignored.rs"), "{err}");
+        // Test code may read the clock; dev-dependencies may be anything.
+        assert!(!err.contains("pick.rs:4"), "{err}");
+        assert!(!err.contains("`kube`"), "{err}");
     }
 
     #[test]

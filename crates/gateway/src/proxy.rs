@@ -88,10 +88,11 @@ async fn chat_completions(State(state): State<ProxyState>, request: Request) -> 
 }
 
 async fn models(State(state): State<ProxyState>) -> Json<serde_json::Value> {
-    let snapshot = state.director.datastore.snapshot();
-    let data: Vec<_> = snapshot
-        .models()
-        .map(|m| json!({ "id": m.name, "object": "model", "owned_by": "switchyard" }))
+    let data: Vec<_> = state
+        .director
+        .model_names()
+        .into_iter()
+        .map(|name| json!({ "id": name, "object": "model", "owned_by": "switchyard" }))
         .collect();
     Json(json!({ "object": "list", "data": data }))
 }

@@ -184,6 +184,11 @@ impl Director {
         snapshot.endpoints().choose(&mut rand::rng()).map(|e| e.id.clone())
     }
 
+    /// The model names clients may request from the served pool (for `/v1/models`).
+    pub fn model_names(&self) -> Vec<String> {
+        self.datastore.snapshot().models().map(|m| m.name.clone()).collect()
+    }
+
     /// Requests routed and not yet finished (each [`Flight`] is counted until it ends).
     pub fn inflight(&self) -> i64 {
         self.ledger.inflight()
