@@ -330,3 +330,22 @@ fn readiness_waits_for_the_first_sync() {
     datastore.mark_synced();
     assert!(datastore.clone().is_synced());
 }
+
+#[test]
+fn a_reader_never_waits_for_a_writer() {
+    let datastore = Datastore::new(None);
+    apply_yaml(&datastore, &[SEED_POOL, &pod("a", "127.0.0.11").yaml()]);
+    // A provider in the middle of an update holds the index lock; the request path must not need it.
+    let writer = datastore.inner.index.lock().unwrap();
+    let reader = datastore.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let endpoints = reader.snapshot().endpoints().len();
+        let _ = done.send(endpoints);
+    });
+    let endpoints = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a snapshot was taken while a writer held the index");
+    assert_eq!(endpoints, 1);
+    drop(writer);
+}
