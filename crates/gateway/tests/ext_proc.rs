@@ -10,12 +10,15 @@ use envoy_types::pb::envoy::{
     config::core::v3::{HeaderMap, HeaderValue, Metadata},
     extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
     service::ext_proc::v3::{
-        BodyResponse, CommonResponse, HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
+        BodyResponse, CommonResponse, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
         ProtocolConfiguration, body_mutation, external_processor_client::ExternalProcessorClient, processing_request,
         processing_response,
     },
 };
-use gateway::ext_proc::convert;
+use gateway::ext_proc::{
+    convert,
+    envoy::{message, request_body, response_body, served_metadata, set_headers},
+};
 use scheduler::EndpointId;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -195,13 +198,6 @@ fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     }
 }
 
-fn message(request: processing_request::Request) -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(request),
-        ..ProcessingRequest::default()
-    }
-}
-
 fn request_headers(path: &str, body_len: Option<usize>, end_of_stream: bool) -> ProcessingRequest {
     let len = body_len.map(|n| n.to_string());
     let mut pairs = vec![
@@ -221,14 +217,6 @@ fn request_headers(path: &str, body_len: Option<usize>, end_of_stream: bool) -> 
     }))
 }
 
-fn request_body(chunk: &[u8], end_of_stream: bool) -> ProcessingRequest {
-    message(processing_request::Request::RequestBody(HttpBody {
-        body: chunk.to_vec(),
-        end_of_stream,
-        ..HttpBody::default()
-    }))
-}
-
 fn response_headers(status: &str, content_type: &str, served: Option<&str>) -> ProcessingRequest {
     let mut m = message(processing_request::Request::ResponseHeaders(HttpHeaders {
         headers: Some(header_map(&[(":status", status), ("content-type", content_type)])),
@@ -238,31 +226,6 @@ fn response_headers(status: &str, content_type: &str, served: Option<&str>) -> P
         m.metadata_context = Some(served_metadata(served));
     }
     m
-}
-
-fn served_metadata(served: &str) -> Metadata {
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-    let inner = Struct {
-        fields: [(
-            convert::SERVED_KEY.to_owned(),
-            Value {
-                kind: Some(Kind::StringValue(served.to_owned())),
-            },
-        )]
-        .into(),
-    };
-    Metadata {
-        filter_metadata: [(convert::DESTINATION_NAMESPACE.to_owned(), inner)].into(),
-        ..Metadata::default()
-    }
-}
-
-fn response_body(chunk: &[u8], end_of_stream: bool) -> ProcessingRequest {
-    message(processing_request::Request::ResponseBody(HttpBody {
-        body: chunk.to_vec(),
-        end_of_stream,
-        ..HttpBody::default()
-    }))
 }
 
 fn streamed(body: &BodyResponse) -> (Vec<u8>, bool) {
@@ -287,16 +250,6 @@ fn destination_metadata(response: &ProcessingResponse) -> String {
         Some(Kind::StringValue(s)) => s.clone(),
         other => panic!("destination is not a string: {other:?}"),
     }
-}
-
-fn set_headers(common: &CommonResponse) -> Vec<(String, String)> {
-    common
-        .header_mutation
-        .iter()
-        .flat_map(|m| &m.set_headers)
-        .filter_map(|o| o.header.as_ref())
-        .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.raw_value).into_owned()))
-        .collect()
 }
 
 impl Envoy {

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod convert;
+pub mod envoy;
 pub mod stream;
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Instant};

@@ -9,17 +9,20 @@ use std::{
 use api::{MIRROR_PERCENT_ANNOTATION, MIRROR_TARGET_ANNOTATION};
 use audit::Record as Decision;
 use envoy_types::pb::envoy::{
-    config::core::v3::{HeaderMap, HeaderValue, Metadata},
+    config::core::v3::{HeaderMap, HeaderValue},
     extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
     service::ext_proc::v3::{
-        CommonResponse, HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
-        ProtocolConfiguration, body_mutation, processing_request, processing_response,
+        HttpHeaders, ProcessingRequest, ProcessingResponse, ProtocolConfiguration, body_mutation, processing_request,
+        processing_response,
     },
 };
 use scheduler::{EndpointId, EndpointMetrics, Outcome};
 use tonic::Code;
 
 use super::{Flow, Stream};
+use crate::ext_proc::envoy::{
+    message, request_body, request_trailers, response_body, response_trailers, served_metadata, set_headers,
+};
 use crate::{
     datastore::{Datastore, Event, dir::parse_documents},
     decisions::DecisionLog,
@@ -151,13 +154,6 @@ fn ok(stream: &mut Stream, message: ProcessingRequest) -> Vec<ProcessingResponse
 
 // === Envoy's messages ===
 
-fn message(request: processing_request::Request) -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(request),
-        ..ProcessingRequest::default()
-    }
-}
-
 fn headers_message(pairs: &[(&str, &str)], end_of_stream: bool) -> ProcessingRequest {
     let headers = HeaderMap {
         headers: pairs
@@ -200,14 +196,6 @@ fn with_modes(mut message: ProcessingRequest, request: BodySendMode, response: B
     message
 }
 
-fn request_body(chunk: &[u8], end_of_stream: bool) -> ProcessingRequest {
-    message(processing_request::Request::RequestBody(HttpBody {
-        body: chunk.to_vec(),
-        end_of_stream,
-        ..HttpBody::default()
-    }))
-}
-
 fn response_headers(status: &str) -> ProcessingRequest {
     let pairs = [(":status", status), ("content-type", "application/json")];
     let mut m = headers_message(&pairs, false);
@@ -216,22 +204,6 @@ fn response_headers(status: &str) -> ProcessingRequest {
     };
     m.request = Some(processing_request::Request::ResponseHeaders(h));
     m
-}
-
-fn response_body(chunk: &[u8], end_of_stream: bool) -> ProcessingRequest {
-    message(processing_request::Request::ResponseBody(HttpBody {
-        body: chunk.to_vec(),
-        end_of_stream,
-        ..HttpBody::default()
-    }))
-}
-
-fn request_trailers() -> ProcessingRequest {
-    message(processing_request::Request::RequestTrailers(HttpTrailers::default()))
-}
-
-fn response_trailers() -> ProcessingRequest {
-    message(processing_request::Request::ResponseTrailers(HttpTrailers::default()))
 }
 
 fn body_of(model: &str) -> Vec<u8> {
@@ -251,16 +223,6 @@ fn routed_headers(response: &ProcessingResponse) -> (Vec<(String, String)>, Stri
         metadata_destination(response),
         common.clear_route_cache,
     )
-}
-
-fn set_headers(common: &CommonResponse) -> Vec<(String, String)> {
-    common
-        .header_mutation
-        .iter()
-        .flat_map(|m| &m.set_headers)
-        .filter_map(|o| o.header.as_ref())
-        .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.raw_value).into_owned()))
-        .collect()
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -750,21 +712,4 @@ fn a_stream_dropped_mid_response_still_finishes_its_decision() {
         decision.reason
     );
     assert_eq!(director.inflight(), 0);
-}
-
-fn served_metadata(served: &str) -> Metadata {
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-    let inner = Struct {
-        fields: [(
-            convert::SERVED_KEY.to_owned(),
-            Value {
-                kind: Some(Kind::StringValue(served.to_owned())),
-            },
-        )]
-        .into(),
-    };
-    Metadata {
-        filter_metadata: [(convert::DESTINATION_NAMESPACE.to_owned(), inner)].into(),
-        ..Metadata::default()
-    }
 }
