@@ -1,5 +1,6 @@
 //! `cargo xtask bench overhead`: what routing costs. Scheduler decision time with prefix scoring at 8/64/256
-//! endpoints, and the proxy's req/s and latency against the simulator called directly, in the same run.
+//! endpoints, the precise prefix index's memory per resident block and its scoring time at 64 pods and 8 K-token
+//! prompts, and the proxy's req/s and latency against the simulator called directly, in the same run.
 
 use std::{
     collections::BTreeMap,
@@ -46,6 +47,21 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
         summary.insert(format!("decision_p99_us_{n}_endpoints"), p99.into());
     }
 
+    let precise = precise_index_cost();
+    println!(
+        "\nprecise prefix index: {} resident blocks over {PRECISE_PODS} pods, {:.1} bytes per resident block",
+        precise.resident, precise.bytes_per_block
+    );
+    println!(
+        "scoring an {PRECISE_PROMPT_TOKENS}-token prompt at {PRECISE_PODS} pods: keys p50 {:.2} µs p99 {:.2} µs, \
+         lookup p50 {:.2} µs p99 {:.2} µs (target: decision p99 ≤ 50 µs, tokenization apart)",
+        precise.keys_p50_us, precise.keys_p99_us, precise.lookup_p50_us, precise.lookup_p99_us
+    );
+    summary.insert("precise_resident_blocks".into(), precise.resident.into());
+    summary.insert("precise_bytes_per_block".into(), precise.bytes_per_block.into());
+    summary.insert("precise_keys_p99_us".into(), precise.keys_p99_us.into());
+    summary.insert("precise_lookup_p99_us".into(), precise.lookup_p99_us.into());
+
     if args.decisions_only {
         let path = super::write_summary("overhead", summary)?;
         println!("wrote {}", path.display());
@@ -86,6 +102,82 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
     let path = super::write_summary("overhead", summary)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+const PRECISE_PODS: usize = 64;
+const PRECISE_PROMPT_TOKENS: usize = 8192;
+const BLOCK: usize = 16;
+
+struct PreciseCost {
+    resident: usize,
+    bytes_per_block: f64,
+    keys_p50_us: f64,
+    keys_p99_us: f64,
+    lookup_p50_us: f64,
+    lookup_p99_us: f64,
+}
+
+/// Fills a precise index to about a million resident blocks (64 pods, each holding 16 chains of 1 000 blocks out of
+/// 256 shared prompt groups) and times scoring 8 K-token prompts that share a random part of a group's chain.
+fn precise_index_cost() -> PreciseCost {
+    use scheduler::prefix::precise::{PreciseIndex, block_keys};
+    const GROUPS: usize = 256;
+    const CHAINS_PER_POD: usize = 16;
+    const CHAIN_BLOCKS: usize = 1_000;
+    let group_tokens = |group: usize, blocks: usize| -> Vec<u32> {
+        (0..blocks * BLOCK).map(|t| (group * 1_000_003 + t) as u32).collect()
+    };
+    let mut index = PreciseIndex::new();
+    for pod in 0..PRECISE_PODS {
+        let id = EndpointId::new(format!("10.1.{}.{}:8000", pod / 250, pod % 250));
+        for chain in 0..CHAINS_PER_POD {
+            let group = (pod * 7 + chain * 31) % GROUPS;
+            let tokens = group_tokens(group, CHAIN_BLOCKS);
+            // Engine hashes are the pod's own; 100 blocks per event as an engine step would store them.
+            let hash = |i: usize| ((pod as u64) << 40) ^ ((group as u64) << 20) ^ i as u64;
+            for start in (0..CHAIN_BLOCKS).step_by(100) {
+                let hashes: Vec<u64> = (start..start + 100).map(hash).collect();
+                let parent = start.checked_sub(1).map(hash);
+                let slice = &tokens[start * BLOCK..(start + 100) * BLOCK];
+                if let Err(err) = index.stored(&id, &hashes, parent, slice, BLOCK, None) {
+                    panic!("a well-formed chain must index: {err}");
+                }
+            }
+        }
+    }
+    let resident = index.resident_blocks();
+    let bytes_per_block = index.heap_bytes() as f64 / resident as f64;
+    let mut rng = SmallRng::seed_from_u64(13);
+    let prompt_blocks = PRECISE_PROMPT_TOKENS / BLOCK;
+    let (mut keys_us, mut lookup_us) = (Vec::new(), Vec::new());
+    for i in 0..5_000 {
+        let group = rng.random_range(0..GROUPS);
+        let shared = rng.random_range(0..prompt_blocks);
+        let mut tokens = group_tokens(group, prompt_blocks);
+        for t in &mut tokens[shared * BLOCK..] {
+            *t = t.wrapping_add(7 + i as u32);
+        }
+        let started = Instant::now();
+        let keys = block_keys(&tokens, BLOCK, None, prompt_blocks);
+        let hashed = Instant::now();
+        let depths = index.longest_prefixes(&keys);
+        let done = Instant::now();
+        std::hint::black_box(depths);
+        if i >= 500 {
+            keys_us.push((hashed - started).as_secs_f64() * 1e6);
+            lookup_us.push((done - hashed).as_secs_f64() * 1e6);
+        }
+    }
+    keys_us.sort_by(f64::total_cmp);
+    lookup_us.sort_by(f64::total_cmp);
+    PreciseCost {
+        resident,
+        bytes_per_block,
+        keys_p50_us: percentile(&keys_us, 50.0),
+        keys_p99_us: percentile(&keys_us, 99.0),
+        lookup_p50_us: percentile(&lookup_us, 50.0),
+        lookup_p99_us: percentile(&lookup_us, 99.0),
+    }
 }
 
 /// Median, p99 and max microseconds of `Scheduler::schedule` over a pool of `n` endpoints.
