@@ -26,9 +26,7 @@ const SLEEP_MARKER: &str = "tidy: sleep is the test";
 
 /// Test files still allowed to sleep-poll, with the reason beside them, until they get an explicit wait. Temporary:
 /// shrink it; tidy fails when a listed file no longer sleeps, so an entry cannot outlive its reason.
-const SLEEP_POLLING_ALLOWED: [&str; 3] = [
-    // The fake model server paces its SSE chunks 30 ms apart (test data, not a wait for readiness).
-    "crates/gateway/tests/common/mod.rs",
+const SLEEP_POLLING_ALLOWED: [&str; 2] = [
     // Its tests wait on the shipper's shipped and dropped counters, which have no change signal yet.
     "crates/gateway/src/shipper.rs",
     // Polls the browser's DOM over WebDriver and the dashboard's HTTP API, neither of which pushes an event.

@@ -123,7 +123,7 @@ async fn complete(State(state): State<Arc<Mutex<PodState>>>, body: Bytes) -> Res
                 return None;
             }
             if i > 0 {
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                tokio::time::sleep(Duration::from_millis(30)).await; // tidy: sleep is the test (SSE pacing)
             }
             let event = match i {
                 5 => format!(

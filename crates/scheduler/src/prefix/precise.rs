@@ -16,11 +16,15 @@
 //!
 //! # Memory
 //! Per resident block and pod: one entry in the pod's engine-hash map (`u64 → u64`, 16 bytes plus a control byte
-//! at ≤ 7/8 load) and one holder in the key's pod list (4 bytes, in a vector of at least 4 slots, 32 bytes
-//! with its header, shared by the pods holding the same block). [`PreciseIndex::heap_bytes`] counts the
-//! allocated capacities; the `bench overhead` report states the figure at one million blocks.
+//! at ≤ 7/8 load); per distinct block, one entry in the holders map (the key and a pod set: 64 pods as an inline
+//! bit mask, more in a list; 40 bytes plus a control byte), shared by the pods holding it.
+//! [`PreciseIndex::heap_bytes`] counts the allocated capacities; `cargo xtask bench overhead` states the figure at
+//! one million resident blocks.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -80,7 +84,7 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 struct Pod {
     slot: u32,
-    blocks: HashMap<u64, BlockKey>,
+    blocks: HashMap<u64, BlockKey, Mix>,
 }
 
 /// Resident blocks of every subscribed pod.
@@ -89,7 +93,7 @@ pub struct PreciseIndex {
     pods: HashMap<EndpointId, Pod>,
     /// Slot → pod, for turning holder slots back into endpoints; `None` for a freed slot.
     slots: Vec<Option<EndpointId>>,
-    holders: HashMap<BlockKey, Vec<u32>>,
+    holders: HashMap<BlockKey, PodSet, Mix>,
 }
 
 impl PreciseIndex {
@@ -130,10 +134,7 @@ impl PreciseIndex {
             {
                 release(&mut self.holders, old, slot);
             }
-            let holders = self.holders.entry(key).or_insert_with(|| Vec::with_capacity(1));
-            if !holders.contains(&slot) {
-                holders.push(slot);
-            }
+            self.holders.entry(key).or_default().insert(slot);
             parent_key = Some(key);
         }
         Ok(())
@@ -174,26 +175,23 @@ impl PreciseIndex {
         let Some(first) = keys.first().and_then(|k| self.holders.get(k)) else {
             return Vec::new();
         };
-        let mut alive: Vec<(u32, u32)> = first.iter().map(|&slot| (slot, 1)).collect();
-        let mut done: Vec<(u32, u32)> = Vec::with_capacity(alive.len());
-        for (depth, key) in keys.iter().enumerate().skip(1) {
-            let Some(holders) = self.holders.get(key) else {
-                break;
+        let mut alive = first.clone();
+        // Depth reached by each slot that dropped out, and the depth of the survivors so far.
+        let mut done: Vec<(u32, u32)> = Vec::new();
+        let mut depth = 1u32;
+        for key in &keys[1..] {
+            let next = match self.holders.get(key) {
+                Some(holders) => alive.intersection(holders),
+                None => PodSet::default(),
             };
-            let mut i = 0;
-            while i < alive.len() {
-                if holders.contains(&alive[i].0) {
-                    alive[i].1 = depth as u32 + 1;
-                    i += 1;
-                } else {
-                    done.push(alive.swap_remove(i));
-                }
-            }
+            alive.for_each_missing_from(&next, |slot| done.push((slot, depth)));
+            alive = next;
             if alive.is_empty() {
                 break;
             }
+            depth += 1;
         }
-        done.extend(alive);
+        alive.for_each(|slot| done.push((slot, depth)));
         done.into_iter()
             .filter_map(|(slot, depth)| Some((self.slots.get(slot as usize)?.clone()?, depth)))
             .collect()
@@ -214,9 +212,9 @@ impl PreciseIndex {
         let holder_lists: usize = self
             .holders
             .values()
-            .map(|h| h.capacity() * std::mem::size_of::<u32>())
+            .map(|h| h.high.capacity() * std::mem::size_of::<u32>())
             .sum();
-        let holder_map = self.holders.capacity() * (std::mem::size_of::<(BlockKey, Vec<u32>)>() + 1);
+        let holder_map = self.holders.capacity() * (std::mem::size_of::<(BlockKey, PodSet)>() + 1);
         pod_maps + holder_lists + holder_map
     }
 
@@ -240,7 +238,7 @@ impl PreciseIndex {
             pod.clone(),
             Pod {
                 slot,
-                blocks: HashMap::new(),
+                blocks: HashMap::default(),
             },
         );
         slot
@@ -248,12 +246,98 @@ impl PreciseIndex {
 }
 
 /// Drops `slot` from `key`'s holders, and the key once nobody holds it.
-fn release(holders: &mut HashMap<BlockKey, Vec<u32>>, key: BlockKey, slot: u32) {
-    if let Some(list) = holders.get_mut(&key) {
-        list.retain(|&s| s != slot);
-        if list.is_empty() {
+fn release(holders: &mut HashMap<BlockKey, PodSet, Mix>, key: BlockKey, slot: u32) {
+    if let Some(set) = holders.get_mut(&key) {
+        set.remove(slot);
+        if set.is_empty() {
             holders.remove(&key);
         }
+    }
+}
+
+/// The pods holding a block: the first 64 slots as bits, inline in the map entry (one cache line per lookup, the
+/// whole cost of a walk), the rest in a list that stays empty for pools up to 64 pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PodSet {
+    low: u64,
+    high: Vec<u32>,
+}
+
+impl PodSet {
+    fn insert(&mut self, slot: u32) {
+        if slot < 64 {
+            self.low |= 1 << slot;
+        } else if !self.high.contains(&slot) {
+            self.high.push(slot);
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if slot < 64 {
+            self.low &= !(1 << slot);
+        } else {
+            self.high.retain(|&s| s != slot);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.low == 0 && self.high.is_empty()
+    }
+
+    fn intersection(&self, other: &PodSet) -> PodSet {
+        PodSet {
+            low: self.low & other.low,
+            high: self.high.iter().copied().filter(|s| other.high.contains(s)).collect(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(u32)) {
+        let mut bits = self.low;
+        while bits != 0 {
+            f(bits.trailing_zeros());
+            bits &= bits - 1;
+        }
+        self.high.iter().copied().for_each(f);
+    }
+
+    /// Calls `f` for every slot of `self` not in `other`.
+    fn for_each_missing_from(&self, other: &PodSet, mut f: impl FnMut(u32)) {
+        let mut bits = self.low & !other.low;
+        while bits != 0 {
+            f(bits.trailing_zeros());
+            bits &= bits - 1;
+        }
+        self.high
+            .iter()
+            .copied()
+            .filter(|s| !other.high.contains(s))
+            .for_each(f);
+    }
+}
+
+/// A cheap hasher for keys that are already 64-bit hashes (ours) or engine hashes (possibly small integers): one
+/// multiply and a fold spread any input over the bits hashbrown uses, at a fraction of SipHash's cost.
+type Mix = BuildHasherDefault<MixHasher>;
+
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let mixed = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = mixed ^ (mixed >> 29);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
