@@ -179,17 +179,25 @@ impl PreciseIndex {
         // Depth reached by each slot that dropped out, and the depth of the survivors so far.
         let mut done: Vec<(u32, u32)> = Vec::new();
         let mut depth = 1u32;
-        for key in &keys[1..] {
-            let next = match self.holders.get(key) {
-                Some(holders) => alive.intersection(holders),
-                None => PodSet::default(),
-            };
-            alive.for_each_missing_from(&next, |slot| done.push((slot, depth)));
-            alive = next;
-            if alive.is_empty() {
-                break;
+        // Lookups go out a batch at a time: they do not depend on each other, so the processor overlaps their cache
+        // misses, which are the whole cost of a walk over a large index. At most one batch is looked up in vain.
+        'walk: for batch in keys[1..].chunks(LOOKUP_BATCH) {
+            let mut found: [Option<&PodSet>; LOOKUP_BATCH] = [None; LOOKUP_BATCH];
+            for (slot, key) in found.iter_mut().zip(batch) {
+                *slot = self.holders.get(key);
             }
-            depth += 1;
+            for holders in &found[..batch.len()] {
+                let next = match holders {
+                    Some(holders) => alive.intersection(holders),
+                    None => PodSet::default(),
+                };
+                alive.for_each_missing_from(&next, |slot| done.push((slot, depth)));
+                alive = next;
+                if alive.is_empty() {
+                    break 'walk;
+                }
+                depth += 1;
+            }
         }
         alive.for_each(|slot| done.push((slot, depth)));
         done.into_iter()
@@ -244,6 +252,9 @@ impl PreciseIndex {
         slot
     }
 }
+
+/// Keys looked up together in a walk.
+const LOOKUP_BATCH: usize = 16;
 
 /// Drops `slot` from `key`'s holders, and the key once nobody holds it.
 fn release(holders: &mut HashMap<BlockKey, PodSet, Mix>, key: BlockKey, slot: u32) {
@@ -384,6 +395,23 @@ mod tests {
         index.cleared(&pod("b"));
         assert_eq!(index.longest_prefixes(&keys), [(pod("a"), 1)]);
         assert_eq!(index.resident_blocks(), 3 + 1);
+    }
+
+    #[test]
+    fn walks_longer_than_a_lookup_batch_count_every_block() {
+        let mut index = PreciseIndex::new();
+        let prompt = tokens(1, 40);
+        let hashes: Vec<u64> = (0..40).collect();
+        index.stored(&pod("a"), &hashes, None, &prompt, 4, None).unwrap();
+        index
+            .stored(&pod("b"), &hashes[..17], None, &prompt[..17 * 4], 4, None)
+            .unwrap();
+        index
+            .stored(&pod("c"), &hashes[..32], None, &prompt[..32 * 4], 4, None)
+            .unwrap();
+        let mut depths = index.longest_prefixes(&block_keys(&prompt, 4, None, 64));
+        depths.sort();
+        assert_eq!(depths, [(pod("a"), 40), (pod("b"), 17), (pod("c"), 32)]);
     }
 
     #[test]
