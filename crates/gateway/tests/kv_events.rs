@@ -221,5 +221,13 @@ async fn a_pods_stream_is_followed_through_garbage_gaps_restarts_and_silence() {
         state.mode(&id) == Mode::Precise
     })
     .await;
+
+    // The pod leaves the pool: its subscriber stops, its blocks and its mode gauge go.
+    std::fs::write(dir.join("pods.yaml"), "").unwrap();
+    test_support::until(&mut changes, WAIT, "the pod's state dropped", || {
+        depth(&fresh_keys) == 0 && !gw.director.recorder.metrics.encode().contains("kv_events_mode{")
+    })
+    .await;
+    assert_eq!(state.index.lock().unwrap().resident_blocks(), 0);
     gw.stop().await;
 }
