@@ -6,6 +6,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::MapAccess, ser
 
 use crate::{EndpointId, PodName};
 
+/// Longest name (a model as the client sent it) a record keeps: a client controls it, so it is cut at a character
+/// boundary and marked with `…` rather than kept whole in the log, the shipper and the dashboard.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// `name`, cut to [`MAX_NAME_BYTES`] (plus the `…` marker) when longer.
+pub fn bounded_name(name: &str) -> String {
+    if name.len() <= MAX_NAME_BYTES {
+        return name.to_owned();
+    }
+    let mut end = MAX_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
+}
+
 /// How important a request is when the pool is saturated (InferenceModel `criticality`; unset = Standard).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Criticality {

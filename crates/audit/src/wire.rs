@@ -127,6 +127,16 @@ mod tests {
     }
 
     #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        assert_eq!(crate::bounded_name("qwq"), "qwq");
+        let long = "é".repeat(200);
+        let cut = crate::bounded_name(&long);
+        assert!(cut.ends_with('…'));
+        assert_eq!(cut.len(), crate::MAX_NAME_BYTES + '…'.len_utf8());
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
+
+    #[test]
     fn a_bad_line_is_named_and_unknown_fields_are_refused() {
         let good =
             br#"{"sample":{"pod":"a/b","pool":"p","endpoint":"e","at_ms":1,"queue":0,"running":0,"kv_usage":0.5}}"#;

@@ -372,3 +372,37 @@ async fn a_warm_prefix_holds_its_pod_only_a_few_requests_past_the_others() {
     assert!(got.iter().all(|&n| n <= 8), "no pile-up: {got:?}");
     s.gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_model_names_mint_no_series_and_are_kept_bounded() {
+    let s = setup("unknown-names", 42, 1, &[]).await;
+    let c = client();
+    let url = format!("{}/v1/completions", s.base);
+    for i in 0..50 {
+        let body = format!(r#"{{"model":"no-such-model-{i}","prompt":"x"}}"#);
+        assert_eq!(c.post(&url, body).await.status, 404);
+    }
+    let long = "m".repeat(100_000);
+    let reply = c.post(&url, format!(r#"{{"model":"{long}","prompt":"x"}}"#)).await;
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.body.len() < 1_000 && reply.body.contains('…'),
+        "{}",
+        reply.body.len()
+    );
+
+    let metrics = s.gw.director.recorder.metrics.encode();
+    assert!(
+        !metrics.contains("no-such-model"),
+        "a client-chosen name became a label"
+    );
+    assert!(!metrics.contains("mmmm"), "a client-chosen name became a label");
+    assert!(
+        metrics.contains(r#"switchyard_requests_total{model="unknown",target_model="",outcome="NotFound404"} 51"#),
+        "{metrics}"
+    );
+    let kept = &s.gw.director.recorder.decisions.latest(1)[0];
+    assert_eq!(kept.model.len(), audit::MAX_NAME_BYTES + '…'.len_utf8());
+    assert!(long.starts_with(kept.model.trim_end_matches('…')));
+    s.gw.stop().await;
+}

@@ -209,19 +209,18 @@ impl Director {
     ) -> Result<(ParsedRequest, &'s ModelView), RouteError> {
         let pool = snapshot.pool().map_or("", |p| p.name.as_str());
         let parsed = parse_request(inbound.kind, &inbound.body).map_err(|err| self.reject(ids, "", pool, err))?;
+        // Not yet matched against the configuration: the client's name, bounded before it is kept or echoed.
+        let asked = audit::bounded_name(&parsed.model);
         if snapshot.pool().is_none() {
             let reason = snapshot
                 .pool_error()
                 .unwrap_or("no InferencePool is configured")
                 .to_owned();
-            return Err(self.reject(ids, &parsed.model, pool, RouteError::NoCapacity(reason)));
+            return Err(self.reject(ids, &asked, pool, RouteError::NoCapacity(reason)));
         }
         match find(snapshot, &parsed.model) {
             Some(model) => Ok((parsed, model)),
-            None => {
-                let err = RouteError::UnknownModel(parsed.model.clone());
-                Err(self.reject(ids, &parsed.model, pool, err))
-            }
+            None => Err(self.reject(ids, &asked, pool, RouteError::UnknownModel(asked.clone()))),
         }
     }
 

@@ -12,6 +12,9 @@ use crate::{
     telemetry::{Metrics, MirrorLabels, ModelLabels, OutcomeLabels, PodLabels, TokenLabels},
 };
 
+/// The `model` label of requests whose model is not a configured one.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
 /// Records finished decisions; shared by the director and every in-flight request.
 pub struct Recorder {
     pub metrics: Metrics,
@@ -51,13 +54,20 @@ impl Recorder {
     }
 
     /// A client request's metrics: the `requests` counter by outcome and, when routed, TTFT, duration, the pod
-    /// and the tokens.
+    /// and the tokens. Label values come only from configured objects: a request refused before its model was
+    /// resolved to a target (bad body, unknown model, no pool) counts under model `unknown`, so clients cannot mint
+    /// series.
     fn count(&self, record: &Record) {
         let metrics = &self.metrics;
+        let model = if record.target_model.is_empty() {
+            UNKNOWN_MODEL.to_owned()
+        } else {
+            record.model.clone()
+        };
         metrics
             .requests
             .get_or_create(&OutcomeLabels {
-                model: record.model.clone(),
+                model,
                 target_model: record.target_model.clone(),
                 outcome: format!("{:?}", record.outcome),
             })
