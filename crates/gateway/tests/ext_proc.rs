@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::{
 };
 use gateway::ext_proc::{
     convert,
-    envoy::{message, request_body, response_body, served_metadata, set_headers},
+    envoy::{destination_metadata, message, request_body, response_body, served_metadata, set_headers},
 };
 use scheduler::EndpointId;
 use tokio::sync::mpsc;
@@ -237,18 +237,6 @@ fn streamed(body: &BodyResponse) -> (Vec<u8>, bool) {
     {
         Some(body_mutation::Mutation::StreamedResponse(s)) => (s.body.clone(), s.end_of_stream),
         other => panic!("expected a streamed body, got {other:?}"),
-    }
-}
-
-fn destination_metadata(response: &ProcessingResponse) -> String {
-    use envoy_types::pb::google::protobuf::value::Kind;
-    let ns = &response.dynamic_metadata.as_ref().expect("dynamic metadata").fields[convert::DESTINATION_NAMESPACE];
-    let Some(Kind::StructValue(inner)) = &ns.kind else {
-        panic!("envoy.lb is not a struct: {ns:?}");
-    };
-    match &inner.fields[convert::DESTINATION_KEY].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("destination is not a string: {other:?}"),
     }
 }
 

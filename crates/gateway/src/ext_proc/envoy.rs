@@ -4,7 +4,9 @@
 
 use envoy_types::pb::envoy::{
     config::core::v3::Metadata,
-    service::ext_proc::v3::{CommonResponse, HttpBody, HttpTrailers, ProcessingRequest, processing_request},
+    service::ext_proc::v3::{
+        CommonResponse, HttpBody, HttpTrailers, ProcessingRequest, ProcessingResponse, processing_request,
+    },
 };
 
 use super::convert;
@@ -70,4 +72,18 @@ pub fn set_headers(common: &CommonResponse) -> Vec<(String, String)> {
         .filter_map(|o| o.header.as_ref())
         .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.raw_value).into_owned()))
         .collect()
+}
+
+/// The endpoint an answer routes to, as Envoy reads it from `dynamic_metadata["envoy.lb"]`. Panics (it is for tests
+/// and benchmarks) when the answer carries none.
+pub fn destination_metadata(response: &ProcessingResponse) -> String {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let ns = &response.dynamic_metadata.as_ref().expect("dynamic metadata").fields[convert::DESTINATION_NAMESPACE];
+    let Some(Kind::StructValue(inner)) = &ns.kind else {
+        panic!("envoy.lb is not a struct: {ns:?}");
+    };
+    match &inner.fields[convert::DESTINATION_KEY].kind {
+        Some(Kind::StringValue(s)) => s.clone(),
+        other => panic!("destination is not a string: {other:?}"),
+    }
 }

@@ -21,7 +21,8 @@ use tonic::Code;
 
 use super::{Flow, Stream};
 use crate::ext_proc::envoy::{
-    message, request_body, request_trailers, response_body, response_trailers, served_metadata, set_headers,
+    destination_metadata, message, request_body, request_trailers, response_body, response_trailers, served_metadata,
+    set_headers,
 };
 use crate::{
     datastore::{Datastore, Event, dir::parse_documents},
@@ -220,25 +221,13 @@ fn routed_headers(response: &ProcessingResponse) -> (Vec<(String, String)>, Stri
     let common = h.response.clone().unwrap_or_default();
     (
         set_headers(&common),
-        metadata_destination(response),
+        destination_metadata(response),
         common.clear_route_cache,
     )
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn metadata_destination(response: &ProcessingResponse) -> String {
-    use envoy_types::pb::google::protobuf::value::Kind;
-    let ns = &response.dynamic_metadata.as_ref().expect("dynamic metadata").fields[convert::DESTINATION_NAMESPACE];
-    let Some(Kind::StructValue(inner)) = &ns.kind else {
-        panic!("envoy.lb is not a struct: {ns:?}");
-    };
-    match &inner.fields[convert::DESTINATION_KEY].kind {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("destination is not a string: {other:?}"),
-    }
 }
 
 /// A streamed body chunk (request or response): its bytes and end-of-stream flag.
@@ -383,7 +372,7 @@ fn buffered_mode_answers_the_headers_at_once_and_routes_on_the_body() {
     // The one buffered message is the whole body, whatever its flag says.
     let out = ok(&mut s, request_body(&body, false));
     assert_eq!(out.len(), 1, "{out:?}");
-    let destination = metadata_destination(&out[0]);
+    let destination = destination_metadata(&out[0]);
     let Some(processing_response::Response::RequestBody(answer)) = &out[0].response else {
         panic!("the decision rides on the body answer: {out:?}");
     };
