@@ -70,12 +70,20 @@ async fn vllms_own_structs_decode_the_events_and_the_replay() {
         .spawn()
         .expect("python starts");
 
-    // Requests until the decoder has what it needs (it exits), bounded: each wave stores ~10 blocks per prompt
-    // and repeats one prompt, so the small cache both hits and evicts.
+    // Requests until the decoder has what it needs (it exits), a wave at a time, each wave then waiting up to 50 ms
+    // for the decoder to finish: the zero-delay replica would otherwise run every wave before the interpreter has
+    // even subscribed. Bounded at 600 waves (~30 s). Each wave stores ~10 blocks and repeats one prompt, so the small
+    // cache both hits and evicts.
     let mut waves = 0;
-    while child.try_wait().expect("the decoder's status").is_none() {
+    loop {
+        if tokio::time::timeout(Duration::from_millis(50), child.wait())
+            .await
+            .is_ok()
+        {
+            break;
+        }
         assert!(
-            waves < 400,
+            waves < 600,
             "the decoder never finished after {waves} waves of requests"
         );
         let distinct = format!("wave {waves}: {}", "lorem ipsum dolor sit amet ".repeat(24));
