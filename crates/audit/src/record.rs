@@ -54,6 +54,17 @@ pub enum LoraState {
     NoSlot,
 }
 
+/// How a candidate's prefix match was found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    /// From what this gateway sent where (character blocks, bounded by the pod's KV size): a guess.
+    #[default]
+    Approximate,
+    /// From the blocks the engine reported resident in its KV events, over the tokenized prompt.
+    Precise,
+}
+
 /// One endpoint considered for the request, with the metrics it was judged on and its scores.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -68,7 +79,11 @@ pub struct Candidate {
     #[serde(default)]
     pub pending_prefill_tokens: u64,
     pub kv_usage: f64,
+    /// Leading prompt blocks the endpoint holds (character blocks when approximate, token blocks when precise).
     pub prefix_match_blocks: u32,
+    /// Which index `prefix_match_blocks` came from; records from before precise routing read as approximate.
+    #[serde(default)]
+    pub prefix_mode: PrefixMode,
     pub lora_state: LoraState,
     /// Age of the metrics at decision time; `None` when never scraped.
     pub metrics_age_ms: Option<u64>,

@@ -2,25 +2,49 @@
 
 use std::time::{Duration, Instant};
 
+use audit::PrefixMode;
+
 use crate::{Endpoint, EndpointMetrics, LoraState, Request};
 
 /// What one scheduling cycle knows, computed once before the profile runs.
 ///
 /// Candidates are passed around as indices into [`Cycle::endpoints`], so the per-endpoint slices here
-/// (`prefix_matches`, `lora`) are indexed the same way and no plugin allocates per endpoint.
+/// (`prefix`, `lora`) are indexed the same way and no plugin allocates per endpoint.
 #[derive(Clone, Copy, Debug)]
 pub struct Cycle<'a> {
     pub request: &'a Request,
     pub endpoints: &'a [Endpoint],
     pub now: Instant,
-    /// Full blocks of the prompt that were hashed for prefix affinity.
-    pub prefix_blocks: u32,
-    /// Characters per prefix block.
-    pub prefix_block_chars: usize,
-    /// Leading prompt blocks each endpoint is believed to hold, by endpoint index.
-    pub prefix_matches: &'a [u32],
+    /// What each endpoint holds of the prompt's leading blocks, by endpoint index.
+    pub prefix: &'a [PrefixHit],
     /// State of the requested adapter on each endpoint, by endpoint index.
     pub lora: &'a [LoraState],
+}
+
+/// How much of the prompt one endpoint holds, by whichever index knows that endpoint best.
+///
+/// Precise and approximate blocks differ in size (16 tokens against 64 characters), so scorers compare the
+/// fraction held and the tokens saved, never block counts across modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PrefixHit {
+    pub mode: PrefixMode,
+    /// Leading blocks held.
+    pub matched: u32,
+    /// Blocks of the prompt looked up in this mode.
+    pub blocks: u32,
+    /// Prompt tokens the held blocks cover: what the hit saves from prefill if the server caches prefixes.
+    pub cached_tokens: u64,
+}
+
+impl PrefixHit {
+    /// The share of the prompt's blocks held, in 0..=1; 0 for a prompt shorter than one block.
+    pub fn fraction(&self) -> f64 {
+        if self.blocks == 0 {
+            0.0
+        } else {
+            f64::from(self.matched.min(self.blocks)) / f64::from(self.blocks)
+        }
+    }
 }
 
 impl Cycle<'_> {

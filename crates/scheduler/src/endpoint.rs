@@ -39,4 +39,8 @@ pub struct Endpoint {
     /// even if the last scrape predates it: the scrape lags, the gateway's own bookkeeping does not. Shared
     /// names, because the gateway copies them for every candidate of every decision.
     pub inflight_adapters: Vec<Arc<str>>,
+    /// Leading blocks of the tokenized prompt this pod's engine reports resident in its KV events. `None` when the
+    /// pod's events are not followed or not trusted right now, or the prompt was not tokenized: the scheduler
+    /// then uses its approximate index for this pod.
+    pub precise_prefix: Option<u32>,
 }

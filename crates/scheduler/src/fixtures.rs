@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use crate::{
-    Criticality, Endpoint, EndpointId, EndpointMetrics, LoraState, PodName, Request,
-    cycle::{Cycle, lora_state},
+    Criticality, Endpoint, EndpointId, EndpointMetrics, LoraState, PodName, PrefixMode, Request,
+    cycle::{Cycle, PrefixHit, lora_state},
 };
 
 impl Endpoint {
@@ -20,6 +20,7 @@ impl Endpoint {
             inflight: 0,
             pending_prefill_tokens: 0,
             inflight_adapters: Vec::new(),
+            precise_prefix: None,
         }
     }
 
@@ -84,6 +85,7 @@ impl Request {
             pool: "pool".into(),
             prompt: prompt.into(),
             lora_adapter: None,
+            tokenized: None,
         }
     }
 
@@ -108,28 +110,34 @@ pub(crate) struct CycleFixture {
     pub(crate) request: Request,
     pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) now: Instant,
-    pub(crate) prefix_blocks: u32,
-    pub(crate) prefix_matches: Vec<u32>,
+    pub(crate) prefix: Vec<PrefixHit>,
     pub(crate) lora: Vec<LoraState>,
 }
 
 impl CycleFixture {
     pub(crate) fn new(request: Request, endpoints: Vec<Endpoint>, now: Instant) -> Self {
         let lora = endpoints.iter().map(|e| lora_state(&request, e)).collect();
-        let prefix_matches = vec![0; endpoints.len()];
+        let prefix = vec![PrefixHit::default(); endpoints.len()];
         Self {
             request,
             endpoints,
             now,
-            prefix_blocks: 0,
-            prefix_matches,
+            prefix,
             lora,
         }
     }
 
+    /// Approximate hits of 64-character blocks (16 tokens each).
     pub(crate) fn prefix(mut self, blocks: u32, matches: &[u32]) -> Self {
-        self.prefix_blocks = blocks;
-        self.prefix_matches = matches.to_vec();
+        self.prefix = matches
+            .iter()
+            .map(|&matched| PrefixHit {
+                mode: PrefixMode::Approximate,
+                matched,
+                blocks,
+                cached_tokens: u64::from(matched) * 16,
+            })
+            .collect();
         self
     }
 
@@ -138,9 +146,7 @@ impl CycleFixture {
             request: &self.request,
             endpoints: &self.endpoints,
             now: self.now,
-            prefix_blocks: self.prefix_blocks,
-            prefix_block_chars: 64,
-            prefix_matches: &self.prefix_matches,
+            prefix: &self.prefix,
             lora: &self.lora,
         }
     }

@@ -21,10 +21,11 @@ mod scheduler;
 #[cfg(test)]
 mod fixtures;
 
-pub use audit::{Candidate, Criticality, EndpointId, LoraState, Outcome, PodName, Scores};
+pub use audit::{Candidate, Criticality, EndpointId, LoraState, Outcome, PodName, PrefixMode, Scores};
 pub use config::{ConfigError, SchedulerConfig};
 pub use decision::{Decision, Reason};
 pub use endpoint::{Endpoint, EndpointMetrics};
-pub use request::Request;
+pub use cycle::PrefixHit;
+pub use request::{CHARS_PER_TOKEN, Request, Tokenized};
 pub use scheduler::Scheduler;
 pub use split::{TargetWeight, pick_target};

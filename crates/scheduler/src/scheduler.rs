@@ -10,9 +10,9 @@ use std::{
 use rand::{Rng, RngCore};
 
 use crate::{
-    Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome, Reason, Request,
-    SchedulerConfig, Scores,
-    cycle::{self, Cycle},
+    CHARS_PER_TOKEN, Candidate, ConfigError, Criticality, Decision, Endpoint, EndpointId, LoraState, Outcome,
+    PrefixMode, Reason, Request, SchedulerConfig, Scores,
+    cycle::{self, Cycle, PrefixHit},
     prefix::{PrefixConfig, PrefixIndex},
     profile::{Profile, Run},
     saturation::SaturationDetector,
@@ -72,21 +72,13 @@ impl Scheduler {
         let mut hashes = Vec::new();
         self.prefix
             .block_hashes(&request.target_model, &request.prompt, &mut hashes);
-        let prefix_matches: Vec<u32> = {
-            let index = self.index();
-            endpoints
-                .iter()
-                .map(|endpoint| u32::try_from(index.longest_match(&endpoint.id, &hashes)).unwrap_or(u32::MAX))
-                .collect()
-        };
+        let prefix = self.prefix_hits(request, endpoints, &hashes);
         let lora: Vec<LoraState> = endpoints.iter().map(|e| cycle::lora_state(request, e)).collect();
         let cycle = Cycle {
             request,
             endpoints,
             now,
-            prefix_blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
-            prefix_block_chars: self.prefix.block_size_chars.get(),
-            prefix_matches: &prefix_matches,
+            prefix: &prefix,
             lora: &lora,
         };
 
@@ -124,6 +116,47 @@ impl Scheduler {
         decision.outcome = Outcome::Routed;
         decision.endpoint = Some(chosen.clone());
         decision
+    }
+
+    /// What each endpoint holds of the prompt: precise where the gateway looked the tokenized prompt up in the
+    /// engine's reported blocks, approximate (this gateway's own index of what it sent) everywhere else.
+    fn prefix_hits(&self, request: &Request, endpoints: &[Endpoint], hashes: &[u64]) -> Vec<PrefixHit> {
+        let index = self.index();
+        let block_chars = self.prefix.block_size_chars.get() as u64;
+        endpoints
+            .iter()
+            .map(|endpoint| {
+                match (endpoint.precise_prefix, request.tokenized) {
+                    (Some(matched), Some(tokenized)) => PrefixHit {
+                        mode: PrefixMode::Precise,
+                        matched,
+                        blocks: tokenized.blocks,
+                        cached_tokens: u64::from(matched) * u64::from(tokenized.block_size),
+                    },
+                    _ => {
+                        let matched = u32::try_from(index.longest_match(&endpoint.id, hashes)).unwrap_or(u32::MAX);
+                        PrefixHit {
+                            mode: PrefixMode::Approximate,
+                            matched,
+                            blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
+                            cached_tokens: u64::from(matched) * block_chars / CHARS_PER_TOKEN as u64,
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Prompt tokens `candidate`'s endpoint still has to prefill for `request`: the prompt less the prefix the
+    /// decision found there (none when the server does not cache prefixes).
+    pub fn prefill_tokens(&self, request: &Request, candidate: &Candidate, caches: bool) -> u64 {
+        let matched = u64::from(candidate.prefix_match_blocks);
+        let cached = match (caches, candidate.prefix_mode, request.tokenized) {
+            (false, ..) => 0,
+            (true, PrefixMode::Precise, Some(tokenized)) => matched * u64::from(tokenized.block_size),
+            (true, ..) => matched * self.prefix.block_size_chars.get() as u64 / CHARS_PER_TOKEN as u64,
+        };
+        request.prompt_tokens().saturating_sub(cached)
     }
 
     /// Forgets the prefix state of endpoints that left the pool.
@@ -187,7 +220,8 @@ fn candidate(cycle: &Cycle<'_>, idx: usize, run: Option<&Run>) -> Candidate {
         inflight: endpoint.inflight,
         pending_prefill_tokens: endpoint.pending_prefill_tokens,
         kv_usage: metrics.kv_cache_usage,
-        prefix_match_blocks: cycle.prefix_matches[idx],
+        prefix_match_blocks: cycle.prefix[idx].matched,
+        prefix_mode: cycle.prefix[idx].mode,
         lora_state: cycle.lora[idx],
         metrics_age_ms: cycle::metrics_age(metrics, cycle.now)
             .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),

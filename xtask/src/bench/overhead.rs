@@ -195,6 +195,7 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
             inflight: 0,
             pending_prefill_tokens: 0,
             inflight_adapters: Vec::new(),
+            precise_prefix: None,
             metrics: EndpointMetrics {
                 waiting_queue: rng.random_range(0..6),
                 running: rng.random_range(0..20),
@@ -221,6 +222,7 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
             "x".repeat(900)
         ),
         lora_adapter: None,
+        tokenized: None,
     };
     for i in 0..2_000 {
         let req = request(i, &mut rng);

@@ -130,6 +130,7 @@ impl Locked<'_> {
                     pending_prefill_tokens: load.map_or(0, |l| l.prefill_tokens),
                     inflight_adapters: load
                         .map_or_else(Vec::new, |l| l.adapters.iter().map(|(name, _)| name.clone()).collect()),
+                    precise_prefix: None,
                 }
             })
             .collect()

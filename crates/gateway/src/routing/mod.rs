@@ -273,6 +273,7 @@ impl Director {
             criticality: scope.criticality,
             pool: scope.pool.to_owned(),
             prompt: parsed.prompt.clone(),
+            tokenized: None,
         };
         let started = Instant::now();
         let decision = self.scheduler.schedule(&request, &endpoints, started, &mut rng);

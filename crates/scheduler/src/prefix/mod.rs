@@ -85,9 +85,6 @@ const fn nonzero(n: usize) -> NonZeroUsize {
     }
 }
 
-/// Characters per token assumed when converting a server's KV capacity into blocks (as for the block size).
-const CHARS_PER_TOKEN: u64 = 4;
-
 impl PrefixConfig {
     /// How many blocks an endpoint's index may hold when its server reports a KV cache of `kv_cache_tokens`:
     /// believing more is cached than fits would route requests to prefixes the server already evicted.
@@ -95,7 +92,7 @@ impl PrefixConfig {
         let configured = self.lru_capacity_per_endpoint.get();
         match kv_cache_tokens {
             Some(tokens) => {
-                let blocks = tokens.saturating_mul(CHARS_PER_TOKEN) / self.block_size_chars.get() as u64;
+                let blocks = tokens.saturating_mul(crate::CHARS_PER_TOKEN as u64) / self.block_size_chars.get() as u64;
                 usize::try_from(blocks).unwrap_or(usize::MAX).clamp(1, configured)
             }
             None => configured,

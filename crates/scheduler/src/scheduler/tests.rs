@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rand::{SeedableRng, rngs::SmallRng};
 
 use super::*;
-use crate::{Endpoint, fixtures::ids};
+use crate::{Endpoint, PrefixMode, Tokenized, fixtures::ids};
 
 fn scheduler() -> Scheduler {
     Scheduler::new(&SchedulerConfig::default()).unwrap_or_else(|e| panic!("default config: {e}"))
@@ -160,6 +160,50 @@ fn the_same_prefix_follows_the_pod_it_was_sent_to() {
     other_model.target_model = "other".into();
     let decision = route(&scheduler, &other_model, &equal, now, 1);
     assert!(decision.candidates.iter().all(|c| c.prefix_match_blocks == 0));
+}
+
+#[test]
+fn an_engine_reported_prefix_outranks_the_guess_and_the_record_says_which_mode_scored_each_pod() {
+    let now = Instant::now();
+    let scheduler = scheduler();
+    let prompt = long_prompt("shipping");
+    // The guess: the prompt went to a.
+    let pool = [Endpoint::test("a", now), Endpoint::test("b", now).queue(1)];
+    assert_eq!(chosen(&route(&scheduler, &Request::test(&prompt), &pool, now, 1)), "a:8000");
+
+    // The engines say otherwise: a evicted it (0 blocks), b holds 150 of the prompt's 200 token blocks.
+    let mut request = Request::test(&prompt);
+    request.tokenized = Some(Tokenized {
+        tokens: 3_200,
+        blocks: 200,
+        block_size: 16,
+    });
+    let mut a = Endpoint::test("a", now);
+    a.precise_prefix = Some(0);
+    let mut b = Endpoint::test("b", now);
+    b.precise_prefix = Some(150);
+    // c's events are not trusted: its approximate guess (nothing sent there) stands.
+    let c = Endpoint::test("c", now);
+    for seed in 0..10 {
+        let decision = route(&scheduler, &request, &[a.clone(), b.clone(), c.clone()], now, seed);
+        assert_eq!(chosen(&decision), "b:8000", "{}", decision.reason);
+        let modes: Vec<_> = decision.candidates.iter().map(|c| (c.prefix_mode, c.prefix_match_blocks)).collect();
+        assert_eq!(
+            modes,
+            [(PrefixMode::Precise, 0), (PrefixMode::Precise, 150), (PrefixMode::Approximate, 0)]
+        );
+        assert_eq!(decision.candidates[1].scores.get("prefix-cache"), Some(&0.75));
+        // b prefills only the 800 tokens it does not hold.
+        assert_eq!(scheduler.prefill_tokens(&request, &decision.candidates[1], true), 800);
+        assert_eq!(scheduler.prefill_tokens(&request, &decision.candidates[1], false), 3_200);
+    }
+
+    // Without a tokenized prompt a precise view cannot be used: every pod is approximate, and a still holds the guess.
+    let mut untokenized = Request::test(&prompt);
+    untokenized.tokenized = None;
+    let decision = route(&scheduler, &untokenized, &[a, b, c], now, 1);
+    assert!(decision.candidates.iter().all(|c| c.prefix_mode == PrefixMode::Approximate));
+    assert_eq!(decision.candidates[0].prefix_match_blocks as usize, prompt.len() / 64);
 }
 
 #[test]

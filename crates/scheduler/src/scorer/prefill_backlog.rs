@@ -13,9 +13,6 @@ use crate::cycle::Cycle;
 /// A backlog this many tokens above the smallest rates 0: about one long document, a few seconds of prefill on the
 /// simulated 4×A10 and well under one on an H100 — enough that one short prompt of difference barely counts.
 const SPREAD_TOKENS: f64 = 8_192.0;
-/// Characters per token, as for the prefix blocks.
-const CHARS_PER_TOKEN: usize = 4;
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefillBacklogScorer;
 
@@ -26,13 +23,13 @@ impl PrefillBacklogScorer {
     /// those explain (other gateways, traffic from before a restart), its waiting queue counted as prompts as
     /// long as this one: the best guess without their lengths.
     fn backlog(cycle: &Cycle<'_>, idx: usize) -> f64 {
-        let prompt_tokens = cycle.request.prompt.len() / CHARS_PER_TOKEN;
-        let queued = u64::from(cycle.metrics(idx).waiting_queue).saturating_mul(prompt_tokens as u64);
+        let prompt_tokens = cycle.request.prompt_tokens();
+        let queued = u64::from(cycle.metrics(idx).waiting_queue).saturating_mul(prompt_tokens);
         let pending = cycle.endpoints[idx].pending_prefill_tokens.max(queued);
         let cached_tokens = if cycle.metrics(idx).prefix_caching == Some(false) {
             0
         } else {
-            cycle.prefix_matches[idx] as usize * cycle.prefix_block_chars / CHARS_PER_TOKEN
+            cycle.prefix[idx].cached_tokens
         };
         let own = prompt_tokens.saturating_sub(cached_tokens);
         pending as f64 + own as f64

@@ -11,13 +11,14 @@ impl Scorer for PrefixCacheScorer {
         "prefix-cache"
     }
 
-    /// Matched blocks over the prompt's blocks; a prompt shorter than one block scores 0 everywhere.
+    /// Matched blocks over the prompt's blocks, in whichever mode knows the endpoint (precise from its KV events,
+    /// else approximate); a prompt shorter than one block scores 0 everywhere.
     fn score(&self, cycle: &Cycle<'_>, candidates: &[usize], scores: &mut [f64]) -> bool {
         for (score, &idx) in scores.iter_mut().zip(candidates) {
-            *score = if cycle.prefix_blocks == 0 || cycle.metrics(idx).prefix_caching == Some(false) {
+            *score = if cycle.metrics(idx).prefix_caching == Some(false) {
                 0.0
             } else {
-                f64::from(cycle.prefix_matches[idx]) / f64::from(cycle.prefix_blocks)
+                cycle.prefix[idx].fraction()
             };
         }
         true
