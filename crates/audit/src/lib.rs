@@ -9,4 +9,6 @@ mod record;
 pub mod wire;
 
 pub use ids::{EndpointId, PodName};
-pub use record::{Candidate, Criticality, LoraState, MAX_NAME_BYTES, Outcome, PrefixMode, Record, Scores, bounded_name};
+pub use record::{
+    Candidate, Criticality, LoraState, MAX_NAME_BYTES, Outcome, PrefixMode, Record, Scores, bounded_name,
+};

@@ -113,6 +113,12 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_KV_EVENTS_SILENCE", default_value = "30s", value_parser = parse_duration)]
     pub kv_events_silence: Duration,
 
+    /// The served model's `tokenizer.json` (its chat template is read from the `tokenizer_config.json` beside it).
+    /// With `--kv-events-port`, prompts are tokenized as the engines tokenize them and scored on the blocks the
+    /// engines report; without it, routing stays approximate.
+    #[arg(long, env = "SWITCHYARD_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -134,10 +134,33 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         }
         _ => None,
     };
+    let tokenizer = match &args.tokenizer {
+        Some(path) => {
+            let tokenizer = tokenizer::Tokenizer::from_file(path).with_context(|| "loading --tokenizer".to_string())?;
+            if !tokenizer.has_chat_template() {
+                tracing::warn!(path = %path.display(), "tokenizer has no chat template: chat requests are scored approximately");
+            }
+            Some(Arc::new(tokenizer))
+        }
+        None => None,
+    };
     let recorder = Recorder::new(metrics, DecisionLog::new(args.decisions_kept), shipper);
-    let director = Arc::new(
-        Director::new(datastore, metrics_store, scheduler, recorder).with_mirror_max_inflight(args.mirror_max_inflight),
-    );
+    let mut director =
+        Director::new(datastore, metrics_store, scheduler, recorder).with_mirror_max_inflight(args.mirror_max_inflight);
+    match (&kv_events, tokenizer) {
+        (Some(kv), Some(tokenizer)) => {
+            director = director.with_precise(routing::precise::Precise {
+                kv: kv.clone(),
+                tokenizer,
+            });
+        }
+        (Some(_), None) => tracing::warn!(
+            "kv events are followed but no --tokenizer is set: prompts cannot be matched to blocks, routing stays approximate"
+        ),
+        (None, Some(_)) => tracing::warn!("--tokenizer without --kv-events-port: routing stays approximate"),
+        (None, None) => {}
+    }
+    let director = Arc::new(director);
 
     let admin = TcpListener::bind(args.admin_listen)
         .await

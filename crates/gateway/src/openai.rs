@@ -29,6 +29,7 @@ impl ApiKind {
 #[derive(Debug, Clone)]
 pub struct ParsedRequest {
     body: Map<String, Value>,
+    kind: ApiKind,
     pub model: String,
     /// `prompt` text for completions, the JSON of `messages` for chat; hashed for prefix affinity.
     pub prompt: String,
@@ -70,13 +71,56 @@ pub fn parse_request(kind: ApiKind, raw: &[u8]) -> Result<ParsedRequest, RouteEr
     let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
     Ok(ParsedRequest {
         body,
+        kind,
         model,
         prompt,
         stream,
     })
 }
 
+/// The prompt in the form a tokenizer takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromptInput<'a> {
+    /// A completion's text.
+    Text(&'a str),
+    /// A completion already given as token ids.
+    Tokens(Vec<u32>),
+    /// A chat conversation, each content's text parts joined.
+    Chat(Vec<tokenizer::ChatMessage>),
+}
+
 impl ParsedRequest {
+    /// The prompt to tokenize; `None` for shapes the server would refuse or batch (several prompts in one request).
+    pub fn prompt_input(&self) -> Option<PromptInput<'_>> {
+        if self.kind == ApiKind::ChatCompletions {
+            let messages = self.body.get("messages")?.as_array()?;
+            return Some(PromptInput::Chat(
+                messages
+                    .iter()
+                    .map(|m| tokenizer::ChatMessage {
+                        role: m.get("role").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                        content: tokenizer::content_text(m.get("content")),
+                    })
+                    .collect(),
+            ));
+        }
+        let token_ids = |items: &[Value]| -> Option<Vec<u32>> {
+            items
+                .iter()
+                .map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
+                .collect()
+        };
+        match self.body.get("prompt")? {
+            Value::String(text) => Some(PromptInput::Text(text)),
+            Value::Array(items) => match items.as_slice() {
+                [Value::String(text)] => Some(PromptInput::Text(text)),
+                [Value::Array(ids)] => token_ids(ids).map(PromptInput::Tokens),
+                ids => token_ids(ids).map(PromptInput::Tokens),
+            },
+            _ => None,
+        }
+    }
+
     /// The body to send upstream: the original bytes when the model is unchanged, else re-serialised with `model`
     /// replaced (keys come out sorted, as upstream's Go marshaller does).
     pub fn body_for_target(&self, raw: Bytes, target_model: &str) -> Bytes {
@@ -115,6 +159,45 @@ mod tests {
         assert!(bad(ApiKind::Completions, r#"{"model":"m"}"#).contains("prompt"));
         assert!(bad(ApiKind::ChatCompletions, r#"{"model":"m","messages":[]}"#).contains("messages"));
         assert!(bad(ApiKind::Completions, "[1,2]").starts_with("error unmarshaling"));
+    }
+
+    #[test]
+    fn the_prompt_input_is_text_token_ids_or_chat_messages() {
+        let parse = |kind, body: &str| parse_request(kind, body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+        let completion = |body: &str| parse(ApiKind::Completions, body);
+        assert_eq!(
+            completion(r#"{"model":"m","prompt":"hello"}"#).prompt_input(),
+            Some(PromptInput::Text("hello"))
+        );
+        assert_eq!(
+            completion(r#"{"model":"m","prompt":["hello"]}"#).prompt_input(),
+            Some(PromptInput::Text("hello"))
+        );
+        assert_eq!(
+            completion(r#"{"model":"m","prompt":[1,2,3]}"#).prompt_input(),
+            Some(PromptInput::Tokens(vec![1, 2, 3]))
+        );
+        assert_eq!(
+            completion(r#"{"model":"m","prompt":[[4,5]]}"#).prompt_input(),
+            Some(PromptInput::Tokens(vec![4, 5]))
+        );
+        // A batch of prompts, or ids that are not token ids, is not tokenized (the request stays approximate).
+        assert_eq!(completion(r#"{"model":"m","prompt":["a","b"]}"#).prompt_input(), None);
+        assert_eq!(completion(r#"{"model":"m","prompt":[-1]}"#).prompt_input(), None);
+        // A completion's stray `messages` is not a conversation.
+        assert_eq!(
+            completion(r#"{"model":"m","prompt":"p","messages":[]}"#).prompt_input(),
+            Some(PromptInput::Text("p"))
+        );
+        let chat = parse(
+            ApiKind::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        );
+        let expected = tokenizer::ChatMessage {
+            role: "user".into(),
+            content: "ab".into(),
+        };
+        assert_eq!(chat.prompt_input(), Some(PromptInput::Chat(vec![expected])));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub routed_to_pod: Family<PodLabels, Counter>,
     pub decision_seconds: Histogram,
+    /// Prompt tokenization for precise prefix routing, outside the scheduler's time.
+    pub tokenize_seconds: Histogram,
     pub inflight: Gauge,
     pub shipper: crate::shipper::ShipperCounters,
     /// Mirrored copies, kept out of `requests`/`request_ttft_seconds`, which the canary controller reads.
@@ -142,6 +144,14 @@ impl Metrics {
             "Time spent in the scheduler per request",
             decision_seconds.clone(),
         );
+        let tokenize_seconds = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            1e-6, 2.0, 20,
+        ));
+        registry.register(
+            "tokenize_seconds",
+            "Time spent tokenizing a prompt for precise prefix routing",
+            tokenize_seconds.clone(),
+        );
         let inflight = Gauge::default();
         registry.register(
             "inflight_requests",
@@ -189,6 +199,7 @@ impl Metrics {
             tokens,
             routed_to_pod,
             decision_seconds,
+            tokenize_seconds,
             inflight,
         }
     }

@@ -23,9 +23,9 @@ mod fixtures;
 
 pub use audit::{Candidate, Criticality, EndpointId, LoraState, Outcome, PodName, PrefixMode, Scores};
 pub use config::{ConfigError, SchedulerConfig};
+pub use cycle::PrefixHit;
 pub use decision::{Decision, Reason};
 pub use endpoint::{Endpoint, EndpointMetrics};
-pub use cycle::PrefixHit;
 pub use request::{CHARS_PER_TOKEN, Request, Tokenized};
 pub use scheduler::Scheduler;
 pub use split::{TargetWeight, pick_target};

@@ -125,22 +125,20 @@ impl Scheduler {
         let block_chars = self.prefix.block_size_chars.get() as u64;
         endpoints
             .iter()
-            .map(|endpoint| {
-                match (endpoint.precise_prefix, request.tokenized) {
-                    (Some(matched), Some(tokenized)) => PrefixHit {
-                        mode: PrefixMode::Precise,
+            .map(|endpoint| match (endpoint.precise_prefix, request.tokenized) {
+                (Some(matched), Some(tokenized)) => PrefixHit {
+                    mode: PrefixMode::Precise,
+                    matched,
+                    blocks: tokenized.blocks,
+                    cached_tokens: u64::from(matched) * u64::from(tokenized.block_size),
+                },
+                _ => {
+                    let matched = u32::try_from(index.longest_match(&endpoint.id, hashes)).unwrap_or(u32::MAX);
+                    PrefixHit {
+                        mode: PrefixMode::Approximate,
                         matched,
-                        blocks: tokenized.blocks,
-                        cached_tokens: u64::from(matched) * u64::from(tokenized.block_size),
-                    },
-                    _ => {
-                        let matched = u32::try_from(index.longest_match(&endpoint.id, hashes)).unwrap_or(u32::MAX);
-                        PrefixHit {
-                            mode: PrefixMode::Approximate,
-                            matched,
-                            blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
-                            cached_tokens: u64::from(matched) * block_chars / CHARS_PER_TOKEN as u64,
-                        }
+                        blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
+                        cached_tokens: u64::from(matched) * block_chars / CHARS_PER_TOKEN as u64,
                     }
                 }
             })

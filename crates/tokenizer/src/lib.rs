@@ -65,10 +65,12 @@ impl Tokenizer {
         })?;
         let config_path = path.with_file_name("tokenizer_config.json");
         let config = match std::fs::read(&config_path) {
-            Ok(bytes) => Some(serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| Error::Config {
-                path: config_path.clone(),
-                message: e.to_string(),
-            })?),
+            Ok(bytes) => Some(
+                serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| Error::Config {
+                    path: config_path.clone(),
+                    message: e.to_string(),
+                })?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(Error::Read {
@@ -77,22 +79,16 @@ impl Tokenizer {
                 });
             }
         };
-        let string = |key: &str| {
-            config
-                .as_ref()
-                .and_then(|c| c.get(key))
-                .and_then(special_token_text)
-        };
+        let string = |key: &str| config.as_ref().and_then(|c| c.get(key)).and_then(special_token_text);
         let template = string("chat_template");
-        Tokenizer::from_parts(&json, template.as_deref(), string("bos_token"), string("eos_token")).map_err(
-            |e| match e {
-                Error::Parse { message, .. } => Error::Parse {
-                    path: path.to_owned(),
-                    message,
-                },
-                other => other,
+        Tokenizer::from_parts(&json, template.as_deref(), string("bos_token"), string("eos_token")).map_err(|e| match e
+        {
+            Error::Parse { message, .. } => Error::Parse {
+                path: path.to_owned(),
+                message,
             },
-        )
+            other => other,
+        })
     }
 
     /// Builds a tokenizer from a `tokenizer.json`'s bytes and an optional chat template.
@@ -159,6 +155,11 @@ impl Tokenizer {
     /// them), as vLLM's `/v1/chat/completions`.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, Error> {
         self.encode_with(&self.render_chat(messages)?, false)
+    }
+
+    /// Token ids of `text` alone, without the special tokens a completion would get.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, Error> {
+        self.encode_with(text, false)
     }
 
     fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {

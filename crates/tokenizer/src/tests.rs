@@ -86,7 +86,8 @@ fn bad_files_and_templates_are_errors_not_panics() {
 
 #[test]
 fn message_content_is_a_string_or_text_parts() {
-    let parts = serde_json::json!([{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]);
+    let parts =
+        serde_json::json!([{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]);
     assert_eq!(content_text(Some(&parts)), "ab");
     assert_eq!(content_text(Some(&serde_json::json!("x"))), "x");
     assert_eq!(content_text(None), "");

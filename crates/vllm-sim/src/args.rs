@@ -92,6 +92,12 @@ pub struct Args {
     /// `hwm`, `max_queue_size`. Turns prefix caching on, as vLLM V1 has it on by default.
     #[arg(long, env = "SWITCHYARD_SIM_KV_EVENTS_CONFIG", value_parser = parse_kv_events_config)]
     pub kv_events_config: Option<crate::kv_events::KvEventsConfig>,
+
+    /// The model's `tokenizer.json` (chat template from the `tokenizer_config.json` beside it), as vLLM loads it:
+    /// token counts, prefix-cache blocks and KV events use its ids. Without it, a stand-in of about four characters
+    /// per token.
+    #[arg(long, env = "SWITCHYARD_SIM_TOKENIZER", value_parser = parse_tokenizer)]
+    pub tokenizer: Option<crate::tokenize::Prompts>,
 }
 
 impl Args {
@@ -124,8 +130,13 @@ impl Args {
                 slow_factor: self.slow_factor,
             },
             kv_events: self.kv_events_config.clone().filter(|c| c.publishes()),
+            prompts: self.tokenizer.clone().unwrap_or_default(),
         }
     }
+}
+
+fn parse_tokenizer(s: &str) -> Result<crate::tokenize::Prompts, String> {
+    crate::tokenize::Prompts::load(std::path::Path::new(s)).map_err(|e| e.to_string())
 }
 
 fn parse_kv_events_config(s: &str) -> Result<crate::kv_events::KvEventsConfig, String> {

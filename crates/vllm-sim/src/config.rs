@@ -122,6 +122,8 @@ pub struct ReplicaConfig {
     pub fault: Fault,
     /// vLLM's `--kv-events-config`: publish what the prefix cache stores and evicts. Off when absent.
     pub kv_events: Option<crate::kv_events::KvEventsConfig>,
+    /// How prompts become token ids: the model's tokenizer (`--tokenizer`) or the stand-in.
+    pub prompts: crate::tokenize::Prompts,
 }
 
 /// Faults a replica injects: a share of requests answered with HTTP 500, every step taking longer, and one
@@ -172,6 +174,7 @@ impl Default for ReplicaConfig {
             seed: None,
             fault: Fault::default(),
             kv_events: None,
+            prompts: crate::tokenize::Prompts::StandIn,
         }
     }
 }

@@ -116,6 +116,8 @@ struct Seq {
     prompt: Vec<u32>,
     max_tokens: u32,
     lora: Option<LoraId>,
+    /// The id every generated token holds.
+    filler: u32,
     generated: u32,
     /// Tokens whose KV is computed (prefix hits included).
     num_computed: usize,
@@ -136,7 +138,7 @@ impl Seq {
     }
 
     fn token(&self, i: usize) -> u32 {
-        self.prompt.get(i).copied().unwrap_or(FILLER_TOKEN_ID)
+        self.prompt.get(i).copied().unwrap_or(self.filler)
     }
 
     /// The token ids of full block `k`.
@@ -202,6 +204,8 @@ pub struct Engine {
     /// Every step takes this many times its profiled duration (an injected fault; 1 = as profiled).
     slowdown: f64,
     metrics: EngineMetrics,
+    /// The id of every generated token (the tokenizer's id of the filler text).
+    filler_token: u32,
 }
 
 impl Engine {
@@ -218,7 +222,13 @@ impl Engine {
             clock: 0.0,
             slowdown: 1.0,
             metrics: EngineMetrics::default(),
+            filler_token: FILLER_TOKEN_ID,
         })
+    }
+
+    /// Sets the id generated tokens hold (the replica's tokenizer's id of the filler text).
+    pub fn set_filler_token(&mut self, id: u32) {
+        self.filler_token = id;
     }
 
     /// Stretches every later step to `factor` times its profiled duration, as a slower GPU would.
@@ -273,6 +283,7 @@ impl Engine {
             prompt: req.prompt,
             max_tokens: req.max_tokens,
             lora: req.lora,
+            filler: self.filler_token,
             generated: 0,
             num_computed: 0,
             blocks: Vec::new(),

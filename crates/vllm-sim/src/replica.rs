@@ -104,6 +104,7 @@ impl Shared {
         cfg.validate()?;
         let mut engine = Engine::new(cfg.engine.clone())?;
         engine.set_slowdown(cfg.fault.slowdown);
+        engine.set_filler_token(cfg.prompts.filler());
         let mut rng = match cfg.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),

@@ -24,7 +24,7 @@ use crate::openai::{
     CompletionRequest, Content, Delta, ErrorBody, ErrorDetail, ModelCard, ModelList, Prompt, Usage,
 };
 use crate::replica::{Shared, Submission, SubmitError};
-use crate::tokenize::{FILLER_TEXT, tokenize, tokenize_chat};
+use crate::tokenize::FILLER_TEXT;
 
 /// vLLM's default `max_tokens` for `/v1/completions`.
 const DEFAULT_COMPLETION_MAX_TOKENS: u32 = 16;
@@ -82,14 +82,19 @@ async fn completions(
         Ok(r) => r,
         Err(err) => return bad_request(&shared, &format!("invalid request body: {err}")),
     };
+    let prompts = &shared.cfg.prompts;
     let prompt = match req.prompt {
-        Prompt::Text(text) => tokenize(&text),
-        Prompt::Tokens(ids) => ids,
-        Prompt::Texts(mut texts) if texts.len() == 1 => tokenize(&texts.remove(0)),
-        Prompt::TokenBatches(mut batches) if batches.len() == 1 => batches.remove(0),
+        Prompt::Text(text) => prompts.text(&text),
+        Prompt::Tokens(ids) => Ok(ids),
+        Prompt::Texts(mut texts) if texts.len() == 1 => prompts.text(&texts.remove(0)),
+        Prompt::TokenBatches(mut batches) if batches.len() == 1 => Ok(batches.remove(0)),
         Prompt::Texts(_) | Prompt::TokenBatches(_) => {
             return bad_request(&shared, "exactly one prompt per request is supported");
         }
+    };
+    let prompt = match prompt {
+        Ok(prompt) => prompt,
+        Err(err) => return bad_request(&shared, &format!("the prompt could not be tokenized: {err}")),
     };
     let model = req.model.unwrap_or_else(|| shared.cfg.served_model_name.clone());
     let Ok(lora) = shared.resolve_model(&model) else {
@@ -119,19 +124,22 @@ async fn chat_completions(
     if req.messages.is_empty() {
         return bad_request(&shared, "messages must not be empty");
     }
-    let contents: Vec<(&str, String)> = req
+    let messages: Vec<tokenizer::ChatMessage> = req
         .messages
         .iter()
-        .map(|m| {
-            let text = match &m.content {
+        .map(|m| tokenizer::ChatMessage {
+            role: m.role.clone(),
+            content: match &m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t.clone(),
                 Some(Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
-            };
-            (m.role.as_str(), text)
+            },
         })
         .collect();
-    let prompt = tokenize_chat(contents.iter().map(|(role, text)| (*role, text.as_str())));
+    let prompt = match shared.cfg.prompts.chat(&messages) {
+        Ok(prompt) => prompt,
+        Err(err) => return bad_request(&shared, &format!("the conversation could not be tokenized: {err}")),
+    };
     let model = req.model.unwrap_or_else(|| shared.cfg.served_model_name.clone());
     let Ok(lora) = shared.resolve_model(&model) else {
         return model_not_found(&shared, &model);

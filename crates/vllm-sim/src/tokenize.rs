@@ -1,4 +1,10 @@
-//! Deterministic stand-in tokenizer: about 4 characters per token, ids derived from the text.
+//! How the simulator turns prompts into token ids: the model's real tokenizer when `--tokenizer` names one (so the
+//! KV events carry the ids a gateway tokenizing the same prompt computes), else a deterministic stand-in of about
+//! four characters per token.
+
+use std::{path::Path, sync::Arc};
+
+use tokenizer::{ChatMessage, Tokenizer};
 
 /// Characters per token, the usual rule of thumb for English BPE vocabularies.
 pub const CHARS_PER_TOKEN: usize = 4;
@@ -8,6 +14,70 @@ pub const FILLER_TOKEN_ID: u32 = 0x7f7f_0001;
 
 /// Text of every generated filler token.
 pub const FILLER_TEXT: &str = " tok";
+
+/// The replica's tokenizer.
+#[derive(Clone, Debug, Default)]
+pub enum Prompts {
+    /// [`tokenize`] and [`tokenize_chat`]: no files needed.
+    #[default]
+    StandIn,
+    /// A `tokenizer.json` and its chat template; `filler` is the id of [`FILLER_TEXT`], the token every generated
+    /// position holds, so a conversation sent back re-tokenizes to the blocks its answer filled.
+    Model { tokenizer: Arc<Tokenizer>, filler: u32 },
+}
+
+impl PartialEq for Prompts {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Prompts::StandIn, Prompts::StandIn) => true,
+            (Prompts::Model { tokenizer: a, .. }, Prompts::Model { tokenizer: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Prompts {
+    /// Loads a `tokenizer.json` (and the chat template of the `tokenizer_config.json` beside it).
+    pub fn load(path: &Path) -> Result<Prompts, tokenizer::Error> {
+        let tokenizer = Tokenizer::from_file(path)?;
+        // Without the special tokens a completion would add: the id of the text alone.
+        let filler = tokenizer
+            .encode_plain(FILLER_TEXT)?
+            .first()
+            .copied()
+            .unwrap_or(FILLER_TOKEN_ID);
+        Ok(Prompts::Model {
+            tokenizer: Arc::new(tokenizer),
+            filler,
+        })
+    }
+
+    /// Token ids of a completion prompt.
+    pub fn text(&self, text: &str) -> Result<Vec<u32>, tokenizer::Error> {
+        match self {
+            Prompts::StandIn => Ok(tokenize(text)),
+            Prompts::Model { tokenizer, .. } => tokenizer.encode(text),
+        }
+    }
+
+    /// Token ids of a chat conversation.
+    pub fn chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, tokenizer::Error> {
+        match self {
+            Prompts::StandIn => Ok(tokenize_chat(
+                messages.iter().map(|m| (m.role.as_str(), m.content.as_str())),
+            )),
+            Prompts::Model { tokenizer, .. } => tokenizer.encode_chat(messages),
+        }
+    }
+
+    /// The id of every generated token.
+    pub fn filler(&self) -> u32 {
+        match self {
+            Prompts::StandIn => FILLER_TOKEN_ID,
+            Prompts::Model { filler, .. } => *filler,
+        }
+    }
+}
 
 /// Token ids of `text`: one id per group of [`CHARS_PER_TOKEN`] characters (at least one), derived from
 /// the bytes of the group so that identical text prefixes give identical ids.

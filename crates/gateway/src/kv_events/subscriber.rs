@@ -9,7 +9,11 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,7 +23,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use scheduler::{EndpointId, prefix::precise::PreciseIndex};
+use scheduler::{
+    EndpointId,
+    prefix::precise::{BlockKey, PreciseIndex},
+};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use zeromq::{Socket as _, SocketRecv as _, SocketSend as _, ZmqMessage};
@@ -59,6 +66,8 @@ pub struct KvState {
     /// Bumped whenever a pod's mode changes or a batch is applied, for readers that wait instead of polling.
     changes: watch::Sender<u64>,
     metrics: KvMetrics,
+    /// Tokens per block in the engines' latest `BlockStored` (0 before any): the size a prompt is cut into.
+    block_size: AtomicU32,
 }
 
 impl KvState {
@@ -70,6 +79,34 @@ impl KvState {
             .get(pod)
             .cloned()
             .unwrap_or(Mode::Approximate(super::stream::Cause::NoEventsYet))
+    }
+
+    /// Tokens per KV block, as the engines last reported; `None` before the first stored block.
+    pub fn block_size(&self) -> Option<u32> {
+        NonZeroU32::new(self.block_size.load(Ordering::Relaxed)).map(NonZeroU32::get)
+    }
+
+    /// For each of `pods`, how many leading blocks of `keys` its engine reports resident, or `None` when the pod
+    /// is scored approximately now (no trusted event stream).
+    pub fn precise_prefixes(&self, keys: &[BlockKey], pods: &[EndpointId]) -> Vec<Option<u32>> {
+        let precise: Vec<bool> = {
+            let modes = self.modes.read().unwrap_or_else(PoisonError::into_inner);
+            pods.iter().map(|pod| modes.get(pod) == Some(&Mode::Precise)).collect()
+        };
+        if !precise.contains(&true) {
+            return vec![None; pods.len()];
+        }
+        let depths = self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .longest_prefixes(keys);
+        pods.iter()
+            .zip(precise)
+            .map(|(pod, precise)| {
+                precise.then(|| depths.iter().find(|(id, _)| id == pod).map_or(0, |&(_, depth)| depth))
+            })
+            .collect()
     }
 
     /// Notified after every applied batch and mode change.
@@ -350,6 +387,9 @@ impl Follower {
                         block_size,
                         lora_id,
                     } => {
+                        if let Ok(size) = u32::try_from(block_size) {
+                            self.state.block_size.store(size, Ordering::Relaxed);
+                        }
                         if let Err(error) = index.stored(&self.id, &hashes, parent, &tokens, block_size, lora_id) {
                             tracing::debug!(endpoint = %self.id, seq, %error, "kv block not indexed");
                         }

@@ -10,13 +10,10 @@ use std::{
 };
 
 use prometheus_client::metrics::gauge::Gauge;
-use scheduler::{Decision, Endpoint, EndpointId, Request};
+use scheduler::{Decision, Endpoint, EndpointId, Request, Scheduler};
 use tokio::sync::watch;
 
 use crate::{datastore::EndpointView, scrape::MetricsStore};
-
-/// Characters per token, the estimate the prefix blocks use too.
-const CHARS_PER_TOKEN: usize = 4;
 
 /// This gateway's unfinished work on one endpoint.
 #[derive(Clone, Debug, Default)]
@@ -136,28 +133,28 @@ impl Locked<'_> {
             .collect()
     }
 
-    /// Counts a routed request on `endpoint`. Its prefill backlog is the prompt the endpoint is not believed to hold
-    /// in its prefix cache (`block_chars` characters per matched block).
+    /// Counts a routed request on `endpoint`. Its prefill backlog is the prompt the endpoint is not known or believed
+    /// to hold in its prefix cache (as the decision found it, precise or approximate).
     pub(super) fn claim(
         mut self,
         ledger: &Ledger,
+        scheduler: &Scheduler,
         endpoint: &EndpointId,
         endpoints: &[Endpoint],
         decision: &Decision,
         request: &Request,
-        block_chars: usize,
     ) -> Claim {
         let caches = endpoints
             .iter()
             .find(|e| &e.id == endpoint)
             .is_none_or(|e| e.metrics.prefix_caching != Some(false));
-        let matched_blocks = decision
+        let tokens = decision
             .candidates
             .iter()
             .find(|c| &c.endpoint == endpoint)
-            .map_or(0, |c| c.prefix_match_blocks as usize);
-        let cached_chars = if caches { matched_blocks * block_chars } else { 0 };
-        let tokens = (request.prompt.len().saturating_sub(cached_chars) / CHARS_PER_TOKEN) as u64;
+            .map_or(request.prompt_tokens(), |c| {
+                scheduler.prefill_tokens(request, c, caches)
+            });
         let load = self.0.entry(endpoint.clone()).or_default();
         load.requests += 1;
         load.prefill_tokens += tokens;

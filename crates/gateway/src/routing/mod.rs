@@ -9,6 +9,7 @@
 pub mod flight;
 mod ledger;
 mod mirror;
+pub mod precise;
 pub mod recorder;
 
 use std::{
@@ -70,6 +71,7 @@ pub struct Director {
     pub recorder: Arc<Recorder>,
     ledger: Arc<Ledger>,
     mirroring: Mirroring,
+    precise: Option<precise::Precise>,
     next_id: AtomicU64,
 }
 
@@ -116,6 +118,7 @@ impl Director {
             metrics_store,
             scheduler,
             mirroring: Mirroring::new(DEFAULT_MIRROR_MAX_INFLIGHT),
+            precise: None,
             next_id: AtomicU64::new(0),
         }
     }
@@ -123,6 +126,12 @@ impl Director {
     /// Bounds the mirrored copies in flight (proxy mode); a copy due beyond it is skipped as `busy`.
     pub fn with_mirror_max_inflight(mut self, max: usize) -> Director {
         self.mirroring = Mirroring::new(max);
+        self
+    }
+
+    /// Scores prompts on the engines' reported KV blocks where a pod's events are followed.
+    pub fn with_precise(mut self, precise: precise::Precise) -> Director {
+        self.precise = Some(precise);
         self
     }
 
@@ -262,18 +271,29 @@ impl Director {
             return Scheduled::NoTarget;
         };
         let target = target.to_owned();
+        let lora_adapter = self.lora_adapter(&target);
+        let lookup = self
+            .precise
+            .as_ref()
+            .and_then(|precise| precise.prepare(parsed, lora_adapter.is_some()));
+        if let Some((_, took)) = &lookup {
+            self.recorder.metrics.tokenize_seconds.observe(took.as_secs_f64());
+        }
         let ledger = self.ledger.lock();
-        let endpoints = ledger.candidates(&self.metrics_store, scope.endpoints.iter().copied());
+        let mut endpoints = ledger.candidates(&self.metrics_store, scope.endpoints.iter().copied());
+        if let (Some(precise), Some((lookup, _))) = (&self.precise, &lookup) {
+            precise.apply(lookup, &mut endpoints);
+        }
         let request = Request {
             request_id: ids.request_id.clone(),
             received_at_ms: ids.received_at_ms,
             model: model.to_owned(),
-            lora_adapter: self.lora_adapter(&target),
+            lora_adapter,
             target_model: target,
             criticality: scope.criticality,
             pool: scope.pool.to_owned(),
             prompt: parsed.prompt.clone(),
-            tokenized: None,
+            tokenized: lookup.map(|(lookup, _)| lookup.tokenized),
         };
         let started = Instant::now();
         let decision = self.scheduler.schedule(&request, &endpoints, started, &mut rng);
@@ -287,8 +307,14 @@ impl Director {
                 return Scheduled::Refused(Box::new(audit_record(ids, &request, decision, micros)));
             }
         };
-        let block_chars = self.scheduler.prefix_config().block_size_chars.get();
-        let claim = ledger.claim(&self.ledger, &endpoint, &endpoints, &decision, &request, block_chars);
+        let claim = ledger.claim(
+            &self.ledger,
+            &self.scheduler,
+            &endpoint,
+            &endpoints,
+            &decision,
+            &request,
+        );
         let fallbacks = decision.fallbacks.clone();
         let body = parsed.body_for_target(raw, &request.target_model);
         let record = audit_record(ids, &request, decision, micros);

@@ -169,7 +169,10 @@ fn an_engine_reported_prefix_outranks_the_guess_and_the_record_says_which_mode_s
     let prompt = long_prompt("shipping");
     // The guess: the prompt went to a.
     let pool = [Endpoint::test("a", now), Endpoint::test("b", now).queue(1)];
-    assert_eq!(chosen(&route(&scheduler, &Request::test(&prompt), &pool, now, 1)), "a:8000");
+    assert_eq!(
+        chosen(&route(&scheduler, &Request::test(&prompt), &pool, now, 1)),
+        "a:8000"
+    );
 
     // The engines say otherwise: a evicted it (0 blocks), b holds 150 of the prompt's 200 token blocks.
     let mut request = Request::test(&prompt);
@@ -187,22 +190,38 @@ fn an_engine_reported_prefix_outranks_the_guess_and_the_record_says_which_mode_s
     for seed in 0..10 {
         let decision = route(&scheduler, &request, &[a.clone(), b.clone(), c.clone()], now, seed);
         assert_eq!(chosen(&decision), "b:8000", "{}", decision.reason);
-        let modes: Vec<_> = decision.candidates.iter().map(|c| (c.prefix_mode, c.prefix_match_blocks)).collect();
+        let modes: Vec<_> = decision
+            .candidates
+            .iter()
+            .map(|c| (c.prefix_mode, c.prefix_match_blocks))
+            .collect();
         assert_eq!(
             modes,
-            [(PrefixMode::Precise, 0), (PrefixMode::Precise, 150), (PrefixMode::Approximate, 0)]
+            [
+                (PrefixMode::Precise, 0),
+                (PrefixMode::Precise, 150),
+                (PrefixMode::Approximate, 0)
+            ]
         );
         assert_eq!(decision.candidates[1].scores.get("prefix-cache"), Some(&0.75));
         // b prefills only the 800 tokens it does not hold.
         assert_eq!(scheduler.prefill_tokens(&request, &decision.candidates[1], true), 800);
-        assert_eq!(scheduler.prefill_tokens(&request, &decision.candidates[1], false), 3_200);
+        assert_eq!(
+            scheduler.prefill_tokens(&request, &decision.candidates[1], false),
+            3_200
+        );
     }
 
     // Without a tokenized prompt a precise view cannot be used: every pod is approximate, and a still holds the guess.
     let mut untokenized = Request::test(&prompt);
     untokenized.tokenized = None;
     let decision = route(&scheduler, &untokenized, &[a, b, c], now, 1);
-    assert!(decision.candidates.iter().all(|c| c.prefix_mode == PrefixMode::Approximate));
+    assert!(
+        decision
+            .candidates
+            .iter()
+            .all(|c| c.prefix_mode == PrefixMode::Approximate)
+    );
     assert_eq!(decision.candidates[0].prefix_match_blocks as usize, prompt.len() / 64);
 }
 
