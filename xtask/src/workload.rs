@@ -21,7 +21,14 @@ pub(crate) enum Workload {
     /// W4: billsum-shaped prompts (input U[1500,2000], output U[150,300]) for 11 LoRA adapters split 5×12 %,
     /// 5×6 %, 1×2 % (the remaining 8 % ask for the base model), on pods with few adapter slots.
     Lora,
+    /// llm-d's precise-prefix shape: 60 groups each sharing a 6 000-token prefix (360 K tokens of prefixes, 4.5× one
+    /// pod's KV cache at 5 000 blocks and 0.9× the fleet's), a fresh 800-token question per request, 200 output
+    /// tokens, arriving open-loop with the rate ramping from 0.5× to 1.5× of the uncached saturation estimate.
+    PrefixOverCapacity,
 }
+
+/// Groups of the `prefix-over-capacity` workload.
+const OVER_CAPACITY_GROUPS: usize = 60;
 
 /// The name clients give the gateway for the base model (a Critical InferenceModel).
 pub(crate) const GATEWAY_MODEL: &str = "qwq";
@@ -92,18 +99,19 @@ impl Workload {
             Workload::MixedLongShort => "mixed-long-short",
             Workload::CriticalityOverload => "criticality-overload",
             Workload::Lora => "lora",
+            Workload::PrefixOverCapacity => "prefix-over-capacity",
         }
     }
 
     /// Whether the workload runs open-loop unless `--arrival` says otherwise (W5 is defined by its arrival ramp).
     pub(crate) fn open_loop_by_default(self) -> bool {
-        matches!(self, Workload::CriticalityOverload)
+        matches!(self, Workload::CriticalityOverload | Workload::PrefixOverCapacity)
     }
 
     /// The open-loop rate ramp as multiples of the base rate: `(first request, last request)`.
     pub(crate) fn rate_ramp(self) -> (f64, f64) {
         match self {
-            Workload::CriticalityOverload => (0.5, 1.5),
+            Workload::CriticalityOverload | Workload::PrefixOverCapacity => (0.5, 1.5),
             _ => (1.0, 1.0),
         }
     }
@@ -137,7 +145,7 @@ impl Workload {
 
     /// Whether the simulator should run with automatic prefix caching (vLLM 0.7's V0 default is off).
     pub(crate) fn prefix_caching(self) -> bool {
-        matches!(self, Workload::SharedPrefix)
+        matches!(self, Workload::SharedPrefix | Workload::PrefixOverCapacity)
     }
 
     pub(crate) fn default_requests(self) -> usize {
@@ -147,6 +155,7 @@ impl Workload {
             Workload::MixedLongShort => 1_500,
             Workload::CriticalityOverload => 3_000,
             Workload::Lora => 1_500,
+            Workload::PrefixOverCapacity => 900,
         }
     }
 
@@ -157,6 +166,7 @@ impl Workload {
             Workload::MixedLongShort => 60,
             Workload::CriticalityOverload => 60,
             Workload::Lora => 60,
+            Workload::PrefixOverCapacity => 60,
         }
     }
 }
@@ -282,6 +292,22 @@ pub(crate) fn generate(workload: Workload, n: usize, seed: u64) -> Vec<BenchRequ
                 }
             })
             .collect(),
+        Workload::PrefixOverCapacity => {
+            let prefixes: Vec<String> = (0..OVER_CAPACITY_GROUPS)
+                .map(|_| text(6_000, rng.random()))
+                .collect();
+            (0..n)
+                .map(|_| BenchRequest {
+                    prompt: format!(
+                        "{}{}",
+                        prefixes[rng.random_range(0..prefixes.len())],
+                        text(800, rng.random())
+                    ),
+                    output_tokens: 200,
+                    class: Class::Critical,
+                })
+                .collect()
+        }
     }
 }
 
@@ -432,6 +458,20 @@ mod tests {
         let lora = saturation_rate(&generate(Workload::Lora, 2_000, 0), 5, 5_000);
         assert!(lora < chat / 1.5, "lora {lora:.2} chat {chat:.2}");
         assert!(saturation_rate(&generate(Workload::Lora, 2_000, 0), 5, 2_000) < lora);
+    }
+
+    #[test]
+    fn over_capacity_prefixes_exceed_one_pod_and_recur() {
+        let reqs = generate(Workload::PrefixOverCapacity, 900, 0);
+        let mut groups: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for r in &reqs {
+            assert_eq!(r.prompt_tokens(), 6_800);
+            *groups.entry(&r.prompt[..24_000]).or_insert(0) += 1;
+        }
+        assert_eq!(groups.len(), OVER_CAPACITY_GROUPS);
+        // 360 000 prefix tokens against one pod's 80 000 (5 000 blocks of 16).
+        assert!(groups.len() * 6_000 > 4 * 5_000 * 16);
+        assert!(groups.values().all(|&n| n >= 5), "every group recurs: {groups:?}");
     }
 
     #[test]

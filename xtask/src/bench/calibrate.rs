@@ -99,6 +99,7 @@ pub(crate) async fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         seeds: args.seeds.clone(),
         blocks: args.blocks.clone(),
         routers: args.routers.clone(),
+        prefix_caching: Workload::Seed.prefix_caching() || args.routers.contains(&routing::RouterKind::Precise),
     };
     let out = procs::workspace_root().join("target/bench/calibrate");
     let mut by_scale = Vec::new();

@@ -40,6 +40,27 @@ pub(super) struct Run<'a> {
     pub(super) router: RouterKind,
     pub(super) num_blocks: u32,
     pub(super) seed: u64,
+    /// Whether the pods cache prefixes (the plan decides, so every router faces the same fleet).
+    pub(super) prefix_caching: bool,
+    /// The `tokenizer.json` the pods and the gateway load for `precise`.
+    pub(super) tokenizer: Option<&'a Path>,
+}
+
+/// vLLM's usual KV-event ports, shared by every pod as in a Deployment.
+const KV_EVENTS_PORT: u16 = 5557;
+const KV_REPLAY_PORT: u16 = 5558;
+
+/// The proxy and admin addresses of gateway replica `i` (the first is [`PROXY`] / [`ADMIN`]).
+fn replica_addrs(i: u16) -> (String, String) {
+    let port = |addr: &str| -> (String, u16) {
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+        (host.to_owned(), port.parse().unwrap_or(0))
+    };
+    let ((proxy_host, proxy_port), (admin_host, admin_port)) = (port(PROXY), port(ADMIN));
+    (
+        format!("{proxy_host}:{}", proxy_port + i),
+        format!("{admin_host}:{}", admin_port + i),
+    )
 }
 
 impl Run<'_> {
@@ -53,7 +74,14 @@ impl Run<'_> {
             router,
             num_blocks,
             seed,
+            prefix_caching,
+            tokenizer,
         } = *self;
+        let precise = match (router, tokenizer) {
+            (RouterKind::Precise, Some(path)) => Some(path),
+            (RouterKind::Precise, None) => anyhow::bail!("router `precise` needs the benchmark's tokenizer"),
+            _ => None,
+        };
         let scale = args.time_scale;
         let pods: Vec<String> = (0..PODS).map(|i| format!("127.0.0.{}:8000", FIRST_POD + i)).collect();
         let mut sim_args = vec![
@@ -68,8 +96,18 @@ impl Run<'_> {
             "--seed".into(),
             seed.to_string(),
         ];
-        if args.workload.prefix_caching() {
+        if prefix_caching {
             sim_args.push("--prefix-caching".into());
+        }
+        if let Some(tokenizer) = precise {
+            sim_args.extend([
+                "--kv-events-config".into(),
+                format!(
+                    r#"{{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:{KV_EVENTS_PORT}", "replay_endpoint": "tcp://*:{KV_REPLAY_PORT}", "topic": "kv"}}"#
+                ),
+                "--tokenizer".into(),
+                tokenizer.display().to_string(),
+            ]);
         }
         sim_args.extend(args.workload.sim_args(args.max_loras));
         let mut sim = Proc::spawn(
@@ -86,7 +124,7 @@ impl Run<'_> {
             )
             .await?;
         }
-        let mut gateway = None;
+        let mut gateways = Vec::new();
         let (model, bases) = match router.profile() {
             Some(profile) => {
                 let config = out.join("config");
@@ -117,33 +155,45 @@ impl Run<'_> {
                     format!("profile: {profile}\nsaturation:\n  metricsStalenessMs: {staleness_ms}\n{extra}"),
                 )?;
                 let scrape = format!("{}ms", (50.0 / scale).max(1.0));
-                let mut proc = Proc::spawn(
-                    "gateway",
-                    &bin.join("gateway"),
-                    &[
-                        "--dir".into(),
-                        config.display().to_string(),
-                        "--proxy-listen".into(),
-                        PROXY.into(),
-                        "--admin-listen".into(),
-                        ADMIN.into(),
-                        "--scrape-interval".into(),
-                        scrape,
-                        "--scheduler-config".into(),
-                        scheduler.display().to_string(),
-                        "--decisions-kept".into(),
-                        "100".into(),
-                    ],
-                    Some(&out.join("gateway.log")),
-                )?;
-                procs::wait_ready(
-                    &format!("http://{ADMIN}/readyz"),
-                    Duration::from_secs(30),
-                    &mut [&mut proc, &mut sim],
-                )
-                .await?;
-                gateway = Some(proc);
-                ("qwq", vec![format!("http://{PROXY}")])
+                let mut gateway_args: Vec<String> = vec![
+                    "--dir".into(),
+                    config.display().to_string(),
+                    "--scrape-interval".into(),
+                    scrape,
+                    "--scheduler-config".into(),
+                    scheduler.display().to_string(),
+                    "--decisions-kept".into(),
+                    "100".into(),
+                ];
+                if let Some(tokenizer) = precise {
+                    gateway_args.extend([
+                        "--kv-events-port".into(),
+                        KV_EVENTS_PORT.to_string(),
+                        "--kv-events-replay-port".into(),
+                        KV_REPLAY_PORT.to_string(),
+                        "--kv-events-topic".into(),
+                        "kv".into(),
+                        "--tokenizer".into(),
+                        tokenizer.display().to_string(),
+                    ]);
+                }
+                let mut bases = Vec::new();
+                for i in 0..args.gateway_replicas {
+                    let (proxy, admin) = replica_addrs(i);
+                    let mut replica_args = gateway_args.clone();
+                    replica_args.extend(["--proxy-listen".into(), proxy.clone(), "--admin-listen".into(), admin.clone()]);
+                    let log = out.join(if i == 0 { "gateway.log".to_owned() } else { format!("gateway-{i}.log") });
+                    let mut proc = Proc::spawn("gateway", &bin.join("gateway"), &replica_args, Some(&log))?;
+                    procs::wait_ready(
+                        &format!("http://{admin}/readyz"),
+                        Duration::from_secs(30),
+                        &mut [&mut proc, &mut sim],
+                    )
+                    .await?;
+                    gateways.push(proc);
+                    bases.push(format!("http://{proxy}"));
+                }
+                ("qwq", bases)
             }
             None => match router
                 .peer()
@@ -179,7 +229,7 @@ impl Run<'_> {
                         &mut [&mut proc, &mut sim],
                     )
                     .await?;
-                    gateway = Some(proc);
+                    gateways.push(proc);
                     // The peer forwards the model name untouched, so clients ask for the served name.
                     ("qwq-32b", vec![format!("http://{host}:{port}")])
                 }
@@ -228,7 +278,7 @@ impl Run<'_> {
                 .await
                 .unwrap_or(0.0);
         }
-        if let Some(proc) = gateway {
+        for proc in gateways {
             proc.stop(Duration::from_secs(5)).await;
         }
         sim.stop(Duration::from_secs(5)).await;

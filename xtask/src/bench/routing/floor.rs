@@ -7,7 +7,7 @@ use vllm_sim::{
     tokenize::tokenize,
 };
 
-use crate::{load::percentile, workload::BenchRequest, workload::Workload};
+use crate::{load::percentile, workload::BenchRequest};
 
 /// Floor TTFT figures of one dataset (or their mean over seeds), in simulated ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -19,14 +19,14 @@ pub(crate) struct Floor {
 }
 
 impl Floor {
-    /// The floor of `dataset` on the benchmark's pods (the simulator's default engine, with prefix caching when the
-    /// workload turns it on).
-    pub(crate) fn of(workload: Workload, dataset: &[BenchRequest]) -> Floor {
+    /// The floor of `dataset` on the benchmark's pods (the simulator's default engine, caching prefixes when the
+    /// race's pods do).
+    pub(crate) fn of(dataset: &[BenchRequest], prefix_caching: bool) -> Floor {
         let engine = EngineConfig::default();
         let fleet = Fleet {
             model: engine.profile.model(),
             chunk: u64::from(engine.max_num_batched_tokens),
-            prefix_caching: workload.prefix_caching(),
+            prefix_caching,
         };
         let prompts: Vec<Vec<u32>> = dataset.iter().map(|r| tokenize(&r.prompt)).collect();
         let mut ttfts = oracle::floor_ttft_ms(&fleet, prompts.iter().map(Vec::as_slice));
@@ -67,14 +67,14 @@ impl Floor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload;
+    use crate::workload::{self, Workload};
 
     #[test]
     fn shared_prefixes_lower_the_floor_only_when_the_fleet_caches_them() {
         let shared = workload::generate(Workload::SharedPrefix, 50, 0);
-        let cached = Floor::of(Workload::SharedPrefix, &shared);
+        let cached = Floor::of(&shared, Workload::SharedPrefix.prefix_caching());
         let seed = workload::generate(Workload::Seed, 50, 0);
-        let uncached = Floor::of(Workload::Seed, &seed);
+        let uncached = Floor::of(&seed, Workload::Seed.prefix_caching());
         assert!(cached.prefix_caching && !uncached.prefix_caching);
         // 4 800-token prompts: ~2.1 s cold, ~0.4 s when the 4 000-token system prompt is cached; most of the 50 have
         // a group-mate before them (10 groups of 5).

@@ -86,6 +86,10 @@ pub(crate) struct RoutingArgs {
     /// Adapter slots per pod for the lora workload (vLLM `--max-loras`).
     #[arg(long, default_value_t = 2)]
     pub(crate) max_loras: u32,
+    /// Gateway processes per gateway run, active-active: clients spread requests over them round-robin, as a
+    /// Service does. Each follows the pods itself (metrics, and KV events for `precise`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub(crate) gateway_replicas: u16,
 }
 
 impl RoutingArgs {
@@ -118,6 +122,9 @@ pub(crate) enum RouterKind {
     DecisionTree,
     /// Switchyard with its default profile.
     Default,
+    /// Switchyard's default profile on the engines' KV events: the pods publish them (`--kv-events-config`), the
+    /// gateway follows every pod and tokenizes prompts with the pods' tokenizer.
+    Precise,
     /// Switchyard with the profile `tuned` of `--scheduler-config`: a candidate raced beside `default`.
     Tuned,
     /// Shepherd Model Gateway (`smg`), `--policy cache_aware`.
@@ -138,6 +145,7 @@ impl RouterKind {
             RouterKind::RoundRobin => "round-robin",
             RouterKind::DecisionTree => "decision-tree",
             RouterKind::Default => "default",
+            RouterKind::Precise => "precise",
             RouterKind::Tuned => "tuned",
             RouterKind::SmgCacheAware => "smg-cache-aware",
             RouterKind::SmgRoundRobin => "smg-round-robin",
@@ -160,7 +168,7 @@ impl RouterKind {
     fn profile(self) -> Option<&'static str> {
         match self {
             RouterKind::DecisionTree => Some("decision-tree"),
-            RouterKind::Default => Some("default"),
+            RouterKind::Default | RouterKind::Precise => Some("default"),
             RouterKind::Tuned => Some("tuned"),
             _ => None,
         }
@@ -174,6 +182,9 @@ pub(crate) struct Plan {
     pub(crate) seeds: Vec<u64>,
     pub(crate) blocks: Vec<u32>,
     pub(crate) routers: Vec<RouterKind>,
+    /// Whether the pods cache prefixes: when the workload asks for it, and for every router when `precise` races
+    /// (KV events need the prefix cache, and every router must face the same fleet).
+    pub(crate) prefix_caching: bool,
 }
 
 /// What a race measured: each (KV size, router)'s runs, one per seed, and the workload's floor.
@@ -203,6 +214,8 @@ pub(crate) async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     summary.insert("workload".into(), Value::from(workload.name()));
     summary.insert("requests_per_run".into(), plan.requests.into());
     summary.insert("time_scale".into(), args.time_scale.into());
+    summary.insert("gateway_replicas".into(), args.gateway_replicas.into());
+    summary.insert("prefix_caching".into(), plan.prefix_caching.into());
     summary.insert("wall_duration_s".into(), outcome.wall.as_secs_f64().into());
     summary.insert("floor_ttft_mean_ms".into(), outcome.floor.mean_ms.into());
     summary.insert("floor_ttft_p90_ms".into(), outcome.floor.p90_ms.into());
@@ -275,11 +288,13 @@ fn plan(args: &RoutingArgs) -> Plan {
             }
         }
     }
+    let prefix_caching = workload.prefix_caching() || routers.contains(&RouterKind::Precise);
     Plan {
         requests,
         seeds,
         blocks,
         routers,
+        prefix_caching,
     }
 }
 
@@ -311,6 +326,13 @@ pub(crate) async fn race(args: &RoutingArgs, plan: &Plan, out: &std::path::Path)
 
     let bin = procs::build_bins(true, &["gateway", "vllm-sim"])?;
     std::fs::create_dir_all(out)?;
+    // The pods and the gateway of `precise` load the same tokenizer from files, as they would a model's.
+    let tokenizer = match plan.routers.contains(&RouterKind::Precise) {
+        true => Some(
+            tokenizer::synthetic::write_dir(&out.join("tokenizer")).context("writing the benchmark's tokenizer")?,
+        ),
+        false => None,
+    };
     let runs = plan.blocks.len() * plan.seeds.len() * plan.routers.len();
     println!(
         "routing benchmark: workload {}, {} requests × {runs} runs (routers {:?}, seeds {:?}, blocks {:?}), time scale {}",
@@ -332,7 +354,7 @@ pub(crate) async fn race(args: &RoutingArgs, plan: &Plan, out: &std::path::Path)
     let mut floors = Vec::new();
     for &seed in &plan.seeds {
         let dataset = workload::generate(workload, plan.requests, seed);
-        floors.push(Floor::of(workload, &dataset));
+        floors.push(Floor::of(&dataset, plan.prefix_caching));
         for &num_blocks in &plan.blocks {
             for &router in &plan.routers {
                 bar.set_message(format!("{} blocks={num_blocks} seed={seed}", router.name()));
@@ -344,6 +366,8 @@ pub(crate) async fn race(args: &RoutingArgs, plan: &Plan, out: &std::path::Path)
                     router,
                     num_blocks,
                     seed,
+                    prefix_caching: plan.prefix_caching,
+                    tokenizer: tokenizer.as_deref(),
                 };
                 let result = run
                     .measure(&dataset, &bar)
