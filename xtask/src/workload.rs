@@ -293,9 +293,7 @@ pub(crate) fn generate(workload: Workload, n: usize, seed: u64) -> Vec<BenchRequ
             })
             .collect(),
         Workload::PrefixOverCapacity => {
-            let prefixes: Vec<String> = (0..OVER_CAPACITY_GROUPS)
-                .map(|_| text(6_000, rng.random()))
-                .collect();
+            let prefixes: Vec<String> = (0..OVER_CAPACITY_GROUPS).map(|_| text(6_000, rng.random())).collect();
             (0..n)
                 .map(|_| BenchRequest {
                     prompt: format!(

@@ -57,10 +57,19 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
          lookup p50 {:.2} µs p99 {:.2} µs (target: decision p99 ≤ 50 µs, tokenization apart)",
         precise.keys_p50_us, precise.keys_p99_us, precise.lookup_p50_us, precise.lookup_p99_us
     );
+    println!(
+        "whole decision with every pod precise (keys + lookup + schedule): p50 {:.2} µs p99 {:.2} µs; \
+         tokenizing the prompt apart: p50 {:.0} µs p99 {:.0} µs",
+        precise.decision_p50_us, precise.decision_p99_us, precise.tokenize_p50_us, precise.tokenize_p99_us
+    );
     summary.insert("precise_resident_blocks".into(), precise.resident.into());
     summary.insert("precise_bytes_per_block".into(), precise.bytes_per_block.into());
     summary.insert("precise_keys_p99_us".into(), precise.keys_p99_us.into());
     summary.insert("precise_lookup_p99_us".into(), precise.lookup_p99_us.into());
+    summary.insert("precise_decision_p50_us".into(), precise.decision_p50_us.into());
+    summary.insert("precise_decision_p99_us".into(), precise.decision_p99_us.into());
+    summary.insert("tokenize_8k_p50_us".into(), precise.tokenize_p50_us.into());
+    summary.insert("tokenize_8k_p99_us".into(), precise.tokenize_p99_us.into());
 
     if args.decisions_only {
         let path = super::write_summary("overhead", summary)?;
@@ -115,6 +124,12 @@ struct PreciseCost {
     keys_p99_us: f64,
     lookup_p50_us: f64,
     lookup_p99_us: f64,
+    /// Keys, lookup and `Scheduler::schedule` with every pod precise: the whole decision.
+    decision_p50_us: f64,
+    decision_p99_us: f64,
+    /// Tokenizing an 8 K-token prompt with the benchmark's tokenizer, apart from the decision.
+    tokenize_p50_us: f64,
+    tokenize_p99_us: f64,
 }
 
 /// Fills a precise index to about a million resident blocks (64 pods, each holding 16 chains of 1 000 blocks out of
@@ -149,7 +164,18 @@ fn precise_index_cost() -> PreciseCost {
     let bytes_per_block = index.heap_bytes() as f64 / resident as f64;
     let mut rng = SmallRng::seed_from_u64(13);
     let prompt_blocks = PRECISE_PROMPT_TOKENS / BLOCK;
-    let (mut keys_us, mut lookup_us) = (Vec::new(), Vec::new());
+    let scheduler = match Scheduler::new(&SchedulerConfig::default()) {
+        Ok(s) => s,
+        Err(err) => panic!("default scheduler config must build: {err}"),
+    };
+    let now = Instant::now();
+    let mut endpoints = bench_endpoints(PRECISE_PODS, &mut rng, now);
+    for (pod, endpoint) in endpoints.iter_mut().enumerate() {
+        endpoint.id = EndpointId::new(format!("10.1.{}.{}:8000", pod / 250, pod % 250));
+    }
+    // The prompt text the approximate index still hashes (every decision keeps it warm for a pod that falls back).
+    let text = "abc ".repeat(PRECISE_PROMPT_TOKENS);
+    let (mut keys_us, mut lookup_us, mut decision_us) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..5_000 {
         let group = rng.random_range(0..GROUPS);
         let shared = rng.random_range(0..prompt_blocks);
@@ -157,17 +183,58 @@ fn precise_index_cost() -> PreciseCost {
         for t in &mut tokens[shared * BLOCK..] {
             *t = t.wrapping_add(7 + i as u32);
         }
+        let request = Request {
+            request_id: i.to_string(),
+            received_at_ms: 0,
+            model: "qwq".into(),
+            target_model: "qwq-32b".into(),
+            criticality: Criticality::Critical,
+            pool: "bench".into(),
+            prompt: text.clone(),
+            lora_adapter: None,
+            tokenized: Some(scheduler::Tokenized {
+                tokens: PRECISE_PROMPT_TOKENS as u32,
+                blocks: prompt_blocks as u32,
+                block_size: BLOCK as u32,
+            }),
+        };
         let started = Instant::now();
         let keys = block_keys(&tokens, BLOCK, None, prompt_blocks);
         let hashed = Instant::now();
         let depths = index.longest_prefixes(&keys);
         let done = Instant::now();
-        std::hint::black_box(depths);
+        for endpoint in &mut endpoints {
+            endpoint.precise_prefix = Some(depths.iter().find(|(id, _)| *id == endpoint.id).map_or(0, |&(_, d)| d));
+        }
+        let decision = scheduler.schedule(&request, &endpoints, now, &mut rng);
+        let decided = Instant::now();
+        std::hint::black_box(decision);
         if i >= 500 {
             keys_us.push((hashed - started).as_secs_f64() * 1e6);
             lookup_us.push((done - hashed).as_secs_f64() * 1e6);
+            decision_us.push((decided - started).as_secs_f64() * 1e6);
         }
     }
+    let tokenizer = tokenizer_for_bench();
+    let mut tokenize_us = Vec::new();
+    for i in 0..600 {
+        let prompt: String = (0..PRECISE_PROMPT_TOKENS)
+            .map(|t| {
+                let w = (t * 7_919 + i * 104_729) % 17_576;
+                let letter = |k: usize| char::from(b'a' + (k % 26) as u8);
+                format!("{}{}{} ", letter(w / 676), letter(w / 26), letter(w))
+            })
+            .collect();
+        let started = Instant::now();
+        let ids = tokenizer.encode(&prompt);
+        let took = started.elapsed();
+        std::hint::black_box(ids.ok());
+        if i >= 100 {
+            tokenize_us.push(took.as_secs_f64() * 1e6);
+        }
+    }
+    tokenize_us.sort_by(f64::total_cmp);
+    decision_us.sort_by(f64::total_cmp);
     keys_us.sort_by(f64::total_cmp);
     lookup_us.sort_by(f64::total_cmp);
     PreciseCost {
@@ -177,18 +244,29 @@ fn precise_index_cost() -> PreciseCost {
         keys_p99_us: percentile(&keys_us, 99.0),
         lookup_p50_us: percentile(&lookup_us, 50.0),
         lookup_p99_us: percentile(&lookup_us, 99.0),
+        decision_p50_us: percentile(&decision_us, 50.0),
+        decision_p99_us: percentile(&decision_us, 99.0),
+        tokenize_p50_us: percentile(&tokenize_us, 50.0),
+        tokenize_p99_us: percentile(&tokenize_us, 99.0),
     }
 }
 
-/// Median, p99 and max microseconds of `Scheduler::schedule` over a pool of `n` endpoints.
-fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
-    let mut rng = SmallRng::seed_from_u64(n as u64);
-    let scheduler = match Scheduler::new(&SchedulerConfig::default()) {
-        Ok(s) => s,
-        Err(err) => panic!("default scheduler config must build: {err}"),
+/// The synthetic tokenizer, loaded from its files as the gateway loads it.
+fn tokenizer_for_bench() -> tokenizer::Tokenizer {
+    let dir = procs::workspace_root().join("target/bench/tokenizer");
+    let path = match tokenizer::synthetic::write_dir(&dir) {
+        Ok(path) => path,
+        Err(err) => panic!("writing the benchmark tokenizer to {}: {err}", dir.display()),
     };
-    let now = std::time::Instant::now();
-    let endpoints: Vec<Endpoint> = (0..n)
+    match tokenizer::Tokenizer::from_file(&path) {
+        Ok(t) => t,
+        Err(err) => panic!("loading {}: {err}", path.display()),
+    }
+}
+
+/// `n` scraped endpoints with random load, none precise yet.
+fn bench_endpoints(n: usize, rng: &mut SmallRng, now: Instant) -> Vec<Endpoint> {
+    (0..n)
         .map(|i| Endpoint {
             id: EndpointId::new(format!("10.0.{}.{}:8000", i / 250, i % 250)),
             pod: PodName::new(format!("default/vllm-{i}")),
@@ -204,7 +282,18 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
                 ..EndpointMetrics::default()
             },
         })
-        .collect();
+        .collect()
+}
+
+/// Median, p99 and max microseconds of `Scheduler::schedule` over a pool of `n` endpoints.
+fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
+    let mut rng = SmallRng::seed_from_u64(n as u64);
+    let scheduler = match Scheduler::new(&SchedulerConfig::default()) {
+        Ok(s) => s,
+        Err(err) => panic!("default scheduler config must build: {err}"),
+    };
+    let now = std::time::Instant::now();
+    let endpoints = bench_endpoints(n, &mut rng, now);
     // 40 system prompts of ~12 KB shared by many requests, each followed by a unique question.
     let prefixes: Vec<String> = (0..40)
         .map(|p| format!("system prompt {p}: ").repeat(12_000 / 17))

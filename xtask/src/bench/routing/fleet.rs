@@ -181,8 +181,17 @@ impl Run<'_> {
                 for i in 0..args.gateway_replicas {
                     let (proxy, admin) = replica_addrs(i);
                     let mut replica_args = gateway_args.clone();
-                    replica_args.extend(["--proxy-listen".into(), proxy.clone(), "--admin-listen".into(), admin.clone()]);
-                    let log = out.join(if i == 0 { "gateway.log".to_owned() } else { format!("gateway-{i}.log") });
+                    replica_args.extend([
+                        "--proxy-listen".into(),
+                        proxy.clone(),
+                        "--admin-listen".into(),
+                        admin.clone(),
+                    ]);
+                    let log = out.join(if i == 0 {
+                        "gateway.log".to_owned()
+                    } else {
+                        format!("gateway-{i}.log")
+                    });
                     let mut proc = Proc::spawn("gateway", &bin.join("gateway"), &replica_args, Some(&log))?;
                     procs::wait_ready(
                         &format!("http://{admin}/readyz"),

@@ -328,9 +328,9 @@ pub(crate) async fn race(args: &RoutingArgs, plan: &Plan, out: &std::path::Path)
     std::fs::create_dir_all(out)?;
     // The pods and the gateway of `precise` load the same tokenizer from files, as they would a model's.
     let tokenizer = match plan.routers.contains(&RouterKind::Precise) {
-        true => Some(
-            tokenizer::synthetic::write_dir(&out.join("tokenizer")).context("writing the benchmark's tokenizer")?,
-        ),
+        true => {
+            Some(tokenizer::synthetic::write_dir(&out.join("tokenizer")).context("writing the benchmark's tokenizer")?)
+        }
         false => None,
     };
     let runs = plan.blocks.len() * plan.seeds.len() * plan.routers.len();

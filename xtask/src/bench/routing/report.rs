@@ -7,7 +7,7 @@ use crate::{bench::arrivals::Arrival, bench::classes, workload::Workload};
 use super::{
     Outcome, Plan, RouterKind, RoutingArgs,
     peers::{SMG_PACKAGE, VLLM_ROUTER_PACKAGE},
-    stats::{FIELDS, mean},
+    stats::{FIELDS, mean, spread},
 };
 
 pub(super) fn report(workload: Workload, args: &RoutingArgs, plan: &Plan, outcome: &Outcome) -> String {
@@ -37,7 +37,10 @@ pub(super) fn report(workload: Workload, args: &RoutingArgs, plan: &Plan, outcom
     );
     let _ = writeln!(
         md,
-        "Simulated QwQ-32B on 4×A10 (vllm-sim, V0 scheduler); times in simulated ms; means over seeds.\n"
+        "Simulated QwQ-32B on 4×A10 (vllm-sim, V0 scheduler); times in simulated ms; means over seeds, ± half \
+         their range; prefix caching {}; {} gateway replica(s) per gateway run.\n",
+        if plan.prefix_caching { "on" } else { "off" },
+        args.gateway_replicas
     );
     if results.keys().any(|(_, r)| r.peer().is_some()) {
         let _ = writeln!(
@@ -57,8 +60,11 @@ pub(super) fn report(workload: Workload, args: &RoutingArgs, plan: &Plan, outcom
             for (_, title) in FIELDS {
                 let _ = write!(md, " {title} |");
             }
-            let _ = write!(md, " TTFT mean vs random | mean vs floor | P90 vs floor |\n|---|");
-            for _ in 0..FIELDS.len() + 3 {
+            let _ = write!(
+                md,
+                " TTFT mean ± spread | P90 ± spread | TTFT mean vs random | mean vs floor | P90 vs floor |\n|---|"
+            );
+            for _ in 0..FIELDS.len() + 5 {
                 let _ = write!(md, "---:|");
             }
             md.push('\n');
@@ -78,7 +84,11 @@ pub(super) fn report(workload: Workload, args: &RoutingArgs, plan: &Plan, outcom
             .unwrap_or_else(|| "–".into());
         let _ = writeln!(
             md,
-            " {ratio} | {:.2}× | {:.2}× |",
+            " {:.0} ± {:.0} | {:.0} ± {:.0} | {ratio} | {:.2}× | {:.2}× |",
+            mean(runs, "ttft_mean_ms"),
+            spread(runs, "ttft_mean_ms"),
+            mean(runs, "ttft_p90_ms"),
+            spread(runs, "ttft_p90_ms"),
             mean(runs, "ttft_mean_ms") / floor.mean_ms,
             mean(runs, "ttft_p90_ms") / floor.p90_ms
         );

@@ -125,3 +125,10 @@ pub(super) fn summarize(
 pub(crate) fn mean(runs: &[RunResult], key: &str) -> f64 {
     runs.iter().map(|r| r.field(key)).sum::<f64>() / runs.len().max(1) as f64
 }
+
+/// Half the range of `key` over the runs (seeds): the ± a mean is printed with.
+pub(crate) fn spread(runs: &[RunResult], key: &str) -> f64 {
+    let values = runs.iter().map(|r| r.field(key));
+    let (min, max) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if runs.is_empty() { 0.0 } else { (max - min) / 2.0 }
+}
