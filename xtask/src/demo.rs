@@ -59,6 +59,36 @@ pub(crate) struct DemoArgs {
 pub(crate) const CANARY_TARGET: &str = "qwq-32b-v2";
 
 /// The InferenceModel of `--canary`: both targets, all traffic on the stable one.
+/// vLLM's usual KV-event ports, on every simulated pod's own address.
+const KV_EVENTS_PORT: u16 = 5557;
+const KV_REPLAY_PORT: u16 = 5558;
+
+/// `vllm-sim` flags for precise routing: publish KV events on the usual ports and tokenize with `tokenizer`.
+pub(crate) fn precise_sim_args(tokenizer: &str) -> [String; 4] {
+    [
+        "--kv-events-config".into(),
+        format!(
+            r#"{{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:{KV_EVENTS_PORT}", "replay_endpoint": "tcp://*:{KV_REPLAY_PORT}", "topic": "kv"}}"#
+        ),
+        "--tokenizer".into(),
+        tokenizer.into(),
+    ]
+}
+
+/// `gateway` flags for precise routing over pods started with [`precise_sim_args`].
+pub(crate) fn precise_gateway_args(tokenizer: &str) -> [String; 8] {
+    [
+        "--kv-events-port".into(),
+        KV_EVENTS_PORT.to_string(),
+        "--kv-events-replay-port".into(),
+        KV_REPLAY_PORT.to_string(),
+        "--kv-events-topic".into(),
+        "kv".into(),
+        "--tokenizer".into(),
+        tokenizer.into(),
+    ]
+}
+
 const CANARY_MODEL: &str = "\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: InferenceModel
@@ -179,6 +209,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await
     .context("waiting for the dashboard (see target/demo/dashboard.log)")?;
 
+    // Precise prefix routing: the pods publish their KV events and both sides tokenize with the same tokenizer.
+    let tokenizer = tokenizer::synthetic::write_dir(&work.join("tokenizer"))
+        .context("writing the demo's tokenizer")?
+        .display()
+        .to_string();
     let mut sim_args = vec![
         "--addr".into(),
         format!("{}:8000", pod_ip(0)),
@@ -188,6 +223,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.time_scale.to_string(),
         "--prefix-caching".into(),
     ];
+    sim_args.extend(precise_sim_args(&tokenizer));
     if args.canary {
         // Pods of one pool serve every target of its models: the canary runs as an adapter on each of them.
         sim_args.extend([
@@ -211,21 +247,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &sim_args,
         Some(&work.join("vllm-sim.log")),
     )?;
+    let mut gateway_args = vec![
+        "--dir".into(),
+        config.display().to_string(),
+        "--proxy-listen".into(),
+        args.proxy_listen.clone(),
+        "--admin-listen".into(),
+        args.admin_listen.clone(),
+        "--dashboard-url".into(),
+        dashboard_url.clone(),
+        "--dashboard-token".into(),
+        ingest_token,
+    ];
+    gateway_args.extend(precise_gateway_args(&tokenizer));
     let mut gateway = Proc::spawn(
         "gateway",
         &bin.join("gateway"),
-        &[
-            "--dir".into(),
-            config.display().to_string(),
-            "--proxy-listen".into(),
-            args.proxy_listen.clone(),
-            "--admin-listen".into(),
-            args.admin_listen.clone(),
-            "--dashboard-url".into(),
-            dashboard_url.clone(),
-            "--dashboard-token".into(),
-            ingest_token,
-        ],
+        &gateway_args,
         Some(&work.join("gateway.log")),
     )?;
     let deadline = Duration::from_secs(30);

@@ -46,10 +46,6 @@ pub(super) struct Run<'a> {
     pub(super) tokenizer: Option<&'a Path>,
 }
 
-/// vLLM's usual KV-event ports, shared by every pod as in a Deployment.
-const KV_EVENTS_PORT: u16 = 5557;
-const KV_REPLAY_PORT: u16 = 5558;
-
 /// The proxy and admin addresses of gateway replica `i` (the first is [`PROXY`] / [`ADMIN`]).
 fn replica_addrs(i: u16) -> (String, String) {
     let port = |addr: &str| -> (String, u16) {
@@ -100,14 +96,7 @@ impl Run<'_> {
             sim_args.push("--prefix-caching".into());
         }
         if let Some(tokenizer) = precise {
-            sim_args.extend([
-                "--kv-events-config".into(),
-                format!(
-                    r#"{{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:{KV_EVENTS_PORT}", "replay_endpoint": "tcp://*:{KV_REPLAY_PORT}", "topic": "kv"}}"#
-                ),
-                "--tokenizer".into(),
-                tokenizer.display().to_string(),
-            ]);
+            sim_args.extend(demo::precise_sim_args(&tokenizer.display().to_string()));
         }
         sim_args.extend(args.workload.sim_args(args.max_loras));
         let mut sim = Proc::spawn(
@@ -166,16 +155,7 @@ impl Run<'_> {
                     "100".into(),
                 ];
                 if let Some(tokenizer) = precise {
-                    gateway_args.extend([
-                        "--kv-events-port".into(),
-                        KV_EVENTS_PORT.to_string(),
-                        "--kv-events-replay-port".into(),
-                        KV_REPLAY_PORT.to_string(),
-                        "--kv-events-topic".into(),
-                        "kv".into(),
-                        "--tokenizer".into(),
-                        tokenizer.display().to_string(),
-                    ]);
+                    gateway_args.extend(demo::precise_gateway_args(&tokenizer.display().to_string()));
                 }
                 let mut bases = Vec::new();
                 for i in 0..args.gateway_replicas {
