@@ -191,6 +191,52 @@ async fn sse_stream_delivers_one_chunk_per_token_then_usage_and_done() {
 }
 
 #[tokio::test]
+async fn with_a_model_tokenizer_prompts_are_counted_and_cached_in_its_tokens() {
+    let dir = std::env::temp_dir().join(format!("switchyard-sim-tokenizer-{}", std::process::id()));
+    let path = tokenizer::synthetic::write_dir(&dir).unwrap();
+    let mut cfg = ReplicaConfig::zero_delay();
+    cfg.engine.prefix_caching = true;
+    cfg.prompts = vllm_sim::tokenize::Prompts::load(&path).unwrap();
+    let sim = start(cfg).await;
+    // Three-letter words are one token each: 40 words is 40 tokens, where the stand-in would count 40.
+    let words = "abc def ghi jkl ".repeat(10);
+    let (status, body) = post_json(
+        &sim,
+        "/v1/completions",
+        json!({"model": "qwq-32b", "prompt": words.trim_end(), "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 40);
+    // A chat conversation goes through the ChatML template: its special tokens count as one each.
+    let chat =
+        json!({"model": "qwq-32b", "max_tokens": 2, "messages": [{"role": "user", "content": words.trim_end()}]});
+    let (_, first) = post_json(&sim, "/v1/chat/completions", chat.clone()).await;
+    let tokenizer = tokenizer::Tokenizer::from_file(&path).unwrap();
+    let expected = tokenizer
+        .encode_chat(&[tokenizer::ChatMessage {
+            role: "user".into(),
+            content: words.trim_end().into(),
+        }])
+        .unwrap()
+        .len();
+    assert_eq!(first["usage"]["prompt_tokens"], expected);
+    // Sent again, its full blocks are cached (all but the last token's block, as vLLM always computes one token).
+    let (_, second) = post_json(&sim, "/v1/chat/completions", chat).await;
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        cached as usize,
+        (expected - 1) / vllm_sim::BLOCK_SIZE * vllm_sim::BLOCK_SIZE,
+        "{second}"
+    );
+    // The generated filler text is one token of the model's vocabulary.
+    assert_eq!(tokenizer.encode_plain(" tok").unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn stream_is_incremental_and_disconnect_frees_the_request() {
     // Real step times (≈ 43 ms per token): 100 tokens take over 4 s, far longer than this test.
     let sim = start(ReplicaConfig::default()).await;

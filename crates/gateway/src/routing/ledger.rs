@@ -10,9 +10,10 @@ use std::{
 };
 
 use prometheus_client::metrics::gauge::Gauge;
-use scheduler::{Decision, Endpoint, EndpointId, Request, Scheduler};
+use scheduler::{Decision, Endpoint, EndpointId, Request, Scheduler, prefix::precise::BlockKey};
 use tokio::sync::watch;
 
+use super::precise::PendingBlocks;
 use crate::{datastore::EndpointView, scrape::MetricsStore};
 
 /// This gateway's unfinished work on one endpoint.
@@ -35,19 +36,28 @@ pub(super) struct Claim {
     prefill_tokens: u64,
     /// The LoRA adapter this request holds on its endpoint until it finishes.
     adapter: Option<String>,
+    /// The prompt's block keys when it was scored precisely: pending on the endpoint until the request finishes.
+    keys: Option<Arc<[BlockKey]>>,
+}
+
+/// Everything behind the ledger's lock.
+#[derive(Debug, Default)]
+struct Loads {
+    endpoints: HashMap<EndpointId, EndpointLoad>,
+    pending: PendingBlocks,
 }
 
 /// Per-endpoint load of this gateway, plus the `inflight` gauge of requests routed and not finished.
 #[derive(Debug)]
 pub(super) struct Ledger {
-    loads: Mutex<HashMap<EndpointId, EndpointLoad>>,
+    loads: Mutex<Loads>,
     inflight: Gauge,
     /// The same count as `inflight`, for readers that await a value instead of polling.
     inflight_watch: watch::Sender<i64>,
 }
 
 /// The ledger held across one scheduling decision.
-pub(super) struct Locked<'a>(MutexGuard<'a, HashMap<EndpointId, EndpointLoad>>);
+pub(super) struct Locked<'a>(MutexGuard<'a, Loads>);
 
 impl Ledger {
     pub(super) fn new(inflight: Gauge) -> Ledger {
@@ -80,7 +90,7 @@ impl Ledger {
         if tokens == 0 {
             return;
         }
-        if let Some(load) = self.lock().0.get_mut(&claim.endpoint) {
+        if let Some(load) = self.lock().0.endpoints.get_mut(&claim.endpoint) {
             load.prefill_tokens = load.prefill_tokens.saturating_sub(tokens);
         }
     }
@@ -90,7 +100,10 @@ impl Ledger {
         self.inflight.dec();
         self.inflight_watch.send_modify(|n| *n -= 1);
         let mut loads = self.lock();
-        let Some(load) = loads.0.get_mut(&claim.endpoint) else {
+        if let Some(keys) = &claim.keys {
+            loads.0.pending.remove(&claim.endpoint, keys);
+        }
+        let Some(load) = loads.0.endpoints.get_mut(&claim.endpoint) else {
             return;
         };
         load.requests = load.requests.saturating_sub(1);
@@ -104,12 +117,17 @@ impl Ledger {
             }
         }
         if load.requests == 0 {
-            loads.0.remove(&claim.endpoint);
+            loads.0.endpoints.remove(&claim.endpoint);
         }
     }
 }
 
 impl Locked<'_> {
+    /// The blocks of this gateway's precisely scored requests still in flight, per endpoint.
+    pub(super) fn pending(&self) -> &PendingBlocks {
+        &self.0.pending
+    }
+
     /// The scheduler's view of `views`: each with its latest metrics and this gateway's requests in flight to it.
     pub(super) fn candidates<'v>(
         &self,
@@ -118,7 +136,7 @@ impl Locked<'_> {
     ) -> Vec<Endpoint> {
         views
             .map(|e| {
-                let load = self.0.get(&e.id);
+                let load = self.0.endpoints.get(&e.id);
                 Endpoint {
                     id: e.id.clone(),
                     pod: e.pod.clone(),
@@ -143,6 +161,7 @@ impl Locked<'_> {
         endpoints: &[Endpoint],
         decision: &Decision,
         request: &Request,
+        keys: Option<Arc<[BlockKey]>>,
     ) -> Claim {
         let caches = endpoints
             .iter()
@@ -155,7 +174,10 @@ impl Locked<'_> {
             .map_or(request.prompt_tokens(), |c| {
                 scheduler.prefill_tokens(request, c, caches)
             });
-        let load = self.0.entry(endpoint.clone()).or_default();
+        if let Some(keys) = &keys {
+            self.0.pending.add(endpoint, keys);
+        }
+        let load = self.0.endpoints.entry(endpoint.clone()).or_default();
         load.requests += 1;
         load.prefill_tokens += tokens;
         if let Some(adapter) = request.lora_adapter.as_deref() {
@@ -171,6 +193,7 @@ impl Locked<'_> {
             endpoint: endpoint.clone(),
             prefill_tokens: tokens,
             adapter: request.lora_adapter.clone(),
+            keys,
         }
     }
 }

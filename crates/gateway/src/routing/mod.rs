@@ -281,8 +281,10 @@ impl Director {
         }
         let ledger = self.ledger.lock();
         let mut endpoints = ledger.candidates(&self.metrics_store, scope.endpoints.iter().copied());
+        // The decision's time includes the precise lookup (tokenizing is timed apart, above).
+        let decision_started = Instant::now();
         if let (Some(precise), Some((lookup, _))) = (&self.precise, &lookup) {
-            precise.apply(lookup, &mut endpoints);
+            precise.apply(lookup, &mut endpoints, ledger.pending());
         }
         let request = Request {
             request_id: ids.request_id.clone(),
@@ -293,11 +295,10 @@ impl Director {
             criticality: scope.criticality,
             pool: scope.pool.to_owned(),
             prompt: parsed.prompt.clone(),
-            tokenized: lookup.map(|(lookup, _)| lookup.tokenized),
+            tokenized: lookup.as_ref().map(|(lookup, _)| lookup.tokenized),
         };
-        let started = Instant::now();
-        let decision = self.scheduler.schedule(&request, &endpoints, started, &mut rng);
-        let elapsed = started.elapsed();
+        let decision = self.scheduler.schedule(&request, &endpoints, Instant::now(), &mut rng);
+        let elapsed = decision_started.elapsed();
         self.recorder.metrics.decision_seconds.observe(elapsed.as_secs_f64());
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let endpoint = match (decision.outcome, &decision.endpoint) {
@@ -307,6 +308,7 @@ impl Director {
                 return Scheduled::Refused(Box::new(audit_record(ids, &request, decision, micros)));
             }
         };
+        let keys = lookup.map(|(lookup, _)| lookup.keys);
         let claim = ledger.claim(
             &self.ledger,
             &self.scheduler,
@@ -314,6 +316,7 @@ impl Director {
             &endpoints,
             &decision,
             &request,
+            keys,
         );
         let fallbacks = decision.fallbacks.clone();
         let body = parsed.body_for_target(raw, &request.target_model);
