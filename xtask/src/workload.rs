@@ -21,14 +21,15 @@ pub(crate) enum Workload {
     /// W4: billsum-shaped prompts (input U[1500,2000], output U[150,300]) for 11 LoRA adapters split 5×12 %,
     /// 5×6 %, 1×2 % (the remaining 8 % ask for the base model), on pods with few adapter slots.
     Lora,
-    /// llm-d's precise-prefix shape: 60 groups each sharing a 6 000-token prefix (360 K tokens of prefixes, 4.5× one
-    /// pod's KV cache at 5 000 blocks and 0.9× the fleet's), a fresh 800-token question per request, 200 output
-    /// tokens, arriving open-loop with the rate ramping from 0.5× to 1.5× of the uncached saturation estimate.
+    /// llm-d's precise-prefix shape: 24 groups each sharing a 6 000-token prefix (144 K tokens of prefixes, 1.8× one
+    /// pod's KV cache at 5 000 blocks, a third of the fleet's: no pod can hold them all, the fleet can), a fresh
+    /// 800-token question per request, 200 output tokens, arriving open-loop with the rate ramping from 0.5× to 1.5×
+    /// of the uncached saturation estimate.
     PrefixOverCapacity,
 }
 
 /// Groups of the `prefix-over-capacity` workload.
-const OVER_CAPACITY_GROUPS: usize = 60;
+const OVER_CAPACITY_GROUPS: usize = 24;
 
 /// The name clients give the gateway for the base model (a Critical InferenceModel).
 pub(crate) const GATEWAY_MODEL: &str = "qwq";
@@ -467,8 +468,8 @@ mod tests {
             *groups.entry(&r.prompt[..24_000]).or_insert(0) += 1;
         }
         assert_eq!(groups.len(), OVER_CAPACITY_GROUPS);
-        // 360 000 prefix tokens against one pod's 80 000 (5 000 blocks of 16).
-        assert!(groups.len() * 6_000 > 4 * 5_000 * 16);
+        // 144 000 prefix tokens against one pod's 80 000 (5 000 blocks of 16) and five pods' 400 000.
+        assert!(groups.len() * 6_000 > 5_000 * 16 && groups.len() * 6_000 < 5 * 5_000 * 16 / 2);
         assert!(groups.values().all(|&n| n >= 5), "every group recurs: {groups:?}");
     }
 

@@ -134,9 +134,21 @@ async fn a_decision_page_explains_the_winner() {
     );
     assert!(page.body.contains("largest lead was queue (+1.00 before weighting)"));
     assert!(page.body.contains("kv-cache") && page.body.contains("winner"));
+    // Each candidate says which prefix index scored it; a record without the field reads as approximate.
+    assert!(
+        page.body.contains(r#"3 <small class="muted">precise</small>"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(r#"0 <small class="muted">approximate</small>"#),
+        "{}",
+        page.body
+    );
     let api = app.get("/api/v1/decisions/req-1").await;
     assert_eq!(api.status, StatusCode::OK);
     let d: audit::Record = serde_json::from_str(&api.body).unwrap();
+    assert_eq!(d.candidates[0].prefix_mode, audit::PrefixMode::Precise);
     assert_eq!(d.candidates[0].scores.get("kv-cache"), Some(&0.75));
     assert_eq!(app.get("/decisions/nope").await.status, StatusCode::NOT_FOUND);
     let missing = app.get("/api/v1/decisions/nope").await;

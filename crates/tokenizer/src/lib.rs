@@ -6,9 +6,13 @@
 //! chat messages are rendered with `add_generation_prompt` and encoded without them, because the template
 //! already wrote them. [`synthetic`] builds the small real tokenizer the tests, the demo and the benchmarks use.
 
+mod prefix_cache;
 pub mod synthetic;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
 
 use minijinja::{Environment, context};
 use serde::Serialize;
@@ -53,6 +57,8 @@ pub struct Tokenizer {
     /// Special tokens a template may refer to by name (`bos_token`, `eos_token`).
     bos_token: String,
     eos_token: String,
+    /// Tokenized prefixes of earlier texts; see [`prefix_cache`].
+    prefixes: Mutex<prefix_cache::PrefixCache>,
 }
 
 impl Tokenizer {
@@ -120,6 +126,7 @@ impl Tokenizer {
             chat,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
+            prefixes: Mutex::default(),
         })
     }
 
@@ -162,12 +169,28 @@ impl Tokenizer {
         self.encode_with(text, false)
     }
 
+    /// Encodes `text`, reusing the tokens of a cached prefix and caching what was new. Special tokens a
+    /// post-processor adds (a BOS) belong to the first chunk; texts whose post-processor appends tokens are not
+    /// cached.
     fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        let hit = self.cache().lookup(text);
+        let rest = &text[hit.covered..];
         let encoding = self
             .inner
-            .encode_fast(text, special)
+            .encode(rest, special && hit.covered == 0)
             .map_err(|e| Error::Encode(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        let (ids, offsets) = (encoding.get_ids(), encoding.get_offsets());
+        let trailing_special = encoding.get_special_tokens_mask().last() == Some(&1) && ids.len() > 1;
+        if !trailing_special && !rest.is_empty() {
+            self.cache().insert(text, &hit, ids, offsets);
+        }
+        let mut tokens = hit.tokens;
+        tokens.extend_from_slice(ids);
+        Ok(tokens)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, prefix_cache::PrefixCache> {
+        self.prefixes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -3,7 +3,10 @@
 use super::*;
 
 fn loaded() -> Tokenizer {
-    let dir = std::env::temp_dir().join(format!("switchyard-tokenizer-{}", std::process::id()));
+    // One directory per call: tests run in parallel and each removes its own.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("switchyard-tokenizer-{}-{n}", std::process::id()));
     let path = synthetic::write_dir(&dir).unwrap_or_else(|e| panic!("writing the synthetic tokenizer: {e}"));
     let tokenizer = Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -92,4 +95,58 @@ fn message_content_is_a_string_or_text_parts() {
     assert_eq!(content_text(Some(&serde_json::json!("x"))), "x");
     assert_eq!(content_text(None), "");
     assert_eq!(content_text(Some(&serde_json::Value::Null)), "");
+}
+
+/// Not a timing assertion: prints how long an 8 000-word prompt takes, for `cargo test --release -- --nocapture`.
+#[test]
+fn a_long_prompt_encodes_to_one_token_per_word() {
+    let tokenizer = loaded();
+    let prompt: String = (0..8_000usize)
+        .map(|i| {
+            let w = (i * 7_919) % 17_576;
+            let letter = |k: usize| char::from(b'a' + (k % 26) as u8);
+            format!("{}{}{} ", letter(w / 676), letter(w / 26), letter(w))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let ids = tokenizer.encode(prompt.trim_end()).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("8 000 words in {:?}", started.elapsed());
+    assert_eq!(ids.len(), 8_000);
+}
+
+#[test]
+fn cached_prefixes_tokenize_exactly_as_the_whole_text() {
+    let tokenizer = loaded();
+    let reference = synthetic::build();
+    let word = |i: usize| {
+        let w = (i * 7_919 + 13) % 17_576;
+        let letter = |k: usize| char::from(b'a' + (k % 26) as u8);
+        format!("{}{}{}", letter(w / 676), letter(w / 26), letter(w))
+    };
+    let text = |from: usize, words: usize| (from..from + words).map(word).collect::<Vec<_>>().join(" ");
+    let prefix = format!(
+        "Sys: {}, and \"odd\" things: Ünïcödé  {}",
+        text(0, 900),
+        text(5_000, 700)
+    );
+    let prompts = [
+        format!("{prefix} {}", text(10_000, 300)),
+        format!("{prefix} {}", text(20_000, 5)),
+        format!("{prefix}!{}", text(30_000, 400)),
+        prefix.clone(),
+        format!("{prefix} {}", text(10_000, 300)),
+        text(0, 10),
+    ];
+    for prompt in &prompts {
+        let expected = reference
+            .encode_fast(prompt.as_str(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = tokenizer.encode(prompt).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, expected.get_ids(), "prompt of {} bytes", prompt.len());
+    }
+    let cached = tokenizer.cache().len();
+    assert!(
+        cached >= prefix.len() / prefix_cache::CHUNK_BYTES,
+        "{cached} chunks cached"
+    );
 }

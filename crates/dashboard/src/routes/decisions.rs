@@ -246,6 +246,8 @@ pub(crate) struct CandidateView {
     running: u32,
     kv: String,
     prefix: u32,
+    /// "precise" (the engine's reported blocks) or "approximate" (what the gateway sent).
+    prefix_mode: &'static str,
     lora: String,
     age: String,
     scores: Vec<String>,
@@ -351,6 +353,10 @@ async fn detail(
             running: c.running,
             kv: fmt_pct(c.kv_usage),
             prefix: c.prefix_match_blocks,
+            prefix_mode: match c.prefix_mode {
+                audit::PrefixMode::Precise => "precise",
+                audit::PrefixMode::Approximate => "approximate",
+            },
             lora: serde_json::to_value(c.lora_state)
                 .ok()
                 .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))

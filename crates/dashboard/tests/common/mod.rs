@@ -171,7 +171,7 @@ pub fn decision_line(request_id: &str, at_ms: u64, target: &str, pod: &str, outc
         "fallbacks": [],
         "candidates": [
             {"pod": format!("default/{pod}"), "endpoint": endpoint, "queue": 0, "running": 2, "kv_usage": 0.25,
-             "prefix_match_blocks": 3, "lora_state": "not_applicable", "metrics_age_ms": 12,
+             "prefix_match_blocks": 3, "prefix_mode": "precise", "lora_state": "not_applicable", "metrics_age_ms": 12,
              "scores": {"queue": 1.0, "kv-cache": 0.75}, "total": 1.75},
             {"pod": "default/other", "endpoint": "127.0.0.99:8000", "queue": 4, "running": 8, "kv_usage": 0.9,
              "prefix_match_blocks": 0, "lora_state": "not_applicable", "metrics_age_ms": 30,
