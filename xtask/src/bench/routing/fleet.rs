@@ -42,7 +42,8 @@ pub(super) struct Run<'a> {
     pub(super) seed: u64,
     /// Whether the pods cache prefixes (the plan decides, so every router faces the same fleet).
     pub(super) prefix_caching: bool,
-    /// The `tokenizer.json` the pods and the gateway load for `precise`.
+    /// The `tokenizer.json` the pods load whenever `precise` races (every router then faces the same pods, paying
+    /// the same tokenizing), and the gateway of `precise` too.
     pub(super) tokenizer: Option<&'a Path>,
 }
 
@@ -95,8 +96,10 @@ impl Run<'_> {
         if prefix_caching {
             sim_args.push("--prefix-caching".into());
         }
-        if let Some(tokenizer) = precise {
-            sim_args.extend(demo::precise_sim_args(&tokenizer.display().to_string()));
+        match (precise, tokenizer) {
+            (Some(tokenizer), _) => sim_args.extend(demo::precise_sim_args(&tokenizer.display().to_string())),
+            (None, Some(tokenizer)) => sim_args.extend(["--tokenizer".into(), tokenizer.display().to_string()]),
+            (None, None) => {}
         }
         sim_args.extend(args.workload.sim_args(args.max_loras));
         let mut sim = Proc::spawn(
@@ -153,6 +156,11 @@ impl Run<'_> {
                     scheduler.display().to_string(),
                     "--decisions-kept".into(),
                     "100".into(),
+                    // Unused here, and replicas must not collide on them.
+                    "--extproc-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--health-listen".into(),
+                    "127.0.0.1:0".into(),
                 ];
                 if let Some(tokenizer) = precise {
                     gateway_args.extend(demo::precise_gateway_args(&tokenizer.display().to_string()));
