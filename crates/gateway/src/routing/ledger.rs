@@ -122,6 +122,28 @@ impl Ledger {
     }
 }
 
+/// The prompt tokens `endpoint` must prefill for `request`: what the decision did not find in its prefix cache
+/// (precise or approximate), all of it where the server does not cache prefixes.
+pub(super) fn prefill_tokens(
+    scheduler: &Scheduler,
+    endpoint: &EndpointId,
+    endpoints: &[Endpoint],
+    decision: &Decision,
+    request: &Request,
+) -> u64 {
+    let caches = endpoints
+        .iter()
+        .find(|e| &e.id == endpoint)
+        .is_none_or(|e| e.metrics.prefix_caching != Some(false));
+    decision
+        .candidates
+        .iter()
+        .find(|c| &c.endpoint == endpoint)
+        .map_or(request.prompt_tokens(), |c| {
+            scheduler.prefill_tokens(request, c, caches)
+        })
+}
+
 impl Locked<'_> {
     /// The blocks of this gateway's precisely scored requests still in flight, per endpoint.
     pub(super) fn pending(&self) -> &PendingBlocks {
@@ -151,29 +173,16 @@ impl Locked<'_> {
             .collect()
     }
 
-    /// Counts a routed request on `endpoint`. Its prefill backlog is the prompt the endpoint is not known or believed
-    /// to hold in its prefix cache (as the decision found it, precise or approximate).
+    /// Counts a routed request on `endpoint`, with `tokens` of its prompt waiting for prefill there (see
+    /// [`prefill_tokens`]) and, when it was scored precisely, its block keys pending there until it finishes.
     pub(super) fn claim(
         mut self,
         ledger: &Ledger,
-        scheduler: &Scheduler,
         endpoint: &EndpointId,
-        endpoints: &[Endpoint],
-        decision: &Decision,
         request: &Request,
+        tokens: u64,
         keys: Option<Arc<[BlockKey]>>,
     ) -> Claim {
-        let caches = endpoints
-            .iter()
-            .find(|e| &e.id == endpoint)
-            .is_none_or(|e| e.metrics.prefix_caching != Some(false));
-        let tokens = decision
-            .candidates
-            .iter()
-            .find(|c| &c.endpoint == endpoint)
-            .map_or(request.prompt_tokens(), |c| {
-                scheduler.prefill_tokens(request, c, caches)
-            });
         if let Some(keys) = &keys {
             self.0.pending.add(endpoint, keys);
         }

@@ -309,15 +309,8 @@ impl Director {
             }
         };
         let keys = lookup.map(|(lookup, _)| lookup.keys);
-        let claim = ledger.claim(
-            &self.ledger,
-            &self.scheduler,
-            &endpoint,
-            &endpoints,
-            &decision,
-            &request,
-            keys,
-        );
+        let tokens = ledger::prefill_tokens(&self.scheduler, &endpoint, &endpoints, &decision, &request);
+        let claim = ledger.claim(&self.ledger, &endpoint, &request, tokens, keys);
         let fallbacks = decision.fallbacks.clone();
         let body = parsed.body_for_target(raw, &request.target_model);
         let record = audit_record(ids, &request, decision, micros);
