@@ -21,15 +21,9 @@ async fn mixed_traffic_is_spread_over_every_simulated_pod() {
         config.engine.prefix_caching = true;
         sims.push(spawn_replica(config, listener).await.unwrap());
     }
-    let dir = temp_dir("e2e-sim");
     let ips: Vec<IpAddr> = sims.iter().map(|s| s.addr().ip()).collect();
-    std::fs::write(dir.join("pool.yaml"), pool_yaml(port)).unwrap();
-    std::fs::write(
-        dir.join("model.yaml"),
-        model_yaml("qwq", "qwq", "Critical", &[("qwq-32b", 100)]),
-    )
-    .unwrap();
-    std::fs::write(dir.join("pods.yaml"), pods_yaml(&ips)).unwrap();
+    let models = [model_yaml("qwq", "qwq", "Critical", &[("qwq-32b", 100)])];
+    let dir = pool_dir("e2e-sim", port, &ips, &models);
     let gw = start_gateway(&dir, &[]).await;
     let ids: Vec<EndpointId> = sims.iter().map(|s| EndpointId::new(s.addr().to_string())).collect();
     wait_scraped(&gw, &ids).await;

@@ -49,15 +49,9 @@ async fn start(
         replica.prompts = prompts.clone();
         sims.push(spawn_replica(replica, listener).await.unwrap());
     }
-    let dir = temp_dir(&format!("kv-events-sim-{block}"));
     let ips: Vec<IpAddr> = sims.iter().map(|s| s.addr().ip()).collect();
-    std::fs::write(dir.join("pool.yaml"), pool_yaml(port)).unwrap();
-    std::fs::write(
-        dir.join("model.yaml"),
-        model_yaml("qwq", "qwq", "Critical", &[("qwq-32b", 100)]),
-    )
-    .unwrap();
-    std::fs::write(dir.join("pods.yaml"), pods_yaml(&ips)).unwrap();
+    let models = [model_yaml("qwq", "qwq", "Critical", &[("qwq-32b", 100)])];
+    let dir = pool_dir(&format!("kv-events-sim-{block}"), port, &ips, &models);
     let (kv, replay) = (kv_port.to_string(), replay_port.to_string());
     let mut args = vec![
         "--kv-events-port".to_owned(),

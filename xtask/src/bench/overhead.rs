@@ -183,21 +183,12 @@ fn precise_index_cost() -> PreciseCost {
         for t in &mut tokens[shared * BLOCK..] {
             *t = t.wrapping_add(7 + i as u32);
         }
-        let request = Request {
-            request_id: i.to_string(),
-            received_at_ms: 0,
-            model: "qwq".into(),
-            target_model: "qwq-32b".into(),
-            criticality: Criticality::Critical,
-            pool: "bench".into(),
-            prompt: text.clone(),
-            lora_adapter: None,
-            tokenized: Some(scheduler::Tokenized {
-                tokens: PRECISE_PROMPT_TOKENS as u32,
-                blocks: prompt_blocks as u32,
-                block_size: BLOCK as u32,
-            }),
+        let tokenized = scheduler::Tokenized {
+            tokens: PRECISE_PROMPT_TOKENS as u32,
+            blocks: prompt_blocks as u32,
+            block_size: BLOCK as u32,
         };
+        let request = bench_request(i, text.clone(), Some(tokenized));
         let started = Instant::now();
         let keys = block_keys(&tokens, BLOCK, None, prompt_blocks);
         let hashed = Instant::now();
@@ -264,6 +255,21 @@ fn tokenizer_for_bench() -> tokenizer::Tokenizer {
     }
 }
 
+/// A Critical request for the benchmark's model with `prompt`.
+fn bench_request(i: usize, prompt: String, tokenized: Option<scheduler::Tokenized>) -> Request {
+    Request {
+        request_id: i.to_string(),
+        received_at_ms: 0,
+        model: "qwq".into(),
+        target_model: "qwq-32b".into(),
+        criticality: Criticality::Critical,
+        pool: "bench".into(),
+        prompt,
+        lora_adapter: None,
+        tokenized,
+    }
+}
+
 /// `n` scraped endpoints with random load, none precise yet.
 fn bench_endpoints(n: usize, rng: &mut SmallRng, now: Instant) -> Vec<Endpoint> {
     (0..n)
@@ -298,20 +304,9 @@ fn decision_times(n: usize, decisions: usize) -> (f64, f64, f64) {
     let prefixes: Vec<String> = (0..40)
         .map(|p| format!("system prompt {p}: ").repeat(12_000 / 17))
         .collect();
-    let request = |i: usize, rng: &mut SmallRng| Request {
-        request_id: i.to_string(),
-        received_at_ms: 0,
-        model: "qwq".into(),
-        target_model: "qwq-32b".into(),
-        criticality: Criticality::Critical,
-        pool: "bench".into(),
-        prompt: format!(
-            "{}question {i} {}",
-            prefixes[rng.random_range(0..prefixes.len())],
-            "x".repeat(900)
-        ),
-        lora_adapter: None,
-        tokenized: None,
+    let request = |i: usize, rng: &mut SmallRng| {
+        let prefix = &prefixes[rng.random_range(0..prefixes.len())];
+        bench_request(i, format!("{prefix}question {i} {}", "x".repeat(900)), None)
     };
     for i in 0..2_000 {
         let req = request(i, &mut rng);

@@ -157,6 +157,17 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A config directory named after `name` serving `models` (joined into one file) on the pool's pods at `ips`.
+pub fn pool_dir(name: &str, port: u16, ips: &[IpAddr], models: &[String]) -> PathBuf {
+    let dir = temp_dir(name);
+    std::fs::write(dir.join("pool.yaml"), pool_yaml(port)).unwrap();
+    std::fs::write(dir.join("models.yaml"), models.join("---\n")).unwrap();
+    if !ips.is_empty() {
+        std::fs::write(dir.join("pods.yaml"), pods_yaml(ips)).unwrap();
+    }
+    dir
+}
+
 pub fn pool_yaml(port: u16) -> String {
     format!(
         "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: InferencePool\nmetadata:\n  name: pool\n\
