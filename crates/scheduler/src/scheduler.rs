@@ -69,9 +69,15 @@ impl Scheduler {
             return decision;
         }
 
+        // A decision that scores every endpoint on its engine's reported blocks needs no guess: the approximate
+        // index is neither read nor taught (hashing a long prompt was most of such a decision's cost). A pod that
+        // later falls back finds only what was sent while some pod was approximate, which is what it is: a guess.
+        let all_precise = request.tokenized.is_some() && endpoints.iter().all(|e| e.precise_prefix.is_some());
         let mut hashes = Vec::new();
-        self.prefix
-            .block_hashes(&request.target_model, &request.prompt, &mut hashes);
+        if !all_precise {
+            self.prefix
+                .block_hashes(&request.target_model, &request.prompt, &mut hashes);
+        }
         let prefix = self.prefix_hits(request, endpoints, &hashes);
         let lora: Vec<LoraState> = endpoints.iter().map(|e| cycle::lora_state(request, e)).collect();
         let cycle = Cycle {

@@ -173,7 +173,7 @@ fn precise_index_cost() -> PreciseCost {
     for (pod, endpoint) in endpoints.iter_mut().enumerate() {
         endpoint.id = EndpointId::new(format!("10.1.{}.{}:8000", pod / 250, pod % 250));
     }
-    // The prompt text the approximate index still hashes (every decision keeps it warm for a pod that falls back).
+    // The prompt text, which the approximate index would hash were any pod approximate.
     let text = "abc ".repeat(PRECISE_PROMPT_TOKENS);
     let (mut keys_us, mut lookup_us, mut decision_us) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..5_000 {
@@ -192,10 +192,11 @@ fn precise_index_cost() -> PreciseCost {
         let started = Instant::now();
         let keys = block_keys(&tokens, BLOCK, None, prompt_blocks);
         let hashed = Instant::now();
-        let depths = index.longest_prefixes(&keys);
+        let ids: Vec<EndpointId> = endpoints.iter().map(|e| e.id.clone()).collect();
+        let depths = index.prefix_depths(&keys, &ids);
         let done = Instant::now();
-        for endpoint in &mut endpoints {
-            endpoint.precise_prefix = Some(depths.iter().find(|(id, _)| *id == endpoint.id).map_or(0, |&(_, d)| d));
+        for (endpoint, depth) in endpoints.iter_mut().zip(depths) {
+            endpoint.precise_prefix = Some(depth);
         }
         let decision = scheduler.schedule(&request, &endpoints, now, &mut rng);
         let decided = Instant::now();

@@ -100,12 +100,11 @@ impl KvState {
             .index
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .longest_prefixes(keys);
-        pods.iter()
+            .prefix_depths(keys, pods);
+        depths
+            .into_iter()
             .zip(precise)
-            .map(|(pod, precise)| {
-                precise.then(|| depths.iter().find(|(id, _)| id == pod).map_or(0, |&(_, depth)| depth))
-            })
+            .map(|(depth, precise)| precise.then_some(depth))
             .collect()
     }
 

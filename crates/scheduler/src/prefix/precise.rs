@@ -172,12 +172,36 @@ impl PreciseIndex {
 
     /// For each pod holding at least the first of `keys`, how many leading blocks of `keys` it holds.
     pub fn longest_prefixes(&self, keys: &[BlockKey]) -> Vec<(EndpointId, u32)> {
+        let mut depths = Vec::new();
+        self.walk(keys, |slot, depth| {
+            if let Some(Some(id)) = self.slots.get(slot as usize) {
+                depths.push((id.clone(), depth));
+            }
+        });
+        depths
+    }
+
+    /// How many leading blocks of `keys` each of `pods` holds (0 for a pod that holds none or is unknown), in the
+    /// order given: what a decision needs, without cloning ids or matching them up pairwise.
+    pub fn prefix_depths(&self, keys: &[BlockKey], pods: &[EndpointId]) -> Vec<u32> {
+        let mut by_slot = vec![0u32; self.slots.len()];
+        self.walk(keys, |slot, depth| {
+            if let Some(at) = by_slot.get_mut(slot as usize) {
+                *at = depth;
+            }
+        });
+        pods.iter()
+            .map(|pod| self.pods.get(pod).map_or(0, |state| by_slot[state.slot as usize]))
+            .collect()
+    }
+
+    /// Calls `reached(slot, depth)` once for every slot holding the first of `keys`, with the number of leading
+    /// keys it holds.
+    fn walk(&self, keys: &[BlockKey], mut reached: impl FnMut(u32, u32)) {
         let Some(first) = keys.first().and_then(|k| self.holders.get(k)) else {
-            return Vec::new();
+            return;
         };
         let mut alive = first.clone();
-        // Depth reached by each slot that dropped out, and the depth of the survivors so far.
-        let mut done: Vec<(u32, u32)> = Vec::new();
         let mut depth = 1u32;
         // Lookups go out a batch at a time: they do not depend on each other, so the processor overlaps their cache
         // misses, which are the whole cost of a walk over a large index. At most one batch is looked up in vain.
@@ -191,7 +215,7 @@ impl PreciseIndex {
                     Some(holders) => alive.intersection(holders),
                     None => PodSet::default(),
                 };
-                alive.for_each_missing_from(&next, |slot| done.push((slot, depth)));
+                alive.for_each_missing_from(&next, |slot| reached(slot, depth));
                 alive = next;
                 if alive.is_empty() {
                     break 'walk;
@@ -199,10 +223,7 @@ impl PreciseIndex {
                 depth += 1;
             }
         }
-        alive.for_each(|slot| done.push((slot, depth)));
-        done.into_iter()
-            .filter_map(|(slot, depth)| Some((self.slots.get(slot as usize)?.clone()?, depth)))
-            .collect()
+        alive.for_each(|slot| reached(slot, depth));
     }
 
     /// Blocks resident over all pods (a block held by two pods counts twice).
@@ -385,6 +406,11 @@ mod tests {
         let mut depths = index.longest_prefixes(&keys);
         depths.sort();
         assert_eq!(depths, [(pod("a"), 4), (pod("b"), 2)]);
+        // The same, in the asked order, with a pod holding none of it and one the index never heard of.
+        assert_eq!(
+            index.prefix_depths(&keys, &[pod("c"), pod("b"), pod("z"), pod("a")]),
+            [0, 2, 0, 4]
+        );
 
         // Evicting a's second block cuts its run there, whatever it holds deeper.
         index.removed(&pod("a"), &[12]);

@@ -416,3 +416,27 @@ fn concurrent_schedules_share_the_prefix_index() {
         4 * (long_prompt("t0").len() / 64).min(256)
     );
 }
+
+#[test]
+fn a_decision_scored_wholly_on_engine_blocks_leaves_the_guessing_index_alone() {
+    let now = Instant::now();
+    let scheduler = scheduler();
+    let mut request = Request::test(&long_prompt("precise"));
+    request.tokenized = Some(Tokenized {
+        tokens: 3_200,
+        blocks: 200,
+        block_size: 16,
+    });
+    let precise = |name: &str| {
+        let mut endpoint = Endpoint::test(name, now);
+        endpoint.precise_prefix = Some(0);
+        endpoint
+    };
+    route(&scheduler, &request, &[precise("a"), precise("b")], now, 1);
+    assert_eq!(scheduler.prefix_index_len(), 0, "no pod scored approximately, nothing guessed");
+
+    // One pod approximate: the index learns where the prompt went, so that pod's guess keeps working.
+    let decision = route(&scheduler, &request, &[precise("a"), Endpoint::test("b", now)], now, 1);
+    assert_eq!(decision.outcome, Outcome::Routed);
+    assert!(scheduler.prefix_index_len() > 0);
+}
