@@ -52,6 +52,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_SECURE_COOKIES")]
     pub secure_cookies: bool,
 
+    /// Bounds on what clients may hold: connections, header and body timeouts, buffered request bytes.
+    #[command(flatten)]
+    pub limits: serve::Limits,
+
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -13,16 +13,10 @@ pub mod releases;
 mod routes;
 pub mod time;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use store::{Store, dir::DirStore, kube::KubeStore};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +40,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub config: Arc<Config>,
     pub counters: Arc<Counters>,
+    /// The front door the app is served behind, for its metrics; `None` when a test drives the router directly.
+    pub front: Option<serve::Front>,
 }
 
 /// Settings fixed at start-up.
@@ -60,15 +56,37 @@ pub struct Config {
 /// Ingest counters exported on `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub decisions: AtomicU64,
-    pub samples: AtomicU64,
-    pub batches: AtomicU64,
-    pub rejected: AtomicU64,
+    pub decisions: Counter,
+    pub samples: Counter,
+    pub batches: Counter,
+    pub rejected: Counter,
 }
 
-impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+impl AppState {
+    /// Every metric of the dashboard, for `/metrics` (registered per scrape: a handful of shared handles).
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("switchyard_dashboard");
+        let c = &self.counters;
+        registry.register(
+            "ingested_decisions",
+            "Decisions stored from ingest batches",
+            c.decisions.clone(),
+        );
+        registry.register(
+            "ingested_samples",
+            "Pod samples stored from ingest batches",
+            c.samples.clone(),
+        );
+        registry.register("ingest_batches", "Ingest batches stored", c.batches.clone());
+        registry.register(
+            "ingest_rejected",
+            "Ingest batches refused (token, size or format)",
+            c.rejected.clone(),
+        );
+        if let Some(front) = &self.front {
+            front.register_metrics(&mut registry);
+        }
+        registry
     }
 }
 
@@ -80,6 +98,7 @@ impl AppState {
             sessions: Arc::new(Sessions::default()),
             config: Arc::new(config),
             counters: Arc::new(Counters::default()),
+            front: None,
         }
     }
 }
@@ -140,7 +159,11 @@ pub async fn start(args: Args) -> anyhow::Result<Dashboard> {
         secure_cookies: args.secure_cookies,
         retain: args.retain,
     };
-    let state = AppState::new(db, releases, config);
+    let front = serve::Front::new(args.limits.clone());
+    let state = AppState {
+        front: Some(front.clone()),
+        ..AppState::new(db, releases, config)
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
@@ -149,10 +172,10 @@ pub async fn start(args: Args) -> anyhow::Result<Dashboard> {
     let mut tasks = JoinSet::new();
     tasks.spawn({
         let (router, cancel) = (app(state.clone()), cancel.clone());
+        // The front door's body limit is the largest any route takes (ingest's); routes keep their own below it.
+        let site = serve::Site::new("dashboard", ingest::MAX_BODY_BYTES);
         async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await?;
+            front.serve(listener, site, router, cancel).await;
             Ok(())
         }
     });

@@ -42,6 +42,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
 
+    /// Bounds on what clients may hold (connections, header and body timeouts, buffered bytes) on the proxy and
+    /// admin listeners; the buffered-bytes budget covers ext_proc's bodies too.
+    #[command(flatten)]
+    pub limits: serve::Limits,
+
     /// Envoy ext_proc endpoint picker (gRPC `envoy.service.ext_proc.v3.ExternalProcessor`).
     #[arg(long, env = "SWITCHYARD_EXTPROC_LISTEN", default_value = "0.0.0.0:9002")]
     pub extproc_listen: SocketAddr,
@@ -58,6 +63,19 @@ pub struct Args {
     /// Envoy retries); 0 sends only the pick, as upstream does by default.
     #[arg(long, env = "SWITCHYARD_EXTPROC_FALLBACKS", default_value_t = 0)]
     pub extproc_fallbacks: usize,
+
+    /// ext_proc streams open at once; more are refused with RESOURCE_EXHAUSTED (the pool's failure mode decides).
+    #[arg(long, env = "SWITCHYARD_EXTPROC_MAX_STREAMS", default_value_t = 8_192)]
+    pub extproc_max_streams: usize,
+
+    /// Bound on the wait for Envoy's next message while a request's headers and body arrive.
+    #[arg(long, env = "SWITCHYARD_EXTPROC_REQUEST_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub extproc_request_idle_timeout: Duration,
+
+    /// Bound on the wait for Envoy's next message once the request was routed (the model server's first token may
+    /// take long under load).
+    #[arg(long, env = "SWITCHYARD_EXTPROC_RESPONSE_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub extproc_response_idle_timeout: Duration,
 
     /// How often each pod's /metrics is scraped (e.g. `50ms`, `1s`).
     #[arg(long, env = "SWITCHYARD_SCRAPE_INTERVAL", default_value = "50ms", value_parser = parse_duration)]

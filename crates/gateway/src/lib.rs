@@ -32,6 +32,8 @@ use crate::{
 /// A started gateway: its bound addresses and the handle to stop it.
 pub struct Gateway {
     pub admin_addr: SocketAddr,
+    /// The bounds every listener shares (connections, buffered request bytes).
+    pub front: serve::Front,
     pub proxy_addr: Option<SocketAddr>,
     pub extproc_addr: SocketAddr,
     pub health_addr: SocketAddr,
@@ -89,6 +91,8 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
     });
 
     let mut metrics = telemetry::Metrics::new(&metrics_store);
+    let front = serve::Front::new(args.limits.clone());
+    metrics.register(|registry| front.register_metrics(registry));
     let kv_events = args.kv_events_port.map(|port| {
         let state = Arc::new(kv_events::subscriber::KvState::default());
         metrics.register(|registry| state.register_metrics(registry));
@@ -166,7 +170,13 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
     let admin_addr = admin.local_addr()?;
-    tasks.spawn(serve(admin, admin::router(director.clone()), cancel.clone()));
+    tasks.spawn(serve(
+        &front,
+        admin,
+        serve::Site::new("admin", ADMIN_MAX_BODY),
+        admin::router(director.clone()),
+        &cancel,
+    ));
     tracing::info!(addr = %admin_addr, "admin listening");
 
     let proxy_addr = match args.proxy_listen {
@@ -180,7 +190,17 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
                 connect_timeout: args.connect_timeout,
                 mirror_timeout: args.mirror_timeout,
             };
-            tasks.spawn(serve(listener, proxy::router(director.clone(), config), cancel.clone()));
+            let site = serve::Site {
+                render: proxy::rejection_body,
+                ..serve::Site::new("proxy", args.max_body_bytes)
+            };
+            tasks.spawn(serve(
+                &front,
+                listener,
+                site,
+                proxy::router(director.clone(), config),
+                &cancel,
+            ));
             tracing::info!(addr = %bound, "proxy listening");
             Some(bound)
         }
@@ -211,6 +231,10 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         ext_proc::ExtProcConfig {
             max_body_bytes: args.max_extproc_body_bytes,
             fallbacks: args.extproc_fallbacks,
+            budget: front.budget().clone(),
+            max_streams: args.extproc_max_streams,
+            request_idle_timeout: args.extproc_request_idle_timeout,
+            response_idle_timeout: args.extproc_response_idle_timeout,
         },
         cancel.clone(),
     );
@@ -219,6 +243,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
 
     Ok(Gateway {
         admin_addr,
+        front,
         proxy_addr,
         extproc_addr,
         health_addr,
@@ -229,19 +254,22 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
     })
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Streamed completions are many small writes: with Nagle's algorithm each one after the headers waits for the
-    // client's delayed ACK (tens of milliseconds), which lands on the first token of every response.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await?;
-    Ok(())
+/// Largest body the admin listener takes: it has no endpoint that reads one.
+const ADMIN_MAX_BODY: usize = 64 << 10;
+
+/// Serves `router` behind the front door's bounds until `cancel` fires.
+fn serve(
+    front: &serve::Front,
+    listener: TcpListener,
+    site: serve::Site,
+    router: axum::Router,
+    cancel: &CancellationToken,
+) -> impl Future<Output = anyhow::Result<()>> + use<> {
+    let (front, cancel) = (front.clone(), cancel.clone());
+    async move {
+        front.serve(listener, site, router, cancel).await;
+        Ok(())
+    }
 }
 
 impl Gateway {

@@ -106,6 +106,22 @@ async fn not_found(request: Request) -> Response {
     (StatusCode::NOT_FOUND, err).into_response()
 }
 
+/// A request refused at the front door (size, timeouts, buffered bytes), in the upstream EPP's error format.
+pub fn rejection_body(rejection: &serve::Rejection) -> Response {
+    let code = match rejection {
+        serve::Rejection::TooLarge { .. } => "PayloadTooLarge",
+        serve::Rejection::BodyIdle(_) | serve::Rejection::BodyTimeout(_) => "RequestTimeout",
+        serve::Rejection::OverBudget { .. } => "ServiceUnavailable",
+        serve::Rejection::Broken(_) => "BadRequest",
+    };
+    let mut response = format!("inference error: {code} - {rejection}").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 fn error_response(err: &RouteError) -> Response {
     let mut response = (err.http_status(), err.body()).into_response();
     response.headers_mut().insert(

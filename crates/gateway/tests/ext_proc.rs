@@ -1106,3 +1106,56 @@ async fn a_prompt_counts_in_its_pods_prefill_backlog_until_the_first_response_by
     s.inflight_returns_to_zero().await;
     s.gw.stop().await;
 }
+
+/// Waits (bounded) until the gateway holds `n` buffered request bytes, woken by the budget's changes.
+async fn buffered(gw: &gateway::Gateway, n: usize) {
+    let budget = gw.front.budget();
+    test_support::until(&mut budget.subscribe(), WAIT, &format!("{n} buffered bytes"), || {
+        budget.used() == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claimed_length_reserves_nothing_and_bodies_past_the_budget_or_idle_streams_are_ended() {
+    let s = setup(
+        "xp-budget",
+        113,
+        1,
+        &["--extproc-request-idle-timeout=500ms", "--max-buffered-bytes=1048576"],
+    )
+    .await;
+    // A body claimed at 16 MiB that sends one byte holds one byte, not the claim.
+    let mut claim = s.envoy().await;
+    claim
+        .send(request_headers("/v1/completions", Some(16 << 20), false))
+        .await;
+    claim.send(request_body(b"{", false)).await;
+    buffered(&s.gw, 1).await;
+
+    // A body that would take the process past --max-buffered-bytes gets 503 at once.
+    let mut big = s.envoy().await;
+    big.send(request_headers("/v1/completions", Some(2 << 20), false)).await;
+    big.send(request_body(&vec![b' '; 1 << 20], false)).await;
+    let (status, body) = big.read_answer().await.immediate();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many request bytes"), "{body}");
+
+    // The claim, silent past the request idle timeout, is ended and gives its byte back.
+    let status = claim.recv().await.expect_err("an idle stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    buffered(&s.gw, 0).await;
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn streams_past_the_limit_are_refused_with_resource_exhausted() {
+    let s = setup("xp-streams", 114, 1, &["--extproc-max-streams=2"]).await;
+    let (first, second) = (s.envoy().await, s.envoy().await);
+    let (_tx, rx) = mpsc::channel::<ProcessingRequest>(1);
+    let refused = s.client.clone().process(ReceiverStream::new(rx)).await;
+    let status = refused.expect_err("a third stream while two are open");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    drop((first, second));
+    s.gw.stop().await;
+}

@@ -406,3 +406,34 @@ async fn unknown_model_names_mint_no_series_and_are_kept_bounded() {
     assert!(long.starts_with(kept.model.trim_end_matches('…')));
     s.gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_gets_408_in_the_upstream_format_and_is_counted() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = setup("stalled-upload", 43, 1, &["--body-idle-timeout", "300ms"]).await;
+    let mut stream = tokio::net::TcpStream::connect(s.gw.proxy_addr.unwrap()).await.unwrap();
+    let head = "POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = r#"{"model":"qwq","#;
+    stream
+        .write_all(format!("{head}{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the proxy neither answered nor closed")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.ends_with("inference error: RequestTimeout - request body stalled: nothing received for 300ms"),
+        "{response}"
+    );
+    let metrics = client().get(&format!("{}/metrics", s.admin)).await.body;
+    assert!(
+        metrics.contains(r#"switchyard_http_requests_rejected_total{listener="proxy",reason="body_idle"} 1"#),
+        "{metrics}"
+    );
+    assert!(s.pods[0].received() == 0, "nothing reached a pod");
+    s.gw.stop().await;
+}

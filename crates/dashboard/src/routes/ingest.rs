@@ -1,8 +1,6 @@
 //! `POST /api/v1/ingest`: NDJSON batches of decisions and pod samples from gateways, with the ingest bearer token
 //! (separate from the login token, so a gateway's credential can never edit releases).
 
-use std::sync::atomic::Ordering;
-
 use axum::{
     Json, Router,
     body::Bytes,
@@ -13,7 +11,7 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
-    AppState, Counters, auth,
+    AppState, auth,
     error::{ApiError, AppError},
     ingest,
 };
@@ -36,7 +34,7 @@ async fn ingest_batch(
     body: Bytes,
 ) -> Result<Json<Stored>, ApiError> {
     let reject = |err: AppError| {
-        state.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        state.counters.rejected.inc();
         ApiError(err)
     };
     let token = auth::bearer(&headers).ok_or_else(|| reject(AppError::Unauthorized))?;
@@ -50,8 +48,8 @@ async fn ingest_batch(
         state.db.insert_decisions(&batch.decisions).await?
     };
     let samples = state.db.insert_samples(&batch.samples).await?;
-    Counters::add(&state.counters.decisions, decisions);
-    Counters::add(&state.counters.samples, samples);
-    Counters::add(&state.counters.batches, 1);
+    state.counters.decisions.inc_by(decisions);
+    state.counters.samples.inc_by(samples);
+    state.counters.batches.inc();
     Ok(Json(Stored { decisions, samples }))
 }

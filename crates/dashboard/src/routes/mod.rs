@@ -9,8 +9,6 @@ mod overview;
 mod pods;
 mod releases;
 
-use std::sync::atomic::Ordering;
-
 use axum::{
     Router,
     extract::State,
@@ -156,27 +154,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let c = &state.counters;
-    let body = format!(
-        "# HELP switchyard_dashboard_ingested_decisions_total Decisions stored from ingest batches.\n\
-         # TYPE switchyard_dashboard_ingested_decisions_total counter\n\
-         switchyard_dashboard_ingested_decisions_total {}\n\
-         # HELP switchyard_dashboard_ingested_samples_total Pod samples stored from ingest batches.\n\
-         # TYPE switchyard_dashboard_ingested_samples_total counter\n\
-         switchyard_dashboard_ingested_samples_total {}\n\
-         # HELP switchyard_dashboard_ingest_batches_total Ingest batches stored.\n\
-         # TYPE switchyard_dashboard_ingest_batches_total counter\n\
-         switchyard_dashboard_ingest_batches_total {}\n\
-         # HELP switchyard_dashboard_ingest_rejected_total Ingest batches refused (token, size or format).\n\
-         # TYPE switchyard_dashboard_ingest_rejected_total counter\n\
-         switchyard_dashboard_ingest_rejected_total {}\n",
-        c.decisions.load(Ordering::Relaxed),
-        c.samples.load(Ordering::Relaxed),
-        c.batches.load(Ordering::Relaxed),
-        c.rejected.load(Ordering::Relaxed),
-    );
+    let mut body = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut body, &state.registry());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response()

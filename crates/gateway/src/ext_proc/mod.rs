@@ -10,13 +10,21 @@ pub mod convert;
 pub mod envoy;
 pub mod stream;
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingRequest, ProcessingResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -34,6 +42,14 @@ pub struct ExtProcConfig {
     /// How many of the scheduler's fallbacks follow the pick in the destination (comma-separated); 0 sends one
     /// endpoint, which every gateway understands (some parse only one `ip:port`).
     pub fallbacks: usize,
+    /// The process-wide budget of buffered request bytes, shared with the HTTP listeners.
+    pub budget: serve::Budget,
+    /// Streams open at once; more are refused with `RESOURCE_EXHAUSTED` (Envoy's failure mode then decides).
+    pub max_streams: usize,
+    /// Bound on the wait for Envoy's next message until the request is routed (headers and body); after it the
+    /// wait is bounded by `response_idle_timeout`, since a busy model server may be slow to its first token.
+    pub request_idle_timeout: Duration,
+    pub response_idle_timeout: Duration,
 }
 
 /// The `ExternalProcessor` service.
@@ -41,6 +57,7 @@ pub struct ExtProcConfig {
 pub struct Picker {
     director: Arc<Director>,
     config: Arc<ExtProcConfig>,
+    streams: Arc<Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -48,6 +65,7 @@ impl Picker {
     pub fn new(director: Arc<Director>, config: ExtProcConfig, cancel: CancellationToken) -> Picker {
         Picker {
             director,
+            streams: Arc::new(Semaphore::new(config.max_streams)),
             config: Arc::new(config),
             cancel,
         }
@@ -70,7 +88,16 @@ impl ExternalProcessor for Picker {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max = self.config.max_streams,
+                "ext_proc stream refused: --extproc-max-streams open"
+            );
+            return Err(Status::resource_exhausted("too many ext_proc streams open"));
+        };
         let task = StreamTask {
+            _permit: permit,
+            config: self.config.clone(),
             stream: Stream::new(self.director.clone(), self.config.clone(), Instant::now()),
             inbound: request.into_inner(),
             pending: VecDeque::new(),
@@ -85,6 +112,9 @@ impl ExternalProcessor for Picker {
 /// One stream driven by tonic polling its answers: no task and no channel per request, and when Envoy resets the
 /// stream tonic drops this, and with it the [`Stream`], which finishes its decision.
 struct StreamTask {
+    /// This stream's place among `--extproc-max-streams`, given back when tonic drops the stream.
+    _permit: OwnedSemaphorePermit,
+    config: Arc<ExtProcConfig>,
     stream: Stream,
     inbound: Streaming<ProcessingRequest>,
     pending: VecDeque<Result<ProcessingResponse, Status>>,
@@ -103,8 +133,20 @@ impl StreamTask {
             if self.done {
                 return None;
             }
+            let idle = if self.stream.routed() {
+                self.config.response_idle_timeout
+            } else {
+                self.config.request_idle_timeout
+            };
             let message = tokio::select! {
-                message = self.inbound.message() => message,
+                message = tokio::time::timeout(idle, self.inbound.message()) => match message {
+                    Ok(message) => message,
+                    Err(_) => {
+                        tracing::debug!(?idle, routed = self.stream.routed(), "ext_proc stream idle: closed");
+                        self.done = true;
+                        return Some((Err(Status::deadline_exceeded(format!("no message for {idle:?}"))), self));
+                    }
+                },
                 () = self.cancel.cancelled() => {
                     self.done = true;
                     return Some((Err(Status::unavailable("gateway shutting down")), self));

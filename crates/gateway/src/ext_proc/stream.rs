@@ -18,7 +18,7 @@ use tonic::Status;
 
 use super::{
     ExtProcConfig,
-    body::BodyBuffer,
+    body::{BodyBuffer, BufferError},
     convert::{self, DESTINATION_KEY},
 };
 use crate::{
@@ -86,6 +86,14 @@ pub struct Stream {
     flight: Option<Flight>,
 }
 
+/// The local reply for a body that could not be buffered.
+fn buffer_error(error: BufferError) -> RouteError {
+    match error {
+        BufferError::TooLarge { limit } => RouteError::PayloadTooLarge { limit },
+        BufferError::OverBudget { .. } => RouteError::NoCapacity(error.to_string()),
+    }
+}
+
 /// What Envoy appends to the host of a mirrored request.
 pub const SHADOW_SUFFIX: &str = "-shadow";
 
@@ -108,6 +116,11 @@ impl Stream {
             body: None,
             flight: None,
         }
+    }
+
+    /// Whether the request was routed (or passed through) and the response is awaited.
+    pub fn routed(&self) -> bool {
+        self.phase == Phase::Upstream
     }
 
     /// Handles one message from Envoy, appending the answers to `out`. A `Status` is an internal fault (a message
@@ -201,9 +214,9 @@ impl Stream {
             return Ok(self.route_without_body(out));
         }
         let content_length = convert::header(map, "content-length").and_then(|v| v.trim().parse().ok());
-        match BodyBuffer::new(self.config.max_body_bytes, content_length) {
+        match BodyBuffer::new(self.config.max_body_bytes, content_length, &self.config.budget) {
             Ok(body) => self.body = Some(body),
-            Err(too_large) => return Ok(self.reject(&RouteError::PayloadTooLarge { limit: too_large.limit }, out)),
+            Err(error) => return Ok(self.reject(&buffer_error(error), out)),
         }
         self.phase = Phase::RequestBody;
         if self.request_mode == RequestMode::Buffered {
@@ -220,8 +233,8 @@ impl Stream {
             .body
             .as_mut()
             .ok_or_else(|| Status::internal("request body buffer missing"))?;
-        if let Err(too_large) = buffer.push(body.body) {
-            return Ok(self.reject(&RouteError::PayloadTooLarge { limit: too_large.limit }, out));
+        if let Err(error) = buffer.push(body.body) {
+            return Ok(self.reject(&buffer_error(error), out));
         }
         // In BUFFERED mode the single message is the whole body, whatever its flag says.
         if body.end_of_stream || self.request_mode == RequestMode::Buffered {

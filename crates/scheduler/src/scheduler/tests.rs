@@ -433,7 +433,11 @@ fn a_decision_scored_wholly_on_engine_blocks_leaves_the_guessing_index_alone() {
         endpoint
     };
     route(&scheduler, &request, &[precise("a"), precise("b")], now, 1);
-    assert_eq!(scheduler.prefix_index_len(), 0, "no pod scored approximately, nothing guessed");
+    assert_eq!(
+        scheduler.prefix_index_len(),
+        0,
+        "no pod scored approximately, nothing guessed"
+    );
 
     // One pod approximate: the index learns where the prompt went, so that pod's guess keeps working.
     let decision = route(&scheduler, &request, &[precise("a"), Endpoint::test("b", now)], now, 1);

@@ -131,10 +131,21 @@ fn director() -> Arc<Director> {
 /// TTFT is measured from `started`; a start this far back makes the recorded TTFT at least this large.
 const STARTED_AGO: Duration = Duration::from_millis(250);
 
+fn config() -> ExtProcConfig {
+    ExtProcConfig {
+        max_body_bytes: MAX_BODY,
+        fallbacks: 0,
+        budget: serve::Budget::new(usize::MAX),
+        max_streams: 16,
+        request_idle_timeout: Duration::from_secs(30),
+        response_idle_timeout: Duration::from_secs(30),
+    }
+}
+
 fn stream(director: &Arc<Director>) -> Stream {
     let config = ExtProcConfig {
         max_body_bytes: MAX_BODY,
-        fallbacks: 0,
+        ..config()
     };
     Stream::new(director.clone(), Arc::new(config), Instant::now() - STARTED_AGO)
 }
@@ -348,7 +359,7 @@ fn a_body_larger_than_one_envoy_chunk_goes_back_in_several() {
     let director = director();
     let config = ExtProcConfig {
         max_body_bytes: 1 << 20,
-        fallbacks: 0,
+        ..config()
     };
     let mut s = Stream::new(director.clone(), Arc::new(config), Instant::now());
     let prompt = "x".repeat(convert::BODY_CHUNK_BYTES + 1000);
