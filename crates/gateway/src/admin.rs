@@ -39,6 +39,12 @@ async fn readyz(State(director): State<Arc<Director>>) -> (StatusCode, String) {
     if !director.datastore.is_synced() {
         return (StatusCode::SERVICE_UNAVAILABLE, "datastore not synced yet".into());
     }
+    if director.none_answering() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no ready endpoint: every pod's metrics scrape is failing".into(),
+        );
+    }
     let snapshot = director.datastore.snapshot();
     match snapshot.pool() {
         Some(pool) => (

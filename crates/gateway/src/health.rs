@@ -1,6 +1,7 @@
 //! gRPC health (`grpc.health.v1.Health`) for Kubernetes probes and Envoy's cluster health check: `liveness` is
 //! SERVING while the process runs; `readiness`, the ExternalProcessor service and the overall `""` service only
-//! once the datastore has synced and the served pool exists.
+//! once the datastore has synced and the served pool exists, and not while every pod of the pool has stopped answering
+//! its scrapes (`Director::none_answering`), so Envoy's failure mode takes over.
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,7 +47,9 @@ impl Health {
         let mut snapshots = director.datastore.subscribe();
         let mut ready = None;
         loop {
-            let now = director.datastore.is_synced() && director.datastore.snapshot().pool().is_some();
+            let now = director.datastore.is_synced()
+                && director.datastore.snapshot().pool().is_some()
+                && !director.none_answering();
             if ready != Some(now) {
                 let status = if now {
                     ServingStatus::Serving

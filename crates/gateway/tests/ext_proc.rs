@@ -1159,3 +1159,75 @@ async fn streams_past_the_limit_are_refused_with_resource_exhausted() {
     drop((first, second));
     s.gw.stop().await;
 }
+
+/// Waits (bounded, on the health service's Watch stream) until `service` reports `status`.
+async fn health_becomes(addr: std::net::SocketAddr, service: &str, status: i32) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut updates = HealthClient::new(channel(addr).await)
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reached = async {
+        while let Some(update) = updates.message().await.unwrap() {
+            if update.status == status {
+                return;
+            }
+        }
+        panic!("the {service:?} watch ended before status {status}");
+    };
+    tokio::time::timeout(WAIT, reached)
+        .await
+        .unwrap_or_else(|_| panic!("{service:?} never reached status {status}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_pod_answering_requests_get_503_at_once_readiness_says_so_and_both_recover() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let s = setup("xp-all-down", 115, 2, &[]).await;
+    for pod in &s.pods {
+        pod.state.lock().unwrap().down = true;
+    }
+    let mut scrapes = s.gw.director.metrics_store.subscribe();
+    test_support::until(&mut scrapes, WAIT, "every pod unanswered", || {
+        s.gw.director.none_answering()
+    })
+    .await;
+
+    let (status, body) = s
+        .ask("/v1/completions", r#"{"model":"qwq","prompt":"anyone?"}"#)
+        .await
+        .immediate();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no ready endpoint: every pod's metrics scrape has failed"),
+        "{body}"
+    );
+    assert_eq!(
+        s.pods.iter().map(FakePod::received).sum::<usize>(),
+        0,
+        "no dead pod was tried"
+    );
+    let readyz = client().get(&format!("http://{}/readyz", s.gw.admin_addr)).await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    health_becomes(s.gw.health_addr, "readiness", ServingStatus::NotServing as i32).await;
+
+    for pod in &s.pods {
+        pod.state.lock().unwrap().down = false;
+    }
+    test_support::until(&mut scrapes, WAIT, "a pod answering again", || {
+        !s.gw.director.none_answering()
+    })
+    .await;
+    health_becomes(s.gw.health_addr, "readiness", ServingStatus::Serving as i32).await;
+    assert_eq!(
+        client().get(&format!("http://{}/readyz", s.gw.admin_addr)).await.status,
+        200
+    );
+    s.ask("/v1/completions", r#"{"model":"qwq","prompt":"back?"}"#)
+        .await
+        .routed();
+    s.gw.stop().await;
+}

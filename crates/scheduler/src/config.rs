@@ -4,7 +4,7 @@
 //! ```yaml
 //! profile: default            # a built-in (default, decision-tree) or a key of `profiles`
 //! fallbacks: 2
-//! saturation: { queueDepthThreshold: 5, kvCacheThreshold: 0.8, metricsStalenessMs: 200 }
+//! saturation: { queueDepthThreshold: 5, kvCacheThreshold: 0.8, metricsStalenessMs: 200, unansweredAfterMs: 1000 }
 //! prefix: { blockSizeChars: 64, maxBlocks: 256, lruCapacityPerEndpoint: 31250 }
 //! profiles:
 //!   prefix-heavy:             # a pipeline: `type: pipeline` may be left out

@@ -25,6 +25,8 @@ pub struct Decision {
 pub enum Reason {
     /// The pool had no ready endpoint to consider.
     NoReadyEndpoints,
+    /// Every pod of the pool has failed its metrics scrapes for `after_ms` or longer: taken as gone.
+    NoneAnswering { after_ms: u64 },
     /// A sheddable request met a saturated pool; `rule` is the saturation rule in words.
     PoolSaturated { rule: String },
     /// The profile's own account of its filters, scores and pick (or of the filter that left nothing).
@@ -35,6 +37,10 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NoReadyEndpoints => f.write_str("no ready endpoints in pool"),
+            Reason::NoneAnswering { after_ms } => write!(
+                f,
+                "no ready endpoint: every pod's metrics scrape has failed for {after_ms} ms or longer"
+            ),
             Reason::PoolSaturated { rule } => write!(f, "sheddable request shed: pool saturated, {rule}"),
             Reason::Profile(text) => f.write_str(text),
         }

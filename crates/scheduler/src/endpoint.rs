@@ -22,6 +22,9 @@ pub struct EndpointMetrics {
     /// believe is cached there.
     pub kv_cache_tokens: Option<u64>,
     pub updated_at: Option<Instant>,
+    /// Since when every scrape of the pod has failed (set at the first failure after a success or before any,
+    /// cleared by the next success); `None` while it answers or before its first scrape.
+    pub unanswered_since: Option<Instant>,
 }
 
 /// One routable model-server pod as the scheduler sees it.

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::{Endpoint, cycle};
+use crate::{Endpoint, EndpointMetrics, cycle};
 
 /// The pool is saturated iff no endpoint has fresh metrics with a short queue and free KV cache.
 ///
@@ -19,6 +19,9 @@ pub struct SaturationDetector {
     /// Metrics older than this cannot vouch for headroom; the gateway scrapes every 50 ms, so 200 ms is
     /// four missed scrapes.
     pub metrics_staleness_ms: u64,
+    /// A pod whose scrapes have all failed for this long is taken as gone; when every pod of the pool is, requests
+    /// get 503 at once (and the gateway reports not ready) instead of each trying every dead pod.
+    pub unanswered_after_ms: u64,
 }
 
 impl Default for SaturationDetector {
@@ -27,6 +30,7 @@ impl Default for SaturationDetector {
             queue_depth_threshold: 5,
             kv_cache_threshold: 0.8,
             metrics_staleness_ms: 200,
+            unanswered_after_ms: 1_000,
         }
     }
 }
@@ -47,6 +51,21 @@ impl SaturationDetector {
     /// Saturated when no endpoint has headroom, which includes an empty pool.
     pub fn is_saturated(&self, endpoints: &[Endpoint], now: Instant) -> bool {
         !endpoints.iter().any(|endpoint| self.has_headroom(endpoint, now))
+    }
+
+    /// Whether a pod has failed every scrape for at least `unanswered_after_ms` (a pod not scraped yet answers).
+    pub fn is_unanswered(&self, metrics: &EndpointMetrics, now: Instant) -> bool {
+        metrics.unanswered_since.is_some_and(|since| {
+            now.saturating_duration_since(since) >= Duration::from_millis(self.unanswered_after_ms)
+        })
+    }
+
+    /// Whether the pool has pods and none of them answers: nothing to route to.
+    pub fn none_answering<'a>(&self, mut metrics: impl Iterator<Item = &'a EndpointMetrics>, now: Instant) -> bool {
+        let Some(first) = metrics.next() else {
+            return false;
+        };
+        self.is_unanswered(first, now) && metrics.all(|m| self.is_unanswered(m, now))
     }
 
     /// The rule in words, for the reason of a shed decision.
@@ -102,7 +121,7 @@ mod tests {
         let loose = SaturationDetector {
             queue_depth_threshold: 10,
             kv_cache_threshold: 0.95,
-            metrics_staleness_ms: 200,
+            ..SaturationDetector::default()
         };
         assert!(SaturationDetector::default().is_saturated(&pool, now));
         assert!(!loose.is_saturated(&pool, now));

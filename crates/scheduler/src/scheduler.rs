@@ -44,6 +44,11 @@ impl Scheduler {
         })
     }
 
+    /// The admission rules (saturation, and when a pool counts as gone).
+    pub fn saturation(&self) -> &SaturationDetector {
+        &self.saturation
+    }
+
     /// How prompts are cut into prefix blocks.
     pub fn prefix_config(&self) -> &PrefixConfig {
         &self.prefix
@@ -88,6 +93,16 @@ impl Scheduler {
             lora: &lora,
         };
 
+        if self
+            .saturation
+            .none_answering(endpoints.iter().map(|e| &e.metrics), now)
+        {
+            decision.reason = Reason::NoneAnswering {
+                after_ms: self.saturation.unanswered_after_ms,
+            };
+            decision.candidates = (0..endpoints.len()).map(|idx| candidate(&cycle, idx, None)).collect();
+            return decision;
+        }
         if request.criticality == Criticality::Sheddable && self.saturation.is_saturated(endpoints, now) {
             decision.outcome = Outcome::Shed429;
             decision.reason = Reason::PoolSaturated {

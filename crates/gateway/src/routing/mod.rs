@@ -193,6 +193,20 @@ impl Director {
         snapshot.endpoints().choose(&mut rand::rng()).map(|e| e.id.clone())
     }
 
+    /// Whether the pool has pods and every one has failed its scrapes for the scheduler's `unanswered_after_ms`:
+    /// requests then get 503 at once, and readiness says so, so that Envoy's failure mode takes over.
+    pub fn none_answering(&self) -> bool {
+        let snapshot = self.datastore.snapshot();
+        let metrics: Vec<_> = snapshot
+            .endpoints()
+            .iter()
+            .map(|e| self.metrics_store.get(&e.id))
+            .collect();
+        self.scheduler
+            .saturation()
+            .none_answering(metrics.iter(), Instant::now())
+    }
+
     /// The model names clients may request from the served pool (for `/v1/models`).
     pub fn model_names(&self) -> Vec<String> {
         self.datastore.snapshot().models().map(|m| m.name.clone()).collect()

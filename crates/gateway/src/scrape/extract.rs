@@ -44,6 +44,7 @@ pub fn extract(samples: &[Sample<'_>]) -> Result<EndpointMetrics, MissingMetric>
             .and_then(parse_bool),
         kv_cache_tokens: cache_config.and_then(kv_cache_tokens),
         updated_at: None,
+        unanswered_since: None,
     })
 }
 
@@ -160,6 +161,7 @@ mod tests {
                 prefix_caching: Some(false),
                 kv_cache_tokens: Some(35_088),
                 updated_at: None,
+                unanswered_since: None,
             }
         );
     }

@@ -118,6 +118,17 @@ impl MetricsStore {
         self.failures.get()
     }
 
+    /// Notes a failed scrape: the pod keeps its last metrics, and the first failure in a row starts its
+    /// `unanswered_since`. Skipped once the endpoint's task was cancelled, like [`Self::put`].
+    fn failed(&self, id: &EndpointId, at: std::time::Instant, task: &CancellationToken) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if task.is_cancelled() {
+            return;
+        }
+        let metrics = entries.entry(id.clone()).or_default();
+        metrics.unanswered_since.get_or_insert(at);
+    }
+
     /// Stores unless the endpoint's task was cancelled; checked under the lock so a scrape finishing while its
     /// endpoint is removed cannot resurrect the entry.
     fn put(&self, id: &EndpointId, metrics: EndpointMetrics, task: &CancellationToken) -> bool {
@@ -273,6 +284,7 @@ impl ScrapeTask {
                 }
                 Err(error) => {
                     self.store.failures.inc();
+                    self.store.failed(&self.id, Instant::now().into_std(), &self.token);
                     if std::mem::replace(&mut failing, true) {
                         tracing::debug!(endpoint = %self.id, %error, "metrics scrape failed");
                     } else {

@@ -35,6 +35,8 @@ pub struct PodState {
     pub fail_status: Option<u16>,
     /// Never answer completions (the request is still recorded in `bodies`).
     pub hang: bool,
+    /// Answer `/metrics` with 503, as a server that is going down.
+    pub down: bool,
 }
 
 #[derive(Clone)]
@@ -70,8 +72,11 @@ impl FakePod {
 
 pub use test_support::bind_pods;
 
-async fn metrics(State(state): State<Arc<Mutex<PodState>>>) -> String {
+async fn metrics(State(state): State<Arc<Mutex<PodState>>>) -> Response {
     let s = state.lock().unwrap();
+    if s.down {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
     let lora = if s.max_lora > 0 {
         format!(
             "vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"\"}} 1\n",
@@ -81,14 +86,15 @@ async fn metrics(State(state): State<Arc<Mutex<PodState>>>) -> String {
     } else {
         String::new()
     };
-    format!(
+    (format!(
         "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
          # TYPE vllm:num_requests_waiting gauge\n\
          vllm:num_requests_waiting{{model_name=\"m\"}} {}\n\
          vllm:num_requests_running{{model_name=\"m\"}} {}\n\
          vllm:kv_cache_usage_perc{{model_name=\"m\"}} {}\n",
         s.waiting, s.running, s.kv
-    ) + &lora
+    ) + &lora)
+        .into_response()
 }
 
 async fn complete(State(state): State<Arc<Mutex<PodState>>>, body: Bytes) -> Response {

@@ -444,3 +444,38 @@ fn a_decision_scored_wholly_on_engine_blocks_leaves_the_guessing_index_alone() {
     assert_eq!(decision.outcome, Outcome::Routed);
     assert!(scheduler.prefix_index_len() > 0);
 }
+
+#[test]
+fn a_pool_whose_every_pod_stopped_answering_is_refused_at_once_and_one_answering_pod_is_enough() {
+    let now = Instant::now();
+    let scheduler = scheduler();
+    let gone = |name: &str, for_ms: u64| {
+        let mut endpoint = Endpoint::test(name, now);
+        endpoint.metrics.unanswered_since = Some(now - Duration::from_millis(for_ms));
+        endpoint
+    };
+    let decision = route(
+        &scheduler,
+        &Request::test("hi"),
+        &[gone("a", 1_000), gone("b", 5_000)],
+        now,
+        1,
+    );
+    assert_eq!(decision.outcome, Outcome::NoCapacity503);
+    assert_eq!(decision.reason, Reason::NoneAnswering { after_ms: 1_000 });
+    assert_eq!(decision.candidates.len(), 2, "the record still shows every pod");
+
+    // One pod failing only briefly, or never scraped yet, keeps the pool routable (stale metrics rank the pods).
+    for answering in [gone("b", 999), Endpoint::test("b", now)] {
+        let decision = route(&scheduler, &Request::test("hi"), &[gone("a", 1_000), answering], now, 1);
+        assert_eq!(decision.outcome, Outcome::Routed, "{}", decision.reason);
+    }
+
+    // The window is the config's.
+    let patient = Scheduler::new(
+        &SchedulerConfig::from_yaml("saturation: { unansweredAfterMs: 10000 }").unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let decision = route(&patient, &Request::test("hi"), &[gone("a", 5_000)], now, 1);
+    assert_eq!(decision.outcome, Outcome::Routed, "{}", decision.reason);
+}
