@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::MapAccess, ser
 
 use crate::{EndpointId, PodName};
 
-/// Longest name (a model as the client sent it) a record keeps: a client controls it, so it is cut at a character
+/// Longest name (a model or request id as the client sent it) a record keeps: a client controls it, so it is cut at a character
 /// boundary and marked with `…` rather than kept whole in the log, the shipper and the dashboard.
 pub const MAX_NAME_BYTES: usize = 256;
 
@@ -100,6 +100,10 @@ pub struct Candidate {
 /// Logged on the gateway's `/debug/decisions`, shipped to the dashboard and stored there (DESIGN.md §5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// Unique per decision, given by the gateway that made it (128 random bits, hex): what makes ingest idempotent.
+    /// Request ids come from clients and may repeat. Empty in records from before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub record_id: String,
     pub request_id: String,
     pub received_at_ms: u64,
     pub model: String,

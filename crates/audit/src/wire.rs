@@ -75,6 +75,7 @@ mod tests {
 
     fn record(id: &str) -> Record {
         Record {
+            record_id: format!("rec-{id}"),
             request_id: id.into(),
             received_at_ms: 1,
             model: "m".into(),
@@ -117,7 +118,7 @@ mod tests {
         encode(&lines, &mut out);
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 3);
         assert!(
-            out.starts_with(br#"{"decision":{"request_id":"a","#),
+            out.starts_with(br#"{"decision":{"record_id":"rec-a","request_id":"a","#),
             "{}",
             String::from_utf8_lossy(&out)
         );

@@ -48,9 +48,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_INGEST_TOKEN_FILE", conflicts_with = "ingest_token")]
     pub ingest_token_file: Option<PathBuf>,
 
-    /// Mark the session cookie `Secure` (serve behind TLS).
-    #[arg(long, env = "SWITCHYARD_SECURE_COOKIES")]
-    pub secure_cookies: bool,
+    /// Send the session cookie without `Secure`, so logins work over plain HTTP. The default marks it `Secure`
+    /// (browsers then send it only over HTTPS) unless `--listen` is a loopback address.
+    #[arg(long, env = "SWITCHYARD_INSECURE_COOKIES")]
+    pub insecure_cookies: bool,
 
     /// Bounds on what clients may hold: connections, header and body timeouts, buffered request bytes.
     #[command(flatten)]

@@ -17,6 +17,72 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most, so a login loop cannot grow memory without bound; the oldest are dropped first.
 const MAX_SESSIONS: usize = 10_000;
 
+/// Whether the session cookie is marked `Secure`: always, unless the dashboard listens on loopback only (the demo,
+/// an SSH tunnel) or `--insecure-cookies` says the operator serves plain HTTP on purpose.
+pub fn secure_cookies(listen: std::net::SocketAddr, insecure: bool) -> bool {
+    !insecure && !listen.ip().is_loopback()
+}
+
+/// Wrong logins a client may make before it must wait.
+pub const FREE_ATTEMPTS: u32 = 5;
+/// The longest wait; each further wrong attempt doubles it up to this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Clients tracked at most; past it the entry whose block ends first is forgotten.
+const MAX_CLIENTS: usize = 10_000;
+
+/// Per-client login attempt limiting: after [`FREE_ATTEMPTS`] wrong tokens a client waits 1 s, then 2 s, 4 s … up to
+/// [`MAX_BACKOFF`] before it may try again (the right token included); a success forgets it. Pure over `now`.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    clients: Mutex<HashMap<String, Attempts>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    failures: u32,
+    blocked_until: Option<Instant>,
+}
+
+impl LoginThrottle {
+    /// How long `client` must still wait before trying, or `None` when it may try now.
+    pub fn wait(&self, client: &str, now: Instant) -> Option<Duration> {
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = clients.get(client)?.blocked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Records a wrong token from `client`.
+    pub fn failed(&self, client: &str, now: Instant) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(client) {
+            let first = clients
+                .iter()
+                .min_by_key(|(_, a)| a.blocked_until)
+                .map(|(k, _)| k.clone());
+            if let Some(first) = first {
+                clients.remove(&first);
+            }
+        }
+        let attempts = clients.entry(client.to_owned()).or_insert(Attempts {
+            failures: 0,
+            blocked_until: None,
+        });
+        attempts.failures = attempts.failures.saturating_add(1);
+        if let Some(over) = attempts.failures.checked_sub(FREE_ATTEMPTS) {
+            let backoff = Duration::from_secs(1u64 << over.min(16)).min(MAX_BACKOFF);
+            attempts.blocked_until = Some(now + backoff);
+        }
+    }
+
+    /// A right token: `client` starts afresh.
+    pub fn succeeded(&self, client: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(client);
+    }
+}
+
 /// A secret compared in constant time, never printed by `Debug`.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -150,6 +216,45 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cookies_are_secure_unless_on_loopback_or_told_otherwise() {
+        let public: std::net::SocketAddr = "0.0.0.0:8088".parse().unwrap();
+        let loopback: std::net::SocketAddr = "127.0.0.1:8088".parse().unwrap();
+        assert!(secure_cookies(public, false));
+        assert!(!secure_cookies(public, true));
+        assert!(!secure_cookies(loopback, false));
+    }
+
+    #[test]
+    fn the_wait_doubles_after_the_free_attempts_and_a_success_forgets() {
+        let throttle = LoginThrottle::default();
+        let t0 = Instant::now();
+        for _ in 0..FREE_ATTEMPTS - 1 {
+            throttle.failed("a", t0);
+        }
+        assert_eq!(throttle.wait("a", t0), None, "still free");
+        throttle.failed("a", t0);
+        assert_eq!(throttle.wait("a", t0), Some(Duration::from_secs(1)));
+        assert_eq!(
+            throttle.wait("a", t0 + Duration::from_secs(1)),
+            None,
+            "the wait is over"
+        );
+        throttle.failed("a", t0 + Duration::from_secs(1));
+        assert_eq!(
+            throttle.wait("a", t0 + Duration::from_secs(1)),
+            Some(Duration::from_secs(2))
+        );
+        for _ in 0..30 {
+            throttle.failed("a", t0);
+        }
+        assert_eq!(throttle.wait("a", t0), Some(MAX_BACKOFF), "capped");
+        assert_eq!(throttle.wait("b", t0), None, "per client");
+        throttle.succeeded("a");
+        assert_eq!(throttle.wait("a", t0), None);
+    }
+
     use super::*;
 
     #[test]

@@ -38,6 +38,7 @@ pub struct AppState {
     pub db: Db,
     pub releases: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
+    pub logins: Arc<auth::LoginThrottle>,
     pub config: Arc<Config>,
     pub counters: Arc<Counters>,
     /// The front door the app is served behind, for its metrics; `None` when a test drives the router directly.
@@ -96,6 +97,7 @@ impl AppState {
             db,
             releases,
             sessions: Arc::new(Sessions::default()),
+            logins: Arc::new(auth::LoginThrottle::default()),
             config: Arc::new(config),
             counters: Arc::new(Counters::default()),
             front: None,
@@ -156,7 +158,7 @@ pub async fn start(args: Args) -> anyhow::Result<Dashboard> {
     let config = Config {
         login_token: read_token(args.login_token, args.login_token_file.as_deref(), "login token")?,
         ingest_token: read_token(args.ingest_token, args.ingest_token_file.as_deref(), "ingest token")?,
-        secure_cookies: args.secure_cookies,
+        secure_cookies: auth::secure_cookies(args.listen, args.insecure_cookies),
         retain: args.retain,
     };
     let front = serve::Front::new(args.limits.clone());

@@ -65,7 +65,7 @@ async fn keyset_pages_cover_every_row_once_even_with_equal_times() {
     assert_eq!(ids, ["r500", "r50"]);
     let full = db.list_full_decisions(&prefix, None, 1).await.unwrap();
     assert_eq!(full[0].1.candidates.len(), 2);
-    assert_eq!(db.get_decision("r7").await.unwrap().unwrap().request_id, "r7");
+    assert_eq!(db.get_decision("r7", None).await.unwrap().unwrap().1.request_id, "r7");
     let stats = db.model_stats(0).await.unwrap();
     assert_eq!(stats[0].requests, 501);
 }
@@ -144,7 +144,7 @@ async fn mirrored_copies_are_stored_filtered_on_an_index_and_found_from_their_or
     let page = db.list_decisions(&exclude, None, 100).await.unwrap();
     assert_eq!(page.len(), 40);
     assert!(page.iter().all(|d| d.mirror_of.is_none()));
-    let full = db.get_decision("m1").await.unwrap().unwrap();
+    let (_, full) = db.get_decision("m1", None).await.unwrap().unwrap();
     assert_eq!(full.mirror_of.as_deref(), Some("r10"));
     let of_r10: Vec<String> = db
         .mirrors_of("r10", 10)

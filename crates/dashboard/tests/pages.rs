@@ -484,3 +484,96 @@ async fn mirrored_copies_have_a_badge_a_filter_and_a_link_to_their_original() {
         "{paged}"
     );
 }
+
+#[tokio::test]
+async fn login_follows_only_same_origin_paths_whatever_their_encoding() {
+    let app = test_app("login-next").await;
+    let cases = [
+        ("/\t/example.com", "/"),
+        ("/\n/x", "/"),
+        ("/\\example.com", "/"),
+        ("//example.com", "/"),
+        ("https://example.com/", "/"),
+        ("/ space", "/"),
+        ("/%09/example.com", "/%09/example.com"),
+        (
+            "/decisions?model=qwq&outcome=routed",
+            "/decisions?model=qwq&outcome=routed",
+        ),
+    ];
+    for (next, location) in cases {
+        let reply = app
+            .post_form("/login", None, &[("actor", "ana"), ("token", LOGIN), ("next", next)])
+            .await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "next={next:?}: {}", reply.body);
+        assert_eq!(reply.headers[header::LOCATION], location, "next={next:?}");
+    }
+    // The login page's own `next` field is cleaned the same way.
+    let page = app.get("/login?next=/%0a/x").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(r#"name="next" value="/""#), "{}", page.body);
+}
+
+#[tokio::test]
+async fn wrong_tokens_past_the_free_attempts_block_the_client_even_with_the_right_one() {
+    let app = test_app("login-throttle").await;
+    for attempt in 1..=dashboard::auth::FREE_ATTEMPTS {
+        let reply = app
+            .post_form("/login", None, &[("actor", "mallory"), ("token", "guess")])
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let blocked = app
+        .post_form("/login", None, &[("actor", "mallory"), ("token", LOGIN)])
+        .await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS, "{}", blocked.body);
+    assert_eq!(blocked.headers[header::RETRY_AFTER], "1");
+    assert!(!blocked.headers.contains_key(header::SET_COOKIE));
+}
+
+#[tokio::test]
+async fn a_resent_batch_is_stored_once_and_a_reused_request_id_lists_every_record() {
+    let app = test_app("record-ids").await;
+    let with_id = |record_id: &str, at_ms: u64, target: &str| {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&decision_line("shared-id", at_ms, target, "pod-1", "Routed")).unwrap();
+        json["decision"]["record_id"] = record_id.into();
+        json.to_string()
+    };
+    let batch = format!(
+        "{}\n{}\n",
+        with_id("a1", 1_000, "qwq-32b"),
+        with_id("b2", 2_000, "qwq-32b-v2")
+    );
+    let first = app.ingest(Some(INGEST), batch.clone()).await;
+    assert!(first.body.contains(r#""decisions":2"#), "{}", first.body);
+    // The gateway resends a batch whose answer it never got: nothing is stored twice.
+    let again = app.ingest(Some(INGEST), batch).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.body.contains(r#""decisions":0"#), "{}", again.body);
+
+    // Two requests shared one x-request-id: the page shows the newest and lists both.
+    let page = app.get("/decisions/shared-id").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Every record with this request id"), "{}", page.body);
+    assert_eq!(
+        page.body.matches("/decisions/shared-id?row=").count(),
+        2,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("qwq → qwq-32b-v2</div>"), "the newest is shown");
+    let rows_html = &page.body[page.body.find("id=\"same-id\"").unwrap()..];
+    let older = rows_html
+        .match_indices("/decisions/shared-id?row=")
+        .filter_map(|(at, _)| extract(&rows_html[at..], "?row=", "\""))
+        .last()
+        .unwrap();
+    let shown = app.get(&format!("/decisions/shared-id?row={older}")).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(shown.body.contains("qwq → qwq-32b</div>"), "{}", shown.body);
+    assert_eq!(
+        app.get("/decisions/shared-id?row=999999").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

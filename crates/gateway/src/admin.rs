@@ -16,13 +16,18 @@ use crate::routing::Director;
 /// Decisions returned by `/debug/decisions` when no `limit` is given.
 const DEFAULT_DECISIONS: usize = 100;
 
-pub fn router(director: Arc<Director>) -> Router {
-    Router::new()
+/// The admin routes; `/debug/decisions` only when `debug_decisions` (it shows who asked for what, and where it went).
+pub fn router(director: Arc<Director>, debug_decisions: bool) -> Router {
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/debug/decisions", get(decisions))
-        .with_state(director)
+        .route("/readyz", get(readyz));
+    let router = if debug_decisions {
+        router.route("/debug/decisions", get(decisions))
+    } else {
+        router
+    };
+    router.with_state(director)
 }
 
 async fn metrics(State(director): State<Arc<Director>>) -> Response {

@@ -102,6 +102,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_MIRROR_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub mirror_timeout: Duration,
 
+    /// Serve `/debug/decisions` on the admin listener (prompts' model names, pods and scores of recent requests;
+    /// `--debug-decisions=false` leaves it 404, as the deploy/ manifests do).
+    #[arg(long, env = "SWITCHYARD_DEBUG_DECISIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub debug_decisions: bool,
+
     /// How many finished decisions /debug/decisions keeps.
     #[arg(long, env = "SWITCHYARD_DECISIONS_KEPT", default_value_t = 1000)]
     pub decisions_kept: usize,

@@ -45,6 +45,7 @@ mod tests {
 
     fn decision(id: usize) -> Decision {
         Decision {
+            record_id: format!("rec-{id}"),
             request_id: id.to_string(),
             received_at_ms: 0,
             model: "m".into(),

@@ -174,7 +174,7 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
         &front,
         admin,
         serve::Site::new("admin", ADMIN_MAX_BODY),
-        admin::router(director.clone()),
+        admin::router(director.clone(), args.debug_decisions),
         &cancel,
     ));
     tracing::info!(addr = %admin_addr, "admin listening");

@@ -4,6 +4,8 @@
 //! the channel is full (the dashboard is slow or down) the record is dropped and counted, and the request never
 //! waits. One background task drains the channel into batches of up to [`MAX_BATCH`] records or [`FLUSH_EVERY`],
 //! whichever comes first, and POSTs them with bounded retries; a batch that still fails is dropped and counted.
+//! A POST carries at most [`MAX_BODY_BYTES`] (a few large decisions start a new one), and one the dashboard refuses
+//! as too large (413) is split in halves and resent, so one oversized record never takes others down with it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +27,8 @@ use crate::{datastore::Datastore, scrape::MetricsStore};
 pub const QUEUE_CAPACITY: usize = 20_000;
 /// Records per POST.
 pub const MAX_BATCH: usize = 1_000;
+/// Bytes per POST, well under the dashboard's ingest limit (32 MiB) whatever the records' sizes.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// A partial batch is sent after this long, so the dashboard is at most this far behind.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Attempts per batch before it is dropped; with the back-off below a batch is retried for about 3 s.
@@ -48,6 +52,8 @@ pub struct ShipperConfig {
 pub struct ShipperCounters {
     pub shipped: Counter,
     pub dropped: Counter,
+    /// Records the dashboard refused as too large even alone (413); counted in `dropped` too.
+    pub too_large: Counter,
 }
 
 /// The sending half, held by the [`crate::routing::Director`]; cheap to call from the request path.
@@ -116,7 +122,9 @@ struct Sender {
 enum Failure {
     /// Worth another try (connection refused, timeout, 5xx, 429).
     Transient(String),
-    /// The dashboard refused the batch itself (401, 413, 422): retrying cannot help.
+    /// The body is over the dashboard's limit (413): smaller bodies may pass.
+    TooLarge,
+    /// The dashboard refused the batch itself (401, 422): retrying cannot help.
     Permanent(String),
 }
 
@@ -134,50 +142,81 @@ impl Sender {
         match response.status() {
             s if s.is_success() => Ok(()),
             s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Err(Failure::Transient(s.to_string())),
+            StatusCode::PAYLOAD_TOO_LARGE => Err(Failure::TooLarge),
             s => Err(Failure::Permanent(s.to_string())),
         }
     }
 
-    /// Sends one batch with bounded retries; counts it as shipped or dropped.
+    /// Sends one batch: cut into bodies of at most [`MAX_BODY_BYTES`], each sent with bounded retries, and split in
+    /// halves when the dashboard answers 413. Every record ends counted as shipped or dropped.
     async fn send(&self, batch: &mut Vec<Record>, cancel: &CancellationToken) {
-        if batch.is_empty() {
-            return;
+        let mut pending: Vec<Vec<Bytes>> = Vec::new();
+        let mut body: Vec<Bytes> = Vec::new();
+        let mut bytes = 0;
+        for record in batch.drain(..) {
+            let mut line = Vec::new();
+            wire::encode(std::iter::once(&record), &mut line);
+            if !body.is_empty() && bytes + line.len() > MAX_BODY_BYTES {
+                pending.push(std::mem::take(&mut body));
+                bytes = 0;
+            }
+            bytes += line.len();
+            body.push(Bytes::from(line));
         }
-        let n = batch.len() as u64;
-        let mut body = Vec::with_capacity(batch.len() * 1024);
-        wire::encode(batch.iter(), &mut body);
-        batch.clear();
-        let body = Bytes::from(body);
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            match self.post(body.clone()).await {
+        if !body.is_empty() {
+            pending.push(body);
+        }
+        // Last in, first out, so the halves of a split body go before the bodies after it.
+        pending.reverse();
+        while let Some(mut lines) = pending.pop() {
+            let n = lines.len() as u64;
+            match self.post_with_retries(&lines, cancel).await {
                 Ok(()) => {
                     self.counters.shipped.inc_by(n);
-                    return;
                 }
-                Err(Failure::Permanent(why)) => {
-                    tracing::warn!(records = n, error = why, "dashboard refused a batch; dropped");
-                    break;
+                Err(Failure::TooLarge) if lines.len() > 1 => {
+                    tracing::debug!(records = n, "dashboard refused a batch as too large; splitting it");
+                    let second = lines.split_off(lines.len() / 2);
+                    pending.push(second);
+                    pending.push(lines);
                 }
+                Err(Failure::TooLarge) => {
+                    tracing::warn!("dashboard refused a single record as too large; dropped");
+                    self.counters.too_large.inc();
+                    self.counters.dropped.inc();
+                }
+                Err(Failure::Permanent(why) | Failure::Transient(why)) => {
+                    tracing::warn!(records = n, error = why, "batch not shipped; dropped");
+                    self.counters.dropped.inc_by(n);
+                }
+            }
+        }
+    }
+
+    /// POSTs `lines` as one body, retrying transient failures with back-off.
+    async fn post_with_retries(&self, lines: &[Bytes], cancel: &CancellationToken) -> Result<(), Failure> {
+        let body = Bytes::from(lines.concat());
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.post(body.clone()).await {
                 Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
                     tracing::debug!(
-                        records = n,
+                        records = lines.len(),
                         attempt,
                         error = why,
                         "shipping to the dashboard failed; retrying"
                     );
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = cancel.cancelled() => break,
+                        () = cancel.cancelled() => return Err(Failure::Transient(why)),
                     }
                     backoff *= 2;
+                    attempt += 1;
                 }
-                Err(Failure::Transient(why)) => {
-                    tracing::warn!(records = n, error = why, "dashboard unreachable; batch dropped");
-                }
+                result => return result,
             }
         }
-        self.counters.dropped.inc_by(n);
     }
 }
 
@@ -397,5 +436,67 @@ mod tests {
             assert!(spawn(config("not a url"), ShipperCounters::default(), cancel.clone()).is_err());
             assert!(spawn(config("http://127.0.0.1:1/"), ShipperCounters::default(), cancel).is_ok());
         });
+    }
+
+    /// A fake dashboard that stores bodies of up to `limit` bytes and answers 413 above it, as the real one does.
+    async fn limited_dashboard(limit: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = Router::new().route(
+            "/api/v1/ingest",
+            post(move |body: AxumBytes| {
+                let kept = kept.clone();
+                async move {
+                    if body.len() > limit {
+                        return StatusCode::PAYLOAD_TOO_LARGE;
+                    }
+                    kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, bodies)
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_as_too_large_is_split_and_only_the_oversized_record_is_lost() {
+        let (url, bodies) = limited_dashboard(64 << 10).await;
+        let counters = ShipperCounters::default();
+        let cancel = CancellationToken::new();
+        let config = ShipperConfig {
+            url,
+            token: "t0ken".into(),
+        };
+        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).unwrap();
+        for i in 0..200 {
+            shipper.ship(sample(i));
+            if i == 100 {
+                // One record larger than the dashboard takes even alone.
+                shipper.ship(Record::Sample(Sample {
+                    pod: "x".repeat(100 << 10),
+                    pool: "pool".into(),
+                    endpoint: "127.0.0.11:8000".into(),
+                    at_ms: i,
+                    queue: 1,
+                    running: 2,
+                    kv_usage: 0.5,
+                }));
+            }
+        }
+        wait_for("every record shipped or dropped", || {
+            counters.shipped.get() + counters.dropped.get() == 201
+        })
+        .await;
+        assert_eq!(
+            (counters.shipped.get(), counters.dropped.get(), counters.too_large.get()),
+            (200, 1, 1)
+        );
+        let lines: usize = bodies.lock().unwrap().iter().map(|b| b.lines().count()).sum();
+        assert_eq!(lines, 200, "every other record arrived, once");
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

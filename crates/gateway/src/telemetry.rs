@@ -169,6 +169,11 @@ impl Metrics {
             "Decisions and pod samples dropped (dashboard queue full, unreachable or refusing)",
             shipper.dropped.clone(),
         );
+        registry.register(
+            "dashboard_too_large_records",
+            "Records the dashboard refused as too large even when sent alone (also counted as dropped)",
+            shipper.too_large.clone(),
+        );
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         registry.register(
             "mirror_requests",

@@ -437,3 +437,20 @@ async fn a_stalled_upload_gets_408_in_the_upstream_format_and_is_counted() {
     assert!(s.pods[0].received() == 0, "nothing reached a pod");
     s.gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decisions_endpoint_can_be_turned_off() {
+    let s = setup("no-decisions", 45, 1, &["--debug-decisions=false"]).await;
+    let c = client();
+    assert_eq!(
+        c.post(&format!("{}/v1/chat/completions", s.base), CHAT).await.status,
+        200
+    );
+    assert_eq!(c.get(&format!("{}/debug/decisions", s.admin)).await.status, 404);
+    assert_eq!(
+        c.get(&format!("{}/metrics", s.admin)).await.status,
+        200,
+        "the rest stays"
+    );
+    s.gw.stop().await;
+}

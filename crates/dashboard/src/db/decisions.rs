@@ -16,6 +16,8 @@ const INSERT_CHUNK: usize = 200;
 /// A decision in the shape it is stored: the filter columns, plus the candidates and fallbacks as JSON.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewDecision {
+    /// The gateway's id of this decision; `None` for records without one (never deduplicated).
+    pub record_id: Option<String>,
     pub request_id: String,
     pub received_at_ms: i64,
     pub model: String,
@@ -50,6 +52,7 @@ impl NewDecision {
                 .map(|c| c.pod.as_str().to_owned())
         });
         Ok(NewDecision {
+            record_id: (!d.record_id.is_empty()).then(|| d.record_id.clone()),
             request_id: d.request_id.clone(),
             received_at_ms: clamp_i64(d.received_at_ms),
             model: d.model.clone(),
@@ -184,6 +187,7 @@ pub struct DecisionSummary {
     pub completion_tokens: Option<i64>,
     pub cached_tokens: Option<i64>,
     pub mirror_of: Option<String>,
+    pub record_id: Option<String>,
 }
 
 impl DecisionSummary {
@@ -200,7 +204,7 @@ macro_rules! summary_columns {
     () => {
         "id, request_id, received_at_ms, model, target_model, pool, criticality, outcome, endpoint, pod, profile, \
          reason, scheduler_micros, status, ttft_ms, duration_ms, prompt_tokens, completion_tokens, cached_tokens, \
-         mirror_of"
+         mirror_of, record_id"
     };
 }
 
@@ -226,6 +230,7 @@ impl FullRow {
         Ok((
             cursor,
             Record {
+                record_id: s.record_id.unwrap_or_default(),
                 request_id: s.request_id,
                 received_at_ms: unsigned(s.received_at_ms),
                 model: s.model,
@@ -311,7 +316,8 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &DecisionFilter, after: Op
 }
 
 impl Db {
-    /// Stores a batch in one transaction; returns how many rows were written.
+    /// Stores a batch in one transaction; returns how many rows were written (records already stored under their
+    /// `record_id` are skipped).
     pub async fn insert_decisions(&self, rows: &[NewDecision]) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let mut written = 0;
@@ -319,7 +325,7 @@ impl Db {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO decisions (request_id, received_at_ms, model, target_model, pool, criticality, outcome, \
                  endpoint, pod, profile, reason, scheduler_micros, status, ttft_ms, duration_ms, prompt_tokens, \
-                 completion_tokens, cached_tokens, fallbacks, candidates, mirror_of) ",
+                 completion_tokens, cached_tokens, fallbacks, candidates, mirror_of, record_id) ",
             );
             qb.push_values(chunk, |mut b, d| {
                 b.push_bind(d.request_id.as_str())
@@ -342,8 +348,11 @@ impl Db {
                     .push_bind(d.cached_tokens)
                     .push_bind(d.fallbacks.as_str())
                     .push_bind(d.candidates.as_str())
-                    .push_bind(d.mirror_of.as_deref());
+                    .push_bind(d.mirror_of.as_deref())
+                    .push_bind(d.record_id.as_deref());
             });
+            // A record already stored (a batch resent after its answer was lost) is skipped, not duplicated.
+            qb.push(" ON CONFLICT DO NOTHING");
             written += qb.build().execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
@@ -389,18 +398,34 @@ impl Db {
         rows.into_iter().map(FullRow::into_decision).collect()
     }
 
-    /// The newest decision with this request id (ids supplied by clients need not be unique); a client request
-    /// comes before a mirrored copy that happens to carry the same id.
-    pub async fn get_decision(&self, request_id: &str) -> Result<Option<Record>> {
-        let row = sqlx::query_as::<_, FullRow>(concat!(
+    /// A decision with this request id: the stored row `row` when given, else the newest (ids supplied by clients
+    /// need not be unique; a client request comes before a mirrored copy that happens to carry the same id).
+    /// Returns the row's id with the record.
+    pub async fn get_decision(&self, request_id: &str, row: Option<i64>) -> Result<Option<(i64, Record)>> {
+        let found = sqlx::query_as::<_, FullRow>(concat!(
             "SELECT ",
             summary_columns!(),
-            ", fallbacks, candidates FROM decisions WHERE request_id = ?1 ORDER BY mirror_of IS NOT NULL, id DESC LIMIT 1"
+            ", fallbacks, candidates FROM decisions WHERE request_id = ?1 AND (?2 IS NULL OR id = ?2) \
+             ORDER BY mirror_of IS NOT NULL, id DESC LIMIT 1"
         ))
         .bind(request_id)
+        .bind(row)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| r.into_decision().map(|(_, d)| d)).transpose()
+        found.map(|r| r.into_decision().map(|(c, d)| (c.id, d))).transpose()
+    }
+
+    /// Every stored decision with this request id (a reused `x-request-id`, a mirrored copy), newest first.
+    pub async fn with_request_id(&self, request_id: &str, limit: u32) -> Result<Vec<DecisionSummary>> {
+        Ok(sqlx::query_as::<_, DecisionSummary>(concat!(
+            "SELECT ",
+            summary_columns!(),
+            " FROM decisions WHERE request_id = ?1 ORDER BY id DESC LIMIT ?2"
+        ))
+        .bind(request_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The mirrored copies of one client request, newest first.

@@ -63,10 +63,10 @@ async fn decisions(
 async fn decision(State(state): State<AppState>, Path(request_id): Path<String>) -> Result<Json<Record>, ApiError> {
     let d = state
         .db
-        .get_decision(&request_id)
+        .get_decision(&request_id, None)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("decision {request_id:?}")))?;
-    Ok(Json(d))
+    Ok(Json(d.1))
 }
 
 /// Streams every page of a query through `render`, stopping at [`EXPORT_MAX`] rows.

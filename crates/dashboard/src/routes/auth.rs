@@ -2,9 +2,11 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use std::{net::SocketAddr, time::Instant};
+
 use axum::{
-    Form, Router,
-    extract::{Query, State},
+    Extension, Form, Router,
+    extract::{ConnectInfo, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
     routing::get,
@@ -35,13 +37,15 @@ struct NextQuery {
     next: String,
 }
 
-/// Only same-site paths are followed after login, so `?next=` cannot send people elsewhere.
+/// Only a same-origin path is followed after login, so `?next=` cannot send people elsewhere: it must parse as a
+/// path (and query), start with one `/`, and hold only visible ASCII other than `\` — browsers drop tabs and
+/// newlines and read `\` as `/`, which turns `/\t/host` or `/\\host` into another origin.
 fn safe_next(next: &str) -> String {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
-        next.to_owned()
-    } else {
-        "/".to_owned()
-    }
+    let same_origin = next.starts_with('/')
+        && !next.starts_with("//")
+        && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        && next.parse::<axum::http::uri::PathAndQuery>().is_ok();
+    if same_origin { next.to_owned() } else { "/".to_owned() }
 }
 
 async fn login_page(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<NextQuery>) -> LoginPage {
@@ -67,7 +71,33 @@ struct LoginForm {
 /// Longest accepted actor name.
 const MAX_ACTOR: usize = 64;
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // Behind a proxy every client shares its address, and so its attempts: the safe side.
+    let client = peer.map_or_else(
+        || "unknown".to_owned(),
+        |Extension(ConnectInfo(addr))| addr.ip().to_string(),
+    );
+    let now = Instant::now();
+    if let Some(wait) = state.logins.wait(&client, now) {
+        tracing::warn!(%client, ?wait, "login attempt while blocked");
+        let seconds = wait.as_secs().max(1);
+        let page = LoginPage {
+            nav: Nav::new("login", None),
+            next: safe_next(&form.next),
+            actor: form.actor.trim().to_owned(),
+            error: Some(format!("Too many wrong tokens; try again in {seconds} s.")),
+        };
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            page,
+        )
+            .into_response();
+    }
     let actor = form.actor.trim();
     let next = safe_next(&form.next);
     let fail = |status: StatusCode, error: &str| {
@@ -86,9 +116,11 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
         );
     }
     if !state.config.login_token.matches(form.token.trim()) {
-        tracing::warn!(actor, "login with a wrong token");
+        tracing::warn!(actor, %client, "login with a wrong token");
+        state.logins.failed(&client, now);
         return fail(StatusCode::UNAUTHORIZED, "That token is not right.");
     }
+    state.logins.succeeded(&client);
     let id = state.sessions.create(actor);
     tracing::info!(actor, "logged in");
     (

@@ -27,6 +27,8 @@ pub(crate) const DEFAULT_LIMIT: u32 = 50;
 pub(crate) const MAX_LIMIT: u32 = 1000;
 /// Mirrored copies listed on a client request's page.
 const MIRRORS_SHOWN: u32 = 20;
+/// Records listed that share the shown one's request id.
+const SAME_ID_SHOWN: u32 = 50;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -261,6 +263,8 @@ pub(crate) struct CandidateView {
 struct DetailPage {
     nav: Nav,
     d: Record,
+    /// Every record stored under this request id when there are several, the shown one marked.
+    same_id: Vec<(bool, Row)>,
     outcome: &'static str,
     criticality: &'static str,
     time: String,
@@ -320,16 +324,36 @@ fn explain(d: &Record) -> String {
     }
 }
 
+/// `?row=` picks one of several stored records sharing a request id (the page lists them all).
+#[derive(Deserialize, Default)]
+struct DetailQuery {
+    row: Option<i64>,
+}
+
 async fn detail(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(request_id): Path<String>,
+    Query(q): Query<DetailQuery>,
 ) -> Result<DetailPage, AppError> {
-    let d = state
+    let (row, d) = state
         .db
-        .get_decision(&request_id)
+        .get_decision(&request_id, q.row)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("decision {request_id:?}")))?;
+    let same_id = state.db.with_request_id(&request_id, SAME_ID_SHOWN).await?;
+    let same_id: Vec<(bool, Row)> = if same_id.len() > 1 {
+        let shown = same_id.iter().map(|s| s.id == row);
+        let links = same_id
+            .iter()
+            .map(|s| format!("/decisions/{}?row={}", encode(&s.request_id), s.id));
+        shown
+            .zip(rows(&same_id).into_iter().zip(links))
+            .map(|(current, (r, link))| (current, Row { link, ..r }))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let scorers: Vec<String> = d
         .candidates
         .iter()
@@ -392,6 +416,7 @@ async fn detail(
         nav: Nav::new("decisions", session.as_ref()),
         original_link: d.mirror_of.as_deref().map(|id| format!("/decisions/{}", encode(id))),
         mirrors,
+        same_id,
         time: format_ms(i64::try_from(d.received_at_ms).unwrap_or(i64::MAX)),
         outcome_class: outcome_class(crate::db::outcome_name(d.outcome)),
         outcome: crate::db::outcome_name(d.outcome),

@@ -103,6 +103,7 @@ impl Director {
             criticality: Criticality::Sheddable,
         };
         let ids = Ids {
+            record_id: Ids::new_record_id(),
             request_id: format!("{}{}", original.request_id, super::MIRROR_ID_SUFFIX),
             mirror_of: Some(original.request_id.clone()),
             received_at_ms: original.received_at_ms,

@@ -77,6 +77,8 @@ pub struct Director {
 
 /// Who a decision is about: its request id, the original's when it is a copy, and when the request arrived.
 struct Ids {
+    /// The decision's own id (request ids come from clients and may repeat).
+    record_id: String,
     request_id: String,
     mirror_of: Option<String>,
     received_at_ms: u64,
@@ -341,6 +343,7 @@ impl Director {
     /// Records a request refused before it was scheduled, and hands the error back.
     fn reject(&self, ids: &Ids, model: &str, pool: &str, err: RouteError) -> RouteError {
         let record = Record {
+            record_id: ids.record_id.clone(),
             request_id: ids.request_id.clone(),
             received_at_ms: ids.received_at_ms,
             model: model.to_owned(),
@@ -374,12 +377,20 @@ impl Director {
 }
 
 impl Ids {
+    /// 128 random bits as hex: unique over every gateway replica and restart without any coordination.
+    fn new_record_id() -> String {
+        format!("{:032x}", rand::random::<u128>())
+    }
+
+    /// A client chooses its request id (`x-request-id`), so the record keeps at most `audit::MAX_NAME_BYTES` of it.
     fn of(inbound: &Inbound, mirror_of: Option<String>) -> Ids {
+        let mirror_of = mirror_of.map(|original| audit::bounded_name(&original));
         let request_id = match &mirror_of {
             Some(original) => format!("{original}{MIRROR_ID_SUFFIX}"),
-            None => inbound.request_id.clone(),
+            None => audit::bounded_name(&inbound.request_id),
         };
         Ids {
+            record_id: Ids::new_record_id(),
             request_id,
             mirror_of,
             received_at_ms: unix_ms(),
@@ -407,6 +418,7 @@ fn audit_record(ids: &Ids, request: &Request, decision: Decision, scheduler_micr
         None => decision.reason.to_string(),
     };
     Record {
+        record_id: ids.record_id.clone(),
         request_id: request.request_id.clone(),
         received_at_ms: request.received_at_ms,
         model: request.model.clone(),
