@@ -119,6 +119,15 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_DASHBOARD_TOKEN", hide_env_values = true)]
     pub dashboard_token: Option<String>,
 
+    /// Directory where batches the dashboard cannot take (down, restarting) wait on disk, to be resent oldest first
+    /// once it answers, across a gateway restart too. Without it such batches are dropped after a few retries.
+    #[arg(long, env = "SWITCHYARD_DASHBOARD_SPOOL_DIR")]
+    pub dashboard_spool_dir: Option<PathBuf>,
+
+    /// Bytes the spool may hold; batches past it are dropped (counted in `switchyard_dashboard_dropped_records`).
+    #[arg(long, env = "SWITCHYARD_DASHBOARD_SPOOL_BYTES", default_value_t = 256 << 20)]
+    pub dashboard_spool_bytes: u64,
+
     /// Follow the engines' KV events: the port every pod publishes on (vLLM's `--kv-events-config` endpoint
     /// `tcp://*:PORT`, usually 5557). Each pod's stream keeps the precise prefix index for that pod.
     #[arg(long, env = "SWITCHYARD_KV_EVENTS_PORT")]

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod routing;
 pub mod scrape;
 pub mod shipper;
+pub mod spool;
 pub mod telemetry;
 pub mod usage;
 
@@ -115,8 +116,12 @@ pub async fn start(args: Args) -> anyhow::Result<Gateway> {
             let config = shipper::ShipperConfig {
                 url: url.clone(),
                 token: token.clone(),
+                spool: args
+                    .dashboard_spool_dir
+                    .clone()
+                    .map(|dir| (dir, args.dashboard_spool_bytes)),
             };
-            let (shipper, drain) = shipper::spawn(config, metrics.shipper.clone(), cancel.clone())?;
+            let (shipper, drain) = shipper::spawn(config, metrics.shipper.clone(), cancel.clone()).await?;
             tasks.spawn(async move {
                 let _ = drain.await;
                 Ok(())

@@ -6,6 +6,8 @@
 //! whichever comes first, and POSTs them with bounded retries; a batch that still fails is dropped and counted.
 //! A POST carries at most [`MAX_BODY_BYTES`] (a few large decisions start a new one), and one the dashboard refuses
 //! as too large (413) is split in halves and resent, so one oversized record never takes others down with it.
+//! With a spool (`--dashboard-spool-dir`), a body the dashboard cannot take now is written to disk instead of dropped
+//! and resent, oldest first, as soon as the dashboard answers again ([`crate::spool`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +23,11 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{datastore::Datastore, scrape::MetricsStore};
+use crate::{
+    datastore::Datastore,
+    scrape::MetricsStore,
+    spool::{Spool, SpoolError},
+};
 
 /// Records waiting to be shipped; beyond this they are dropped rather than held in memory.
 pub const QUEUE_CAPACITY: usize = 20_000;
@@ -33,6 +39,8 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Attempts per batch before it is dropped; with the back-off below a batch is retried for about 3 s.
 const ATTEMPTS: u32 = 5;
+/// Attempts before a batch is spooled instead (the spool retries it later, so the drain need not wait long).
+const SPOOLED_ATTEMPTS: u32 = 2;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Bound on one POST.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +53,8 @@ pub struct ShipperConfig {
     /// Base URL of the dashboard, e.g. `http://127.0.0.1:8088`.
     pub url: String,
     pub token: String,
+    /// Where bodies wait while the dashboard is unreachable, and how many bytes may wait; `None` drops them.
+    pub spool: Option<(std::path::PathBuf, u64)>,
 }
 
 /// Counters of what happened to shipped records (registered on the gateway's `/metrics`).
@@ -54,6 +64,10 @@ pub struct ShipperCounters {
     pub dropped: Counter,
     /// Records the dashboard refused as too large even alone (413); counted in `dropped` too.
     pub too_large: Counter,
+    /// Records written to the spool to be resent (each is later counted as shipped or dropped).
+    pub spooled: Counter,
+    /// Bytes waiting in the spool.
+    pub spool_bytes: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// The sending half, held by the [`crate::routing::Director`]; cheap to call from the request path.
@@ -67,6 +81,8 @@ pub struct Shipper {
 pub enum ShipperError {
     #[error("invalid --dashboard-url {url:?}: {reason}")]
     Url { url: String, reason: String },
+    #[error("--dashboard-spool-dir: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 impl Shipper {
@@ -83,7 +99,8 @@ impl Shipper {
 }
 
 /// Creates the shipper and the task that drains it; the task ends when `cancel` fires, after one last flush.
-pub fn spawn(
+/// Fails on a bad URL or a spool directory that cannot be opened.
+pub async fn spawn(
     config: ShipperConfig,
     counters: ShipperCounters,
     cancel: CancellationToken,
@@ -101,8 +118,19 @@ pub fn spawn(
             reason: "only http:// is supported (put TLS in front of the dashboard's Service)".into(),
         });
     }
+    let spool = match &config.spool {
+        Some((dir, max_bytes)) => {
+            let spool = Spool::open(dir, *max_bytes).await?;
+            counters
+                .spool_bytes
+                .set(i64::try_from(spool.held()).unwrap_or(i64::MAX));
+            Some(spool)
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let sender = Sender {
+        spool,
         client: Client::builder(TokioExecutor::new()).build_http(),
         uri,
         authorization: format!("Bearer {}", config.token),
@@ -113,6 +141,7 @@ pub fn spawn(
 }
 
 struct Sender {
+    spool: Option<Spool>,
     client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
     authorization: String,
@@ -147,32 +176,37 @@ impl Sender {
         }
     }
 
-    /// Sends one batch: cut into bodies of at most [`MAX_BODY_BYTES`], each sent with bounded retries, and split in
-    /// halves when the dashboard answers 413. Every record ends counted as shipped or dropped.
-    async fn send(&self, batch: &mut Vec<Record>, cancel: &CancellationToken) {
-        let mut pending: Vec<Vec<Bytes>> = Vec::new();
+    /// Sends one batch: cut into bodies of at most [`MAX_BODY_BYTES`], each delivered by [`Sender::deliver`].
+    async fn send(&mut self, batch: &mut Vec<Record>, cancel: &CancellationToken) {
         let mut body: Vec<Bytes> = Vec::new();
         let mut bytes = 0;
         for record in batch.drain(..) {
             let mut line = Vec::new();
             wire::encode(std::iter::once(&record), &mut line);
             if !body.is_empty() && bytes + line.len() > MAX_BODY_BYTES {
-                pending.push(std::mem::take(&mut body));
+                self.deliver(std::mem::take(&mut body), cancel).await;
                 bytes = 0;
             }
             bytes += line.len();
             body.push(Bytes::from(line));
         }
         if !body.is_empty() {
-            pending.push(body);
+            self.deliver(body, cancel).await;
         }
-        // Last in, first out, so the halves of a split body go before the bodies after it.
-        pending.reverse();
+    }
+
+    /// POSTs one body with bounded retries, split in halves on 413; what the dashboard cannot take now goes to the
+    /// spool (when there is one). Every record ends counted as shipped, spooled or dropped. After a delivery, the
+    /// spool is resent.
+    async fn deliver(&mut self, lines: Vec<Bytes>, cancel: &CancellationToken) {
+        let mut pending = vec![lines];
+        let mut delivered = false;
         while let Some(mut lines) = pending.pop() {
             let n = lines.len() as u64;
             match self.post_with_retries(&lines, cancel).await {
                 Ok(()) => {
                     self.counters.shipped.inc_by(n);
+                    delivered = true;
                 }
                 Err(Failure::TooLarge) if lines.len() > 1 => {
                     tracing::debug!(records = n, "dashboard refused a batch as too large; splitting it");
@@ -185,22 +219,104 @@ impl Sender {
                     self.counters.too_large.inc();
                     self.counters.dropped.inc();
                 }
-                Err(Failure::Permanent(why) | Failure::Transient(why)) => {
-                    tracing::warn!(records = n, error = why, "batch not shipped; dropped");
+                Err(Failure::Transient(why)) => self.spool_or_drop(&lines, &why).await,
+                Err(Failure::Permanent(why)) => {
+                    tracing::warn!(records = n, error = why, "dashboard refused a batch; dropped");
                     self.counters.dropped.inc_by(n);
                 }
             }
         }
+        if delivered {
+            self.resend_spooled(cancel).await;
+        }
     }
 
-    /// POSTs `lines` as one body, retrying transient failures with back-off.
+    async fn spool_or_drop(&mut self, lines: &[Bytes], why: &str) {
+        let n = lines.len() as u64;
+        let Some(spool) = self.spool.as_mut() else {
+            tracing::warn!(records = n, error = why, "dashboard unreachable; batch dropped");
+            self.counters.dropped.inc_by(n);
+            return;
+        };
+        match spool.push(&lines.concat()).await {
+            Ok(()) => {
+                tracing::debug!(records = n, error = why, "dashboard unreachable; batch spooled");
+                self.counters.spooled.inc_by(n);
+            }
+            Err(error) => {
+                tracing::warn!(records = n, %error, "dashboard unreachable and the spool refused the batch; dropped");
+                self.counters.dropped.inc_by(n);
+            }
+        }
+        self.counters
+            .spool_bytes
+            .set(i64::try_from(spool.held()).unwrap_or(i64::MAX));
+    }
+
+    /// Resends spooled bodies, oldest first, until the spool is empty or the dashboard fails again.
+    async fn resend_spooled(&mut self, cancel: &CancellationToken) {
+        while let Some(spool) = self.spool.as_ref() {
+            let Some(body) = spool.oldest().await else {
+                break;
+            };
+            let body = match body {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable spool file; skipped");
+                    self.pop_spooled().await;
+                    continue;
+                }
+            };
+            let lines: Vec<Bytes> = body
+                .split_inclusive(|&b| b == b'\n')
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let n = lines.len() as u64;
+            match self.post(Bytes::from(body)).await {
+                Ok(()) => {
+                    self.counters.shipped.inc_by(n);
+                    self.pop_spooled().await;
+                }
+                Err(Failure::Transient(_)) => break,
+                Err(Failure::TooLarge) => {
+                    // Not as one body any more (the dashboard's limit shrank): deliver it in parts.
+                    self.pop_spooled().await;
+                    Box::pin(self.deliver(lines, cancel)).await;
+                }
+                Err(Failure::Permanent(why)) => {
+                    tracing::warn!(records = n, error = why, "dashboard refused a spooled batch; dropped");
+                    self.counters.dropped.inc_by(n);
+                    self.pop_spooled().await;
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+    }
+
+    async fn pop_spooled(&mut self) {
+        if let Some(spool) = self.spool.as_mut() {
+            spool.pop().await;
+            self.counters
+                .spool_bytes
+                .set(i64::try_from(spool.held()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// POSTs `lines` as one body, retrying transient failures with back-off (briefly when a spool can keep them).
     async fn post_with_retries(&self, lines: &[Bytes], cancel: &CancellationToken) -> Result<(), Failure> {
         let body = Bytes::from(lines.concat());
+        let attempts = if self.spool.is_some() {
+            SPOOLED_ATTEMPTS
+        } else {
+            ATTEMPTS
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
             match self.post(body.clone()).await {
-                Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
+                Err(Failure::Transient(why)) if attempt < attempts => {
                     tracing::debug!(
                         records = lines.len(),
                         attempt,
@@ -220,7 +336,7 @@ impl Sender {
     }
 }
 
-async fn drain(mut rx: mpsc::Receiver<Record>, sender: Sender, cancel: CancellationToken) {
+async fn drain(mut rx: mpsc::Receiver<Record>, mut sender: Sender, cancel: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -236,7 +352,11 @@ async fn drain(mut rx: mpsc::Receiver<Record>, sender: Sender, cancel: Cancellat
                 }
                 None => break,
             },
-            _ = tick.tick() => sender.send(&mut batch, &cancel).await,
+            _ = tick.tick() => {
+                sender.send(&mut batch, &cancel).await;
+                // Nothing new may come for a while: the spool must not wait for traffic to be resent.
+                sender.resend_spooled(&cancel).await;
+            }
         }
     }
     // Whatever is already queued gets one attempt, without retries, so stopping stays quick.
@@ -348,8 +468,9 @@ mod tests {
         let config = ShipperConfig {
             url,
             token: "t0ken".into(),
+            spool: None,
         };
-        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).unwrap();
+        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).await.unwrap();
         for i in 0..2500 {
             shipper.ship(sample(i));
         }
@@ -373,10 +494,12 @@ mod tests {
             ShipperConfig {
                 url,
                 token: "t0ken".into(),
+                spool: None,
             },
             counters.clone(),
             cancel.clone(),
         )
+        .await
         .unwrap();
         for i in 0..10 {
             shipper.ship(sample(i));
@@ -399,10 +522,12 @@ mod tests {
             ShipperConfig {
                 url,
                 token: "t0ken".into(),
+                spool: None,
             },
             counters.clone(),
             cancel.clone(),
         )
+        .await
         .unwrap();
         let extra = 500;
         let started = std::time::Instant::now();
@@ -430,11 +555,24 @@ mod tests {
             let config = |url: &str| ShipperConfig {
                 url: url.into(),
                 token: "t".into(),
+                spool: None,
             };
             let cancel = CancellationToken::new();
-            assert!(spawn(config("https://x"), ShipperCounters::default(), cancel.clone()).is_err());
-            assert!(spawn(config("not a url"), ShipperCounters::default(), cancel.clone()).is_err());
-            assert!(spawn(config("http://127.0.0.1:1/"), ShipperCounters::default(), cancel).is_ok());
+            assert!(
+                spawn(config("https://x"), ShipperCounters::default(), cancel.clone())
+                    .await
+                    .is_err()
+            );
+            assert!(
+                spawn(config("not a url"), ShipperCounters::default(), cancel.clone())
+                    .await
+                    .is_err()
+            );
+            assert!(
+                spawn(config("http://127.0.0.1:1/"), ShipperCounters::default(), cancel)
+                    .await
+                    .is_ok()
+            );
         });
     }
 
@@ -469,8 +607,9 @@ mod tests {
         let config = ShipperConfig {
             url,
             token: "t0ken".into(),
+            spool: None,
         };
-        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).unwrap();
+        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).await.unwrap();
         for i in 0..200 {
             shipper.ship(sample(i));
             if i == 100 {
@@ -496,6 +635,83 @@ mod tests {
         );
         let lines: usize = bodies.lock().unwrap().iter().map(|b| b.lines().count()).sum();
         assert_eq!(lines, 200, "every other record arrived, once");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// A fake dashboard that answers 503 while `down` holds, and stores every body it accepts.
+    async fn flaky_dashboard(down: Arc<std::sync::atomic::AtomicBool>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = Router::new().route(
+            "/api/v1/ingest",
+            post(move |body: AxumBytes| {
+                let (kept, down) = (kept.clone(), down.clone());
+                async move {
+                    if down.load(std::sync::atomic::Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    kept.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, bodies)
+    }
+
+    #[tokio::test]
+    async fn while_the_dashboard_is_down_batches_wait_on_disk_and_arrive_after_it_and_a_restart() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = std::env::temp_dir().join(format!("switchyard-shipper-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let down = Arc::new(AtomicBool::new(true));
+        let (url, bodies) = flaky_dashboard(down.clone()).await;
+        let config = ShipperConfig {
+            url,
+            token: "t0ken".into(),
+            spool: Some((dir.clone(), 64 << 20)),
+        };
+
+        // A gateway ships 300 records during the outage, then stops: all of them are on disk.
+        let counters = ShipperCounters::default();
+        let cancel = CancellationToken::new();
+        let (shipper, task) = spawn(config.clone(), counters.clone(), cancel.clone()).await.unwrap();
+        for i in 0..300 {
+            shipper.ship(sample(i));
+        }
+        wait_for("300 spooled", || counters.spooled.get() == 300).await;
+        assert_eq!((counters.shipped.get(), counters.dropped.get()), (0, 0));
+        assert!(counters.spool_bytes.get() > 0);
+        cancel.cancel();
+        task.await.unwrap();
+
+        // The dashboard is back; the restarted gateway resends what waited, and ships new records too.
+        down.store(false, Ordering::SeqCst);
+        let counters = ShipperCounters::default();
+        let cancel = CancellationToken::new();
+        let (shipper, task) = spawn(config, counters.clone(), cancel.clone()).await.unwrap();
+        for i in 300..310 {
+            shipper.ship(sample(i));
+        }
+        wait_for("310 shipped", || counters.shipped.get() == 310).await;
+        assert_eq!((counters.dropped.get(), counters.spool_bytes.get()), (0, 0));
+        let mut pods: Vec<String> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        pods.sort();
+        pods.dedup();
+        assert_eq!(pods.len(), 310, "every record arrived, none twice");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "the spool is empty on disk"
+        );
         cancel.cancel();
         task.await.unwrap();
     }

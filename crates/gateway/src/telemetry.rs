@@ -174,6 +174,16 @@ impl Metrics {
             "Records the dashboard refused as too large even when sent alone (also counted as dropped)",
             shipper.too_large.clone(),
         );
+        registry.register(
+            "dashboard_spooled_records",
+            "Records written to the on-disk spool while the dashboard was unreachable (resent later)",
+            shipper.spooled.clone(),
+        );
+        registry.register(
+            "dashboard_spool_bytes",
+            "Bytes waiting in the on-disk spool",
+            shipper.spool_bytes.clone(),
+        );
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         registry.register(
             "mirror_requests",

@@ -81,9 +81,14 @@ impl MetricsStore {
         self.read().get(id).cloned().unwrap_or_default()
     }
 
-    /// Every scraped endpoint and its latest metrics, e.g. for shipping per-pod samples.
+    /// Every endpoint scraped at least once and its latest metrics, e.g. for shipping per-pod samples (a pod that
+    /// never answered has no metrics to show, only a failure streak).
     pub fn all(&self) -> Vec<(EndpointId, EndpointMetrics)> {
-        self.read().iter().map(|(id, m)| (id.clone(), m.clone())).collect()
+        self.read()
+            .iter()
+            .filter(|(_, m)| m.updated_at.is_some())
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect()
     }
 
     /// Whether any scrape so far listed `model` as a LoRA adapter.
