@@ -4,6 +4,7 @@ mod bench;
 mod ci;
 mod codegen;
 mod demo;
+mod fuzz;
 mod load;
 mod procs;
 mod tidy;
@@ -26,6 +27,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks; each prints a table and writes target/bench/<name>/summary.json.
     Bench(bench::BenchArgs),
+    /// The property-based fuzz targets in release, 10 million cases each unless `--cases` says otherwise.
+    Fuzz(fuzz::FuzzArgs),
     /// Writes the CRD YAML generated from crates/api into deploy/crds/ (`--check`: fail on drift instead).
     Codegen(codegen::CodegenArgs),
 }
@@ -38,6 +41,7 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Codegen(args) => codegen::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,6 +7,8 @@ pub mod datastore;
 pub mod decisions;
 pub mod error;
 pub mod ext_proc;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod kv_events;
 pub mod openai;

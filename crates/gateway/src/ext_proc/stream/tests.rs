@@ -713,3 +713,110 @@ fn a_stream_dropped_mid_response_still_finishes_its_decision() {
     );
     assert_eq!(director.inflight(), 0);
 }
+
+// === Fuzzing (see `crate::fuzz`) ===
+
+/// One message Envoy might send, in any order.
+#[derive(Debug, Clone)]
+enum Op {
+    Headers {
+        path: &'static str,
+        method: &'static str,
+        authority: &'static str,
+        length: Option<String>,
+        end: bool,
+        modes: Option<(i32, i32)>,
+    },
+    Body(Vec<u8>, bool),
+    Trailers,
+    ResponseHeaders(&'static str),
+    ResponseBody(Vec<u8>, bool),
+    ResponseTrailers,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let headers = (
+        prop::sample::select(&["/v1/completions", "/v1/chat/completions", "/v1/models", "/x", ""][..]),
+        prop::sample::select(&["POST", "GET", ""][..]),
+        prop::sample::select(&["gateway", "gateway-shadow", ""][..]),
+        proptest::option::of(prop_oneof!["[0-9]{1,4}", "[0-9]{8,24}", ".{0,6}"]),
+        any::<bool>(),
+        proptest::option::of((0..6i32, 0..6i32)),
+    )
+        .prop_map(|(path, method, authority, length, end, modes)| Op::Headers {
+            path,
+            method,
+            authority,
+            length,
+            end,
+            modes,
+        });
+    prop_oneof![
+        headers,
+        (crate::fuzz::request_bytes(), any::<bool>()).prop_map(|(b, end)| Op::Body(b, end)),
+        Just(Op::Trailers),
+        prop::sample::select(&["200", "500", "abc", ""][..]).prop_map(Op::ResponseHeaders),
+        (crate::fuzz::response_bytes(), any::<bool>()).prop_map(|(b, end)| Op::ResponseBody(b, end)),
+        Just(Op::ResponseTrailers),
+    ]
+}
+
+fn envoy_message(op: &Op) -> ProcessingRequest {
+    match op {
+        Op::Headers {
+            path,
+            method,
+            authority,
+            length,
+            end,
+            modes,
+        } => {
+            let mut pairs = vec![
+                (":path", *path),
+                (":method", *method),
+                (":authority", *authority),
+                ("x-request-id", "fuzz"),
+            ];
+            if let Some(length) = length {
+                pairs.push(("content-length", length.as_str()));
+            }
+            let mut m = headers_message(&pairs, *end);
+            if let Some((request, response)) = modes {
+                m.protocol_config = Some(ProtocolConfiguration {
+                    request_body_mode: *request,
+                    response_body_mode: *response,
+                    ..ProtocolConfiguration::default()
+                });
+            }
+            m
+        }
+        Op::Body(bytes, end) => request_body(bytes, *end),
+        Op::Trailers => request_trailers(),
+        Op::ResponseHeaders(status) => response_headers(status),
+        Op::ResponseBody(bytes, end) => response_body(bytes, *end),
+        Op::ResponseTrailers => response_trailers(),
+    }
+}
+
+#[test]
+fn fuzz_ext_proc_stream_state_machine() {
+    use proptest::prelude::*;
+    let report = crate::fuzz::Report::new("ext_proc stream state machine");
+    let director = director();
+    proptest!(crate::fuzz::config(), |(ops in prop::collection::vec(op(), 0..10))| {
+        report.case();
+        {
+            let mut s = stream(&director);
+            for op in &ops {
+                let (flow, _) = feed(&mut s, envoy_message(op));
+                // Envoy stops sending once the picker closed the stream or failed it.
+                if !matches!(flow, Ok(Flow::Continue)) {
+                    break;
+                }
+            }
+        }
+        // However the stream went, dropping it finished whatever it had started.
+        prop_assert_eq!(director.inflight(), 0);
+    });
+}
