@@ -19,11 +19,11 @@ use crate::{
 };
 
 /// Cases per target in an ordinary test run.
-pub const DEFAULT_CASES: u32 = 2_000;
+pub(crate) const DEFAULT_CASES: u32 = 2_000;
 
 /// The proptest configuration of every fuzz target: `SWITCHYARD_FUZZ_CASES` cases (else [`DEFAULT_CASES`]), no
 /// failure files written into the source tree.
-pub fn config() -> Config {
+pub(crate) fn config() -> Config {
     let cases = std::env::var("SWITCHYARD_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -36,14 +36,14 @@ pub fn config() -> Config {
 }
 
 /// Prints how many cases a target ran and how fast, for `cargo xtask fuzz`'s report.
-pub struct Report {
+pub(crate) struct Report {
     target: &'static str,
     started: std::time::Instant,
     cases: std::sync::atomic::AtomicU64,
 }
 
 impl Report {
-    pub fn new(target: &'static str) -> Report {
+    pub(crate) fn new(target: &'static str) -> Report {
         Report {
             target,
             started: std::time::Instant::now(),
@@ -51,7 +51,7 @@ impl Report {
         }
     }
 
-    pub fn case(&self) {
+    pub(crate) fn case(&self) {
         self.cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
